@@ -1,0 +1,1 @@
+"""Trainer callbacks: thin adapters from `transformers` Trainer events to the DriftMonitor."""

@@ -1,0 +1,176 @@
+"""The evaluation report: what one DriftMonitor evaluation produced, as plain data.
+
+Everything downstream (exporters, the run store, the alert engine, plots) reads this and
+nothing else. `metric_samples` is the single mapping from a report to flat metric samples,
+so Prometheus names, stored metric values and alert expressions cannot disagree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+PREFIX = "featuredrift_"
+
+
+class MetricSample(NamedTuple):
+    """One flat metric value. `labels` never holds the run or a step: the exporter adds `run`."""
+
+    name: str
+    labels: dict[str, str]
+    value: float
+
+
+@dataclass
+class FeatureDrift:
+    """How one SAE feature's firing changed on one probe subset, reference → now."""
+
+    feature: int
+    subset: str
+    freq_reference: float
+    freq_current: float
+    mean_reference: float
+    mean_current: float
+    score: float
+
+
+@dataclass
+class Reconstruction:
+    """NNLS reconstruction of the current refusal direction from `k` refusal features."""
+
+    k: int
+    source: str  # "current" or "reference": whose top-k features were used
+    features: list[int]
+    weights: list[float]
+    nmse: float
+    cosine: float
+
+
+@dataclass
+class RefusalFeatures:
+    """Top-k refusal features (largest feature diff-in-means) now and at the reference.
+
+    The gaps are means of the feature diff-in-means `d̄` over a feature set: how much more
+    those features fire on harmful than on harmless prompts.
+    """
+
+    k: int
+    current: list[int]
+    reference: list[int]
+    overlap: int
+    gap_current: float  # d̄(t) averaged over S_k(t)
+    gap_reference_features: float  # d̄(t) averaged over S_k(reference): are the old features still there?
+    gap_reference_features_at_reference: float  # d̄(0) over S_k(reference)
+    harmful_activation: float  # mean activation of S_k(reference) on harmful prompts now
+    harmless_activation: float  # same on harmless prompts
+
+    @property
+    def overlap_ratio(self) -> float:
+        return self.overlap / self.k if self.k else math.nan
+
+    @property
+    def relative_gap(self) -> float:
+        """Reference refusal features' gap now relative to the reference (1.0 = unchanged)."""
+        base = self.gap_reference_features_at_reference
+        return self.gap_reference_features / base if base > 0 else math.nan
+
+
+@dataclass
+class LayerReport:
+    """Everything measured at one hookpoint."""
+
+    hookpoint: str
+    fvu: dict[str, float]  # keys "<model>/<data>", model ∈ {reference,current}, data ∈ {base,chat}
+    scale_reference: float
+    scale_current: float
+    divergent_fraction: float
+    explained_ratio: float
+    explained_ratio_median: float
+    intersection_ratio_divergent: float
+    intersection_ratio_all: float
+    refusal_direction_cosine: float
+    refusal_direction_norm: float
+    refusal_features: RefusalFeatures | None = None
+    reconstructions: list[Reconstruction] = field(default_factory=list)
+    drifted_features: list[FeatureDrift] = field(default_factory=list)
+
+
+@dataclass
+class EvaluationReport:
+    """One evaluation of the model at one training step."""
+
+    step: int
+    timestamp: float
+    layers: dict[str, LayerReport]
+    refusal_rate: dict[str, float] | None = None  # prompts ∈ {harmful, harmless} → fraction refused
+    safety_score: float | None = None
+    judge: str | None = None
+    kl_mean: float | None = None
+    kl_p95: float | None = None
+    epoch: float | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), allow_nan=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EvaluationReport:
+        layers = {}
+        for name, layer in data["layers"].items():
+            layer = dict(layer)
+            rf = layer.get("refusal_features")
+            layer["refusal_features"] = RefusalFeatures(**rf) if rf else None
+            layer["reconstructions"] = [Reconstruction(**r) for r in layer.get("reconstructions", [])]
+            layer["drifted_features"] = [FeatureDrift(**d) for d in layer.get("drifted_features", [])]
+            layers[name] = LayerReport(**layer)
+        return cls(**{**data, "layers": layers})
+
+    def metric_samples(self) -> list[MetricSample]:
+        """Flatten to metric samples with bounded labels (see DESIGN.md, Prometheus conventions)."""
+        out: list[MetricSample] = [MetricSample(PREFIX + "global_step", {}, float(self.step))]
+
+        def add(name: str, value: float | None, **labels: str) -> None:
+            if value is not None and math.isfinite(value):
+                out.append(MetricSample(PREFIX + name, labels, float(value)))
+
+        for hookpoint, layer in self.layers.items():
+            for key, value in layer.fvu.items():
+                model, data = key.split("/")
+                add("fvu_ratio", value, layer=hookpoint, model=model, data=data)
+            add("activation_scale", layer.scale_current, layer=hookpoint, model="current")
+            add("activation_scale", layer.scale_reference, layer=hookpoint, model="reference")
+            add("divergent_tokens_ratio", layer.divergent_fraction, layer=hookpoint)
+            add("explained_ratio", layer.explained_ratio, layer=hookpoint, stat="ratio_of_sums")
+            add("explained_ratio", layer.explained_ratio_median, layer=hookpoint, stat="median")
+            add("intersection_ratio", layer.intersection_ratio_divergent, layer=hookpoint, tokens="divergent")
+            add("intersection_ratio", layer.intersection_ratio_all, layer=hookpoint, tokens="all")
+            add("refusal_direction_cosine", layer.refusal_direction_cosine, layer=hookpoint)
+            add("refusal_direction_norm", layer.refusal_direction_norm, layer=hookpoint)
+            rf = layer.refusal_features
+            if rf is not None:
+                add("refusal_feature_gap", rf.gap_current, layer=hookpoint, features="current")
+                add("refusal_feature_gap", rf.gap_reference_features, layer=hookpoint, features="reference")
+                add("refusal_feature_gap_relative", rf.relative_gap, layer=hookpoint)
+                add("refusal_feature_overlap_ratio", rf.overlap_ratio, layer=hookpoint)
+                add("refusal_feature_activation", rf.harmful_activation, layer=hookpoint, prompts="harmful")
+                add("refusal_feature_activation", rf.harmless_activation, layer=hookpoint, prompts="harmless")
+                headline = next(
+                    (r for r in layer.reconstructions if r.k == rf.k and r.source == "current"), None
+                )
+                if headline is not None:
+                    add("refusal_reconstruction_nmse", headline.nmse, layer=hookpoint)
+                    add("refusal_reconstruction_cosine", headline.cosine, layer=hookpoint)
+        if self.refusal_rate:
+            for prompts, value in self.refusal_rate.items():
+                add("refusal_rate_ratio", value, prompts=prompts)
+        add("safety_score_ratio", self.safety_score)
+        add("kl_divergence_mean_nats", self.kl_mean)
+        add("kl_divergence_p95_nats", self.kl_p95)
+        add("evaluation_duration_seconds", self.timings.get("total"))
+        return out

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Idempotent environment setup: a project virtualenv with the CPU build of torch first
+# (a plain `torch` requirement would pull the CUDA wheels), then featuredrift itself.
+# With --services it also installs the Debian servers the test suite starts on loopback.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=${FEATUREDRIFT_VENV:-.venv}
+PY=${PYTHON:-python3}
+
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PY" -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+if ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
+  "$VENV/bin/pip" install -q "torch==2.13.0"
+fi
+stamp="$VENV/.featuredrift-installed"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  "$VENV/bin/pip" install -q -e ".[test]"
+  touch "$stamp"
+fi
+
+if [ "${1:-}" = "--services" ]; then
+  need=()
+  command -v prometheus >/dev/null || need+=(prometheus)
+  command -v promtool >/dev/null || need+=(prometheus)
+  command -v prometheus-pushgateway >/dev/null || need+=(prometheus-pushgateway)
+  command -v prometheus-alertmanager >/dev/null || need+=(prometheus-alertmanager)
+  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+  if [ ${#need[@]} -gt 0 ]; then
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+    # The Debian packages start their own daemons on the default ports; tests use their own.
+    for svc in prometheus prometheus-pushgateway prometheus-alertmanager postgresql; do
+      $SUDO service "$svc" stop >/dev/null 2>&1 || true
+    done
+  fi
+fi
