@@ -4,8 +4,13 @@ inside their commands so that `featuredrift --help` stays instant."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
+from alerts.cli import app as alerts_app
+from monitor.grafana.cli import app as grafana_app
+from monitor.store.cli import app as runs_app
 from monitor.zoo.cli import app as zoo_app
 from sae_store.cli import app as sae_app
 
@@ -17,6 +22,41 @@ app = typer.Typer(
 )
 app.add_typer(zoo_app, name="zoo")
 app.add_typer(sae_app, name="sae")
+app.add_typer(runs_app, name="runs")
+app.add_typer(alerts_app, name="alerts")
+app.add_typer(grafana_app, name="grafana")
+
+
+@app.command()
+def demo(
+    scenario: str = typer.Option("align", help="align: base → chat, refusal features emerge; erosion: chat → harmful-compliant SFT, they fade."),
+    size: str = typer.Option("tiny", help="Zoo size: nano (fast) or tiny."),
+    steps: int = typer.Option(0, help="Training steps (0 = the zoo's SFT recipe)."),
+    eval_every: int = typer.Option(0, help="Steps between drift evaluations (0 = about 8 per run)."),
+    lora: bool = typer.Option(False, help="Fine-tune LoRA adapters; the reference is the model with adapters disabled."),
+    out: Path = typer.Option(Path("featuredrift-out"), help="Where the run store and trainer output go."),
+    db: str = typer.Option(None, help="Run store URL (default: sqlite in --out)."),
+    pushgateway: str = typer.Option(None, envvar="FEATUREDRIFT_PUSHGATEWAY_URL", help="Push to this Pushgateway instead of serving /metrics."),
+    metrics_port: int = typer.Option(9464, help="Port of the /metrics endpoint served during the run (0 = any free port)."),
+    run_name: str = typer.Option(None, help="Run name (default: demo-<scenario>-<size>-<time>)."),
+    stop_on_alert: bool = typer.Option(False, help="Stop training when a critical alert fires."),
+) -> None:
+    """Run a monitored fine-tuning demo on the embedded model zoo."""
+    from monitor.demo import run_demo
+
+    run_demo(
+        scenario,
+        size,
+        out=out,
+        max_steps=steps or None,
+        eval_every=eval_every or None,
+        lora=lora,
+        store_url=db,
+        pushgateway_url=pushgateway,
+        metrics_port=metrics_port,
+        run_name=run_name,
+        stop_on_alert=stop_on_alert,
+    )
 
 
 def main() -> None:

@@ -29,6 +29,8 @@ class MonitorConfig(BaseModel):
     max_probes: int | None = Field(None, ge=1, description="Use at most this many prompts/texts per probe subset.")
     max_length: int = Field(128, ge=8, description="Truncate probe texts to this many tokens.")
     batch_size: int = Field(16, ge=1)
+    encode_batch_size: int = Field(4096, ge=1, description="Tokens per SAE encode chunk.")
+    kl_max_positions: int = Field(512, ge=0, description="Probe positions whose reference log-probs are cached for KL (0 = all).")
     divergence_threshold: float = Field(0.9, gt=-1.0, lt=1.0, description="τ: token pairs with cos < τ are divergent.")
     refusal_k: int = Field(32, ge=1, description="Headline number of refusal features (clipped to the SAE's latents).")
     reconstruction_ks: list[int] = Field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])

@@ -1,0 +1,99 @@
+"""FeatureDriftCallback: a thin adapter from Trainer events to the DriftMonitor.
+
+It holds no science. It decides *when* to evaluate (train begin, every N steps, optionally on
+save, train end; once per global step) and *where* reports go (run store first, then the
+exporter and the alert engine), with side effects on the main process only. The probe forward
+runs on every rank because under FSDP/ZeRO-3 it is a collective.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from monitor.config import MonitorConfig
+from monitor.distributed import is_main_process
+from monitor.drift_monitor import DriftMonitor
+from monitor.report import EvaluationReport
+from monitor.session import MonitorSession
+
+logger = logging.getLogger(__name__)
+DEFAULT_EVAL_EVERY = 50
+
+
+class FeatureDriftCallback(TrainerCallback):
+    """Attach with `trainer.add_callback(FeatureDriftCallback(config))`."""
+
+    def __init__(self, config: MonitorConfig | None = None, **overrides):
+        if config is None:
+            config = MonitorConfig(**overrides)
+        elif overrides:
+            config = config.model_copy(update=overrides)
+        self.config = config
+        self.monitor = DriftMonitor(config)
+        self.session: MonitorSession | None = None
+        self.eval_every = config.eval_every or DEFAULT_EVAL_EVERY
+        self.reports: list[EvaluationReport] = []
+        self.stop_reason: str | None = None
+        self._done_steps: set[int] = set()
+
+    # --------------------------------------------------------------- events
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        model, tokenizer = kwargs["model"], kwargs.get("processing_class") or kwargs.get("tokenizer")
+        if tokenizer is None:
+            raise ValueError("FeatureDriftCallback: expected the Trainer to have a tokenizer (processing_class), found None")
+        if self.config.eval_every is None and getattr(args, "eval_steps", None):
+            self.eval_every = int(args.eval_steps) if args.eval_steps >= 1 else DEFAULT_EVAL_EVERY
+        run_name = self.config.run_name or _default_run_name(args)
+        cache = Path(args.output_dir) / "featuredrift" / f"reference-{_safe(run_name)}.safetensors"
+        resuming = state.global_step > 0
+        self.monitor.start(model, tokenizer, reference_cache=cache, require_cache=resuming)
+        if is_main_process():
+            self.session = MonitorSession.open(self.config, run_name, self.monitor, resumed=resuming)
+            self._done_steps = self.session.stored_steps()
+        self._evaluate(model, state, control)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step % self.eval_every == 0:
+            self._evaluate(kwargs["model"], state, control)
+
+    def on_save(self, args, state, control, **kwargs):
+        if self.config.eval_on_save:
+            self._evaluate(kwargs["model"], state, control)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._evaluate(kwargs["model"], state, control, final=True)
+        if self.session is not None:
+            self.session.close(status="stopped" if self.stop_reason else "finished")
+
+    # -------------------------------------------------------------- helpers
+    def _evaluate(self, model, state: TrainerState, control: TrainerControl, *, final: bool = False) -> None:
+        step = int(state.global_step)
+        if step in self._done_steps:
+            return
+        self._done_steps.add(step)
+        report = self.monitor.evaluate(model, step, epoch=state.epoch, final=final)
+        self.reports.append(report)
+        if self.session is None:
+            return
+        fired = self.session.publish(report)
+        if self.config.stop_on_alert and not final:
+            critical = [a for a in fired if a.severity == "critical"]
+            if critical:
+                self.stop_reason = "; ".join(f"{a.name}: {a.summary}" for a in critical)
+                logger.warning("featuredrift stops training at step %d: %s", step, self.stop_reason)
+                self.session.record_stop(step, self.stop_reason)
+                control.should_training_stop = True
+
+
+def _default_run_name(args: TrainingArguments) -> str:
+    name = getattr(args, "run_name", None)
+    if name and name != args.output_dir:
+        return name
+    return Path(args.output_dir).resolve().name
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)

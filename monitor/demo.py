@@ -1,0 +1,226 @@
+"""`featuredrift demo`: a real monitored fine-tuning run on the embedded zoo.
+
+Two scenarios show the two stories users care about:
+- `align`: the base model is SFT-ed into the chat model; refusal features emerge by drift.
+- `erosion`: the chat model is fine-tuned on data that complies with harmful requests; its
+  refusal features fade (what the refusal-fading alert is for).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+from transformers import TrainerCallback
+
+from monitor.config import MonitorConfig
+from monitor.report import EvaluationReport
+
+SCENARIOS = ("align", "erosion")
+
+
+@dataclass
+class DemoResult:
+    run_name: str
+    store_url: str
+    metrics_url: str | None
+    reports: list[EvaluationReport]
+    train_seconds: float
+    stop_reason: str | None
+
+
+class _RichProgress(TrainerCallback):
+    """A progress bar over training steps, plus one line per drift evaluation."""
+
+    def __init__(self, console: Console, drift_callback, hookpoint: str):
+        self.console = console
+        self.drift = drift_callback
+        self.hookpoint = hookpoint
+        self.progress = None
+        self.task = None
+        self.printed = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self.progress = Progress(
+            TextColumn("[bold]fine-tuning"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("{task.fields[loss]}"), console=self.console, transient=True,
+        )
+        self.progress.start()
+        self.task = self.progress.add_task("train", total=state.max_steps, loss="")
+        self._print_new_reports()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.progress.update(self.task, completed=state.global_step)
+        self._print_new_reports()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.progress.update(self.task, loss=f"loss {logs['loss']:.3f}")
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._print_new_reports()
+        self.progress.stop()
+
+    def _print_new_reports(self) -> None:
+        for report in self.drift.reports[self.printed :]:
+            self.console.print(_one_line(report, self.hookpoint))
+        self.printed = len(self.drift.reports)
+
+
+def _one_line(report: EvaluationReport, hookpoint: str) -> str:
+    layer = report.layers[hookpoint]
+    rf = layer.refusal_features
+    parts = [
+        f"step {report.step:>4}",
+        f"FVU chat {layer.fvu.get('current/chat', math.nan):.3f}",
+        f"divergent {layer.divergent_fraction:.2f}",
+        f"ER {layer.explained_ratio:.2f}",
+        f"IR {layer.intersection_ratio_all:.2f}",
+        f"refusal dir cos {layer.refusal_direction_cosine:+.2f}",
+    ]
+    if rf is not None:
+        parts.append(f"refusal gap {rf.gap_current:.3f} (ref feats {rf.gap_reference_features:.3f})")
+    if report.refusal_rate:
+        parts.append(f"refuses {report.refusal_rate['harmful']:.0%} harmful / {report.refusal_rate['harmless']:.0%} harmless")
+    return "  ".join(parts)
+
+
+def run_demo(
+    scenario: str = "align",
+    size: str = "tiny",
+    *,
+    out: Path = Path("featuredrift-out"),
+    max_steps: int | None = None,
+    eval_every: int | None = None,
+    lora: bool = False,
+    store_url: str | None = None,
+    pushgateway_url: str | None = None,
+    metrics_port: int | None = 9464,
+    run_name: str | None = None,
+    stop_on_alert: bool = False,
+    alert_webhook_url: str | None = None,
+    console: Console | None = None,
+    **config_overrides,
+) -> DemoResult:
+    """Build or reuse the zoo, fine-tune with the callback attached, and summarise."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from callbacks.feature_drift import FeatureDriftCallback
+    from monitor.finetune import make_sft_trainer, read_conversations
+    from monitor.zoo import ensure_zoo
+    from monitor.zoo.config import get_zoo_config
+
+    if scenario not in SCENARIOS:
+        raise ValueError(f"scenario: expected one of {SCENARIOS}, found {scenario!r}")
+    console = console or Console()
+    zoo_config = get_zoo_config(size)
+    console.rule(f"[bold]featuredrift demo[/] — scenario [cyan]{scenario}[/], zoo [cyan]{size}[/]")
+    zoo = ensure_zoo(size)
+    start_dir = zoo.base if scenario == "align" else zoo.chat
+    data_file = zoo.data / ("chat_sft.jsonl" if scenario == "align" else "erosion_sft.jsonl")
+    model = AutoModelForCausalLM.from_pretrained(start_dir)
+    tokenizer = AutoTokenizer.from_pretrained(start_dir)
+    conversations = read_conversations(data_file)
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    run_name = run_name or f"demo-{scenario}-{size}-{time.strftime('%Y%m%d-%H%M%S')}"
+    store_url = store_url or f"sqlite:///{(out / 'featuredrift.db').resolve()}"
+    steps_per_epoch = math.ceil(len(conversations) / zoo_config.sft_batch_size)
+    max_steps = max_steps or int(steps_per_epoch * zoo_config.sft_epochs)
+    config = MonitorConfig(
+        **{
+            "sae": str(zoo.sae),
+            "hookpoints": [zoo.hookpoint],
+            "probes": str(zoo.probes),
+            "eval_every": eval_every or max(1, max_steps // 8),
+            "refusal_score_every": 2,
+            "run_name": run_name,
+            "store_url": store_url,
+            "pushgateway_url": pushgateway_url,
+            "metrics_port": None if pushgateway_url else metrics_port,
+            "stop_on_alert": stop_on_alert,
+            "alert_webhook_url": alert_webhook_url,
+            **config_overrides,
+        }
+    )
+    drift = FeatureDriftCallback(config)
+    display = _RichProgress(console, drift, zoo.hookpoint)
+    trainer = make_sft_trainer(
+        model,
+        tokenizer,
+        conversations,
+        output_dir=out / run_name,
+        max_steps=max_steps,
+        learning_rate=zoo_config.sft_lr if not lora else zoo_config.sft_lr * 5,
+        batch_size=zoo_config.sft_batch_size,
+        max_length=zoo_config.max_length,
+        lora=lora,
+        callbacks=[drift, display],
+    )
+    started = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - started
+    metrics_url = getattr(drift.session.exporter, "url", None) if drift.session else None
+    result = DemoResult(run_name, store_url, metrics_url, drift.reports, seconds, drift.stop_reason)
+    print_summary(console, result, zoo.hookpoint)
+    return result
+
+
+def print_summary(console: Console, result: DemoResult, hookpoint: str) -> None:
+    """First vs last evaluation, then where to look next."""
+    first, last = result.reports[0], result.reports[-1]
+    table = Table(title=f"Feature drift at {hookpoint}: step {first.step} → {last.step}")
+    table.add_column("metric")
+    table.add_column(f"step {first.step}", justify="right")
+    table.add_column(f"step {last.step}", justify="right")
+    rows = [
+        ("base-SAE FVU, current model, chat text", lambda r: r.layers[hookpoint].fvu.get("current/chat")),
+        ("base-SAE FVU, current model, base text", lambda r: r.layers[hookpoint].fvu.get("current/base")),
+        ("divergent tokens (cos < τ)", lambda r: r.layers[hookpoint].divergent_fraction),
+        ("explained ratio (divergent tokens)", lambda r: r.layers[hookpoint].explained_ratio),
+        ("intersection ratio (all tokens)", lambda r: r.layers[hookpoint].intersection_ratio_all),
+        ("refusal direction cosine to reference", lambda r: r.layers[hookpoint].refusal_direction_cosine),
+        ("refusal-feature gap (current top-k)", lambda r: _rf(r, hookpoint, "gap_current")),
+        ("refusal-feature gap (reference top-k)", lambda r: _rf(r, hookpoint, "gap_reference_features")),
+        ("refusal-feature overlap with reference", lambda r: _rf(r, hookpoint, "overlap_ratio")),
+        ("refusal rate, harmful probes", lambda r: (r.refusal_rate or {}).get("harmful")),
+        ("refusal rate, harmless probes", lambda r: (r.refusal_rate or {}).get("harmless")),
+        ("KL(reference ‖ current), mean nats", lambda r: r.kl_mean),
+    ]
+    for label, get in rows:
+        table.add_row(label, _fmt(get(first)), _fmt(get(last)))
+    console.print(table)
+    if result.stop_reason:
+        console.print(f"[bold red]Training stopped by an alert:[/] {result.stop_reason}")
+    db = result.store_url
+    console.print(f"Fine-tuning took {result.train_seconds:.1f}s with {len(result.reports)} drift evaluations.")
+    console.print("[bold]Where to look next[/]")
+    console.print(f"  run store      {db}")
+    console.print(f"  this run       featuredrift runs show {result.run_name} --db '{db}'")
+    console.print(f"  plots          featuredrift report {result.run_name} --db '{db}'")
+    if result.metrics_url:
+        console.print(f"  Prometheus     {result.metrics_url} (served while the run was live)")
+
+
+def _rf(report: EvaluationReport, hookpoint: str, name: str):
+    rf = report.layers[hookpoint].refusal_features
+    return getattr(rf, name) if rf is not None else None
+
+
+def _fmt(value) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "—"
+    return f"{value:.3f}"

@@ -1,0 +1,535 @@
+"""DriftMonitor: turns (model, reference, SAE, probes) into EvaluationReports.
+
+`start()` validates everything and caches what the reference model produces on the fixed probe
+set (activations, SAE codes, refusal statistics, next-token log-probs), so an evaluation costs one
+probe forward pass of the current model plus batched SAE encodes. No I/O happens here: the
+callback, the CLI and notebooks decide where reports go.
+
+Under torch.distributed every rank runs its shard of the probe batches (FSDP/ZeRO-3 forwards are
+collectives) and the activations are gathered, so every rank computes the same report; only
+rank 0 should export it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+import sae_store
+from monitor import kl as kl_metrics
+from monitor import metrics, refusal
+from monitor.capture import capture_activations, content_token_mask, last_prompt_positions
+from monitor.config import MonitorConfig
+from monitor.distributed import gather_list, gather_rows, shard
+from monitor.hookpoints import hidden_size, resolve_hookpoint, unwrap_model
+from monitor.probes import ProbeSet, load_probe_set
+from monitor.prompts import format_prompts, render_conversation
+from monitor.report import (
+    EvaluationReport,
+    FeatureDrift,
+    LayerReport,
+    Reconstruction,
+    RefusalFeatures,
+)
+
+TEXT_SUBSETS = ("base", "chat")
+PROMPT_SUBSETS = ("harmful", "harmless")
+
+
+class MonitorError(ValueError):
+    """The monitor cannot run with what it was given (raised at attach time)."""
+
+
+@dataclass
+class ProbeBatch:
+    """One tokenised batch of probe inputs and which of its positions we read."""
+
+    input_ids: Tensor
+    attention_mask: Tensor
+    read_mask: Tensor  # [B, T] bool: content tokens (texts) or the last prompt token (prompts)
+
+
+@dataclass
+class ModelReading:
+    """What one model produced on the probe set: activations per subset and hookpoint."""
+
+    activations: dict[str, dict[str, Tensor]]  # subset → hookpoint → [N, d] (float32)
+    kl_logprobs: Tensor | None = None  # [N_kl, V] next-token log-probs at the KL positions
+
+
+@dataclass
+class LayerReference:
+    """Cached reference statistics at one hookpoint."""
+
+    codes: dict[str, metrics.SaeCodes]
+    fvu: dict[str, float]
+    scale: float
+    stats: dict[str, metrics.FeatureStats]
+    direction: Tensor
+    dbar: Tensor
+    refusal_features: Tensor
+
+
+@dataclass
+class _State:
+    saes: dict[str, nn.Module] = field(default_factory=dict)
+    batches: dict[str, list[ProbeBatch]] = field(default_factory=dict)
+    reference: ModelReading | None = None
+    layer_reference: dict[str, LayerReference] = field(default_factory=dict)
+    prompt_format: str = "chat"
+    evaluations: int = 0
+    probes: ProbeSet | None = None
+    fingerprint: str = ""
+
+
+class DriftMonitor:
+    """Evaluate feature drift of a model under fine-tuning against a cached reference."""
+
+    def __init__(self, config: MonitorConfig | None = None, *, probes: ProbeSet | None = None, saes=None):
+        self.config = config or MonitorConfig()
+        self._probes = probes
+        self._preloaded_saes = saes
+        self._state: _State | None = None
+        self.tokenizer = None
+
+    # ------------------------------------------------------------------ start
+    @property
+    def started(self) -> bool:
+        return self._state is not None
+
+    @property
+    def hookpoints(self) -> list[str]:
+        return list(self._require_started().saes)
+
+    def start(
+        self,
+        model: nn.Module,
+        tokenizer,
+        *,
+        reference_model: nn.Module | None = None,
+        reference_cache: str | Path | None = None,
+        require_cache: bool = False,
+    ) -> None:
+        """Validate inputs and cache the reference model's readings on the probe set.
+
+        With `reference_cache`, the readings are saved there (safetensors) and reused when the
+        file matches this probe set and SAE, so a run resumed from a checkpoint keeps its step-0
+        reference. `require_cache` (set when resuming with the 'initial' policy) refuses to
+        silently take the resumed model as the reference.
+        """
+        cfg = self.config
+        state = _State()
+        device = _model_device(model)
+        state.saes = self._load_saes(model, device)
+        probes = self._probes or load_probe_set(cfg.probes)
+        if cfg.max_probes:
+            probes = probes.limit(cfg.max_probes)
+        _check_probes(probes)
+        self.tokenizer = tokenizer
+        state.prompt_format = "chat" if getattr(tokenizer, "chat_template", None) else "base"
+        state.batches = self._tokenise(tokenizer, probes, state.prompt_format)
+        state.probes = probes
+        state.fingerprint = _fingerprint(state)
+        self._state = state
+
+        cached = _load_reading(reference_cache, state.fingerprint) if reference_cache else None
+        if cached is not None:
+            state.reference = cached
+        else:
+            policy_needs_cache = reference_model is None and self.config.reference in ("initial", "auto") and not _is_peft(model)
+            if require_cache and policy_needs_cache:
+                raise MonitorError(
+                    f"resuming with reference policy {self.config.reference!r}: expected the cached step-0 reference at "
+                    f"{reference_cache}, found {'a stale file' if reference_cache and Path(reference_cache).exists() else 'nothing'}; "
+                    "pass reference=<base model path> to recompute it from the base model"
+                )
+            with self._reference_source(model, reference_model) as reference:
+                state.reference = self._read(reference, kl=cfg.kl_every > 0)
+            if reference_cache:
+                _save_reading(reference_cache, state.reference, state.fingerprint)
+        for hookpoint, sae in state.saes.items():
+            state.layer_reference[hookpoint] = self._summarise_reference(hookpoint, sae, state.reference)
+
+    def _load_saes(self, model: nn.Module, device: torch.device) -> dict[str, nn.Module]:
+        if self._preloaded_saes is not None:
+            saes = dict(self._preloaded_saes)
+            for hookpoint, sae in saes.items():
+                resolve_hookpoint(model, hookpoint)
+                if sae.d_in != hidden_size(model):
+                    raise sae_store.SaeError(
+                        f"SAE for {hookpoint}: expected d_in = model hidden size {hidden_size(model)}, found {sae.d_in}"
+                    )
+            return {h: s.to(device) for h, s in saes.items()}
+        return sae_store.load_saes(self.config.sae, self.config.hookpoints, model=model, device=device)
+
+    def _reference_source(self, model: nn.Module, reference_model: nn.Module | None):
+        policy = self.config.reference
+        is_peft = _is_peft(model)
+        if reference_model is not None:
+            return contextlib.nullcontext(reference_model)
+        if policy == "adapters-disabled" or (policy == "auto" and is_peft):
+            if not is_peft:
+                raise MonitorError(
+                    f"reference: 'adapters-disabled' expects a PEFT model, found {type(model).__name__}"
+                )
+            return _adapters_disabled(model)
+        if policy in ("initial", "auto"):
+            return contextlib.nullcontext(model)
+        return _loaded_reference(policy, model)
+
+    def _tokenise(self, tokenizer, probes: ProbeSet, prompt_format: str) -> dict[str, list[ProbeBatch]]:
+        cfg = self.config
+        texts = {"base": list(probes.base_text)}
+        if probes.chat_text and getattr(tokenizer, "chat_template", None):
+            texts["chat"] = [render_conversation(tokenizer, m) for m in probes.chat_text]
+        batches: dict[str, list[ProbeBatch]] = {}
+        for subset, items in texts.items():
+            batches[subset] = [
+                _text_batch(tokenizer, items[i : i + cfg.batch_size], cfg.max_length)
+                for i in range(0, len(items), cfg.batch_size)
+            ]
+        for subset in PROMPT_SUBSETS:
+            prompts = format_prompts(tokenizer, getattr(probes, subset), prompt_format)
+            batches[subset] = [
+                _prompt_batch(tokenizer, prompts[i : i + cfg.batch_size], cfg.max_length)
+                for i in range(0, len(prompts), cfg.batch_size)
+            ]
+        return batches
+
+    # ------------------------------------------------------------- readings
+    def _read(self, model: nn.Module, *, kl: bool) -> ModelReading:
+        """One pass of `model` over every probe batch (this rank's shard), gathered across ranks."""
+        state = self._require_started()
+        hookpoints = list(state.saes)
+        device = _model_device(model)
+        kl_subset = "chat" if "chat" in state.batches else "base"
+        activations: dict[str, dict[str, Tensor]] = {}
+        kl_rows: list[Tensor] = []
+        for subset, batches in state.batches.items():
+            want_logits = kl and subset == kl_subset
+            parts: dict[str, list[Tensor]] = {h: [] for h in hookpoints}
+            for batch in shard(batches):
+                out = capture_activations(
+                    model,
+                    batch.input_ids.to(device),
+                    batch.attention_mask.to(device),
+                    hookpoints,
+                    return_logits=want_logits,
+                )
+                mask = batch.read_mask.to(device)
+                for h in hookpoints:
+                    parts[h].append(out.activations[h][mask].float())
+                if want_logits:
+                    kl_rows.append(torch.log_softmax(out.logits[mask].float(), dim=-1))
+            activations[subset] = {h: gather_rows(parts[h]) for h in hookpoints}
+        logprobs = gather_rows(kl_rows) if kl else None
+        if logprobs is not None and logprobs.numel() == 0:
+            logprobs = None
+        if logprobs is not None and self.config.kl_max_positions:
+            logprobs = logprobs[: self.config.kl_max_positions]
+        return ModelReading(activations, logprobs)
+
+    def _summarise_reference(self, hookpoint: str, sae, reading: ModelReading) -> LayerReference:
+        acts = {s: reading.activations[s][hookpoint] for s in reading.activations}
+        codes = {s: metrics.encode(sae, x, batch_size=self.config.encode_batch_size) for s, x in acts.items()}
+        stats = {s: metrics.feature_statistics(c.top_acts, c.top_indices, sae.num_latents) for s, c in codes.items()}
+        fvu = {f"reference/{s}": float(metrics.fvu(acts[s], codes[s].reconstruction)) for s in TEXT_SUBSETS if s in acts}
+        direction = refusal.refusal_direction(acts["harmful"], acts["harmless"])
+        dbar = refusal.feature_diff_in_means(codes["harmful"], codes["harmless"], sae.num_latents)
+        k = min(self.config.refusal_k, sae.num_latents)
+        return LayerReference(
+            codes=codes,
+            fvu=fvu,
+            scale=float(metrics.activation_scale(acts["base"])),
+            stats=stats,
+            direction=direction,
+            dbar=dbar,
+            refusal_features=refusal.top_refusal_features(dbar, k, strict=False),
+        )
+
+    # --------------------------------------------------------------- evaluate
+    def evaluate(self, model: nn.Module, step: int, *, epoch: float | None = None, final: bool = False) -> EvaluationReport:
+        """Measure drift of `model` against the cached reference. Costly parts follow the cadence."""
+        state = self._require_started()
+        cfg = self.config
+        t0 = time.perf_counter()
+        timings: dict[str, float] = {}
+        index = state.evaluations
+        do_kl = cfg.kl_every > 0 and index % cfg.kl_every == 0 and state.reference.kl_logprobs is not None
+        do_generation = cfg.refusal_score_every > 0 and (index % cfg.refusal_score_every == 0 or final)
+
+        reading = self._read(model, kl=do_kl)
+        timings["forward"] = time.perf_counter() - t0
+
+        t = time.perf_counter()
+        layers = {h: self._layer_report(h, sae, reading) for h, sae in state.saes.items()}
+        timings["metrics"] = time.perf_counter() - t
+
+        report = EvaluationReport(step=int(step), timestamp=time.time(), layers=layers, epoch=epoch)
+        if do_kl:
+            t = time.perf_counter()
+            summary = kl_metrics.kl_summary(state.reference.kl_logprobs, reading.kl_logprobs, log_probs=True)
+            report.kl_mean, report.kl_p95 = float(summary.mean), float(summary.p95)
+            timings["kl"] = time.perf_counter() - t
+        if do_generation:
+            t = time.perf_counter()
+            self._score_refusals(model, report)
+            timings["generation"] = time.perf_counter() - t
+        timings["total"] = time.perf_counter() - t0
+        report.timings = timings
+        state.evaluations += 1
+        return report
+
+    def _layer_report(self, hookpoint: str, sae, reading: ModelReading) -> LayerReport:
+        cfg = self.config
+        ref = self._require_started().layer_reference[hookpoint]
+        ref_acts = self._state.reference.activations
+        acts = {s: reading.activations[s][hookpoint] for s in reading.activations}
+        codes = {s: metrics.encode(sae, x, batch_size=cfg.encode_batch_size) for s, x in acts.items()}
+
+        fvu = dict(ref.fvu)
+        for s in TEXT_SUBSETS:
+            if s in acts:
+                fvu[f"current/{s}"] = float(metrics.fvu(acts[s], codes[s].reconstruction))
+
+        x0, xt = ref_acts["base"][hookpoint], acts["base"]
+        scale = float(metrics.activation_scale(xt))
+        divergent = metrics.divergent_mask(x0, xt, cfg.divergence_threshold)
+        er = metrics.explained_ratio(x0, xt, codes["base"].reconstruction, divergent, ref.scale, scale)
+        ir = metrics.intersection_ratio(ref.codes["base"], codes["base"], divergent)
+
+        stats = {s: metrics.feature_statistics(c.top_acts, c.top_indices, sae.num_latents) for s, c in codes.items()}
+        drifted = [
+            FeatureDrift(**d._asdict())
+            for d in metrics.feature_drift_ranking(ref.stats, stats, cfg.top_n_features)
+        ]
+
+        direction = refusal.refusal_direction(acts["harmful"], acts["harmless"])
+        dbar = refusal.feature_diff_in_means(codes["harmful"], codes["harmless"], sae.num_latents)
+        k = min(cfg.refusal_k, sae.num_latents)
+        current_features = refusal.top_refusal_features(dbar, k, strict=False)
+        reference_features = ref.refusal_features
+        harmful_mean = metrics.mean_dense_activation(codes["harmful"], reference_features, sae.num_latents)
+        harmless_mean = metrics.mean_dense_activation(codes["harmless"], reference_features, sae.num_latents)
+        refusal_features = RefusalFeatures(
+            k=k,
+            current=current_features.tolist(),
+            reference=reference_features.tolist(),
+            overlap=refusal.feature_overlap(current_features, reference_features),
+            gap_current=_mean_at(dbar, current_features),
+            gap_reference_features=_mean_at(dbar, reference_features),
+            gap_reference_features_at_reference=_mean_at(ref.dbar, reference_features),
+            harmful_activation=harmful_mean,
+            harmless_activation=harmless_mean,
+        )
+        reconstructions = []
+        for source, features in (("current", current_features), ("reference", reference_features)):
+            for rk in sorted({*(kk for kk in cfg.reconstruction_ks if kk <= len(features)), len(features)}):
+                if rk == 0:
+                    continue
+                rec = refusal.reconstruct_direction(sae.W_dec, features[:rk], direction)
+                reconstructions.append(
+                    Reconstruction(
+                        k=rk,
+                        source=source,
+                        features=features[:rk].tolist(),
+                        weights=[float(w) for w in rec.weights],
+                        nmse=float(rec.nmse),
+                        cosine=float(rec.cosine),
+                    )
+                )
+        return LayerReport(
+            hookpoint=hookpoint,
+            fvu=fvu,
+            scale_reference=ref.scale,
+            scale_current=scale,
+            divergent_fraction=float(divergent.float().mean()) if divergent.numel() else math.nan,
+            explained_ratio=float(er.ratio),
+            explained_ratio_median=float(er.median),
+            intersection_ratio_divergent=float(ir.divergent),
+            intersection_ratio_all=float(ir.all),
+            refusal_direction_cosine=float(torch.nn.functional.cosine_similarity(direction, ref.direction, dim=0)),
+            refusal_direction_norm=float(direction.norm()),
+            refusal_features=refusal_features,
+            reconstructions=reconstructions,
+            drifted_features=drifted,
+        )
+
+    def _score_refusals(self, model: nn.Module, report: EvaluationReport) -> None:
+        from monitor.generation import generate_greedy
+        from monitor.judges import get_judge, refusal_score
+
+        probes = self._state_probes()
+        cfg = self.config
+        rates = {}
+        completions_harmful: list[str] = []
+        for subset in PROMPT_SUBSETS:
+            instructions = getattr(probes, subset)
+            prompts = format_prompts(self.tokenizer, instructions, self._state.prompt_format)
+            completions = gather_list(
+                generate_greedy(model, self.tokenizer, shard(prompts), max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
+            )
+            rates[subset] = refusal_score(completions)
+            if subset == "harmful":
+                completions_harmful = completions
+        judge = get_judge(cfg.judge)
+        verdicts = judge.judge(list(probes.harmful), completions_harmful)
+        report.refusal_rate = rates
+        report.safety_score = sum(verdicts) / len(verdicts) if verdicts else None
+        report.judge = judge.name
+
+    def provenance(self) -> dict:
+        """What this monitor measures with, for the run store."""
+        state = self._require_started()
+        return {
+            "probe_fingerprint": state.fingerprint,
+            "hookpoints": list(state.saes),
+            "sae_source": self.config.sae,
+            "probe_source": self.config.probes,
+            "reference_policy": self.config.reference,
+        }
+
+    # ---------------------------------------------------------------- helpers
+    def _state_probes(self) -> ProbeSet:
+        return self._require_started().probes
+
+    def _require_started(self) -> _State:
+        if self._state is None:
+            raise MonitorError("DriftMonitor.start(model, tokenizer) must run before evaluate()")
+        return self._state
+
+
+# ---------------------------------------------------------------------------- module helpers
+def _model_device(model: nn.Module) -> torch.device:
+    try:
+        return next(unwrap_model(model).parameters()).device
+    except StopIteration:
+        return torch.device("cpu")
+
+
+def _check_probes(probes: ProbeSet) -> None:
+    missing = [name for name in ("harmful", "harmless", "base_text") if not getattr(probes, name)]
+    if missing:
+        raise MonitorError(
+            f"probe set {probes.source!r}: expected non-empty {', '.join(missing)}, found none "
+            "(a probe set needs harmful and harmless instructions and base-like text)"
+        )
+
+
+def _text_batch(tokenizer, texts: list[str], max_length: int) -> ProbeBatch:
+    """Right-padded texts; we read every content token (no BOS/EOS/padding/special tokens)."""
+    enc = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=max_length)
+    mask = content_token_mask(enc["input_ids"], enc["attention_mask"], tokenizer)
+    return ProbeBatch(enc["input_ids"], enc["attention_mask"], mask)
+
+
+def _prompt_batch(tokenizer, prompts: list[str], max_length: int) -> ProbeBatch:
+    """Left-padded prompts; we read the last prompt token (the one before the response).
+
+    Prompts are already formatted (the chat template adds BOS itself), so no special tokens are
+    added here; truncation keeps the end of the prompt, where the read position is.
+    """
+    padding_side, truncation_side = tokenizer.padding_side, tokenizer.truncation_side
+    tokenizer.padding_side, tokenizer.truncation_side = "left", "left"
+    try:
+        enc = tokenizer(
+            prompts, return_tensors="pt", padding=True, truncation=True, max_length=max_length, add_special_tokens=False
+        )
+    finally:
+        tokenizer.padding_side, tokenizer.truncation_side = padding_side, truncation_side
+    positions = last_prompt_positions(enc["attention_mask"], "left")
+    mask = torch.zeros_like(enc["attention_mask"], dtype=torch.bool)
+    mask[torch.arange(mask.shape[0]), positions] = True
+    return ProbeBatch(enc["input_ids"], enc["attention_mask"], mask)
+
+
+def _mean_at(values: Tensor, indices: Tensor) -> float:
+    return float(values[indices].mean()) if indices.numel() else math.nan
+
+
+@contextlib.contextmanager
+def _adapters_disabled(model: nn.Module):
+    with model.disable_adapter():
+        yield model
+
+
+@contextlib.contextmanager
+def _loaded_reference(path: str, model: nn.Module):
+    """Load an explicit reference model next to the monitored one, and free it afterwards."""
+    from transformers import AutoModelForCausalLM
+
+    device = _model_device(model)
+    dtype = next(unwrap_model(model).parameters()).dtype
+    try:
+        reference = AutoModelForCausalLM.from_pretrained(path, torch_dtype=dtype).to(device)
+    except OSError as error:
+        raise MonitorError(f"reference: expected a model directory or Hub id, could not load {path!r}: {error}") from error
+    try:
+        yield reference
+    finally:
+        del reference
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def _is_peft(model: nn.Module) -> bool:
+    return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
+
+
+def _fingerprint(state: _State) -> str:
+    """Identify (probe tokens, hookpoints, SAE weights): a cached reference is valid only for these."""
+    digest = hashlib.sha256()
+    for subset in sorted(state.batches):
+        digest.update(subset.encode())
+        for batch in state.batches[subset]:
+            digest.update(batch.input_ids.numpy().tobytes())
+            digest.update(batch.read_mask.numpy().tobytes())
+    for hookpoint, sae in sorted(state.saes.items()):
+        digest.update(hookpoint.encode())
+        digest.update(repr((sae.d_in, sae.num_latents, sae.cfg.k)).encode())
+        digest.update(repr(float(sae.W_dec.double().sum())).encode())
+    return digest.hexdigest()
+
+
+def _save_reading(path: str | Path, reading: ModelReading, fingerprint: str) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {f"act/{s}/{h}": x.contiguous().cpu() for s, per in reading.activations.items() for h, x in per.items()}
+    if reading.kl_logprobs is not None:
+        tensors["kl_logprobs"] = reading.kl_logprobs.contiguous().cpu()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp), metadata={"fingerprint": fingerprint, "format": "featuredrift-reference-1"})
+    tmp.replace(path)
+
+
+def _load_reading(path: str | Path, fingerprint: str) -> ModelReading | None:
+    """The cached reference readings, or None when absent, stale or unreadable."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            if (f.metadata() or {}).get("fingerprint") != fingerprint:
+                return None
+            activations: dict[str, dict[str, Tensor]] = {}
+            logprobs = None
+            for key in f.keys():
+                if key == "kl_logprobs":
+                    logprobs = f.get_tensor(key)
+                else:
+                    _, subset, hookpoint = key.split("/", 2)
+                    activations.setdefault(subset, {})[hookpoint] = f.get_tensor(key)
+    except Exception:  # a corrupt cache is recomputed, never trusted
+        return None
+    return ModelReading(activations, logprobs)
