@@ -10,6 +10,8 @@ import typer
 
 from alerts.cli import app as alerts_app
 from monitor.grafana.cli import app as grafana_app
+from monitor.replicate.cli import replicate as replicate_command
+from monitor.report_cli import report_command
 from monitor.store.cli import app as runs_app
 from monitor.zoo.cli import app as zoo_app
 from sae_store.cli import app as sae_app
@@ -25,6 +27,8 @@ app.add_typer(sae_app, name="sae")
 app.add_typer(runs_app, name="runs")
 app.add_typer(alerts_app, name="alerts")
 app.add_typer(grafana_app, name="grafana")
+app.command("report")(report_command)
+app.command("replicate")(replicate_command)
 
 
 @app.command()
@@ -57,6 +61,24 @@ def demo(
         run_name=run_name,
         stop_on_alert=stop_on_alert,
     )
+
+
+@app.command()
+def bench(
+    size: str = typer.Option("tiny", help="Zoo size to measure on."),
+    steps: int = typer.Option(200, help="Training steps per run."),
+    eval_every: int = typer.Option(50, help="Evaluation cadence (the callback's default is 50)."),
+    json_out: Path = typer.Option(None, "--json", help="Also write the numbers to this JSON file."),
+) -> None:
+    """Measure the monitor's overhead on the zoo and print ratios against the targets."""
+    import json
+
+    from monitor.bench import print_benchmark, run_benchmark
+
+    results = run_benchmark(size, steps, eval_every)
+    print_benchmark(results)
+    if json_out:
+        json_out.write_text(json.dumps(results, indent=2))
 
 
 def main() -> None:

@@ -59,6 +59,7 @@ class MonitorConfig(BaseModel):
     # Alerts
     stop_on_alert: bool = False
     alert_webhook_url: str | None = None
+    alert_thresholds: str | None = Field(None, description="YAML/JSON file overriding alert thresholds (see `featuredrift alerts list`).")
 
     device: str | None = None
 

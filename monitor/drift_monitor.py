@@ -108,6 +108,11 @@ class DriftMonitor:
     def hookpoints(self) -> list[str]:
         return list(self._require_started().saes)
 
+    @property
+    def probe_batches(self) -> dict[str, list[ProbeBatch]]:
+        """The tokenised probe set, by subset (base, chat, harmful, harmless)."""
+        return self._require_started().batches
+
     def start(
         self,
         model: nn.Module,
@@ -328,6 +333,8 @@ class DriftMonitor:
             gap_reference_features_at_reference=_mean_at(ref.dbar, reference_features),
             harmful_activation=harmful_mean,
             harmless_activation=harmless_mean,
+            current_values=dbar[current_features].tolist(),
+            reference_values=dbar[reference_features].tolist(),
         )
         reconstructions = []
         for source, features in (("current", current_features), ("reference", reference_features)):

@@ -66,6 +66,8 @@ class RefusalFeatures:
     gap_reference_features_at_reference: float  # d̄(0) over S_k(reference)
     harmful_activation: float  # mean activation of S_k(reference) on harmful prompts now
     harmless_activation: float  # same on harmless prompts
+    current_values: list[float] | None = None  # d̄(t) of each feature in `current`, same order
+    reference_values: list[float] | None = None  # d̄(t) of each feature in `reference`, same order
 
     @property
     def overlap_ratio(self) -> float:

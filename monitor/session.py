@@ -46,17 +46,17 @@ class MonitorSession:
             meta = monitor.provenance()
         store.start_run(run_name, config.model_dump(mode="json"), **meta)
         exporter = make_exporter(config, run_name)
-        engine = AlertEngine(
-            stop_on_alert=config.stop_on_alert,
-            webhook_url=config.alert_webhook_url,
+        engine = AlertEngine.from_config(
+            config,
             on_fire=lambda alert: _record_alert(store, run_name, alert),
+            on_resolve=lambda alert: _record_alert(store, run_name, alert),
         )
         spill_dir = Path(config.store_url.split("///")[-1]).parent if config.store_url.startswith("sqlite") else Path(".")
         return cls(config, run_name, store, exporter, engine, spill_dir)
 
     def stored_steps(self) -> set[int]:
         """Steps this run already has in the store (a resumed run skips them)."""
-        return {e.step for e in self.store.evaluations(self.run_name)}
+        return set(self.store.recorded_steps(self.run_name))
 
     def publish(self, report: EvaluationReport) -> list:
         """Store, then export and alert. Returns the alerts that fired; never raises."""

@@ -1,0 +1,1 @@
+"""Package data: featuredrift's own files (probe sets)."""

@@ -1,0 +1,1 @@
+"""The default probe set shipped with featuredrift, as JSONL files."""

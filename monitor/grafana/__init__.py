@@ -1,0 +1,1 @@
+"""Grafana dashboards (package data) and their upload through grafana-client."""

@@ -1,0 +1,91 @@
+"""The paper's figures from results.json, as PNG bytes (matplotlib, Agg backend)."""
+
+from __future__ import annotations
+
+import io
+
+
+def _png(fig) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def fig1_transfer(transfer: dict) -> bytes:
+    """FVU bars per setting and layer, chat SAE as a star (the ceiling)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    hookpoints = list(transfer["hookpoints"])
+    settings = ["B-LLM+B-Data", "B-LLM+C-Data", "C-LLM+C-Data"]
+    fig, axes = plt.subplots(1, len(hookpoints), figsize=(3.4 * len(hookpoints), 3.2), squeeze=False)
+    colors = ["#4c72b0", "#dd8452", "#55a868"]
+    for ax, hookpoint in zip(axes[0], hookpoints, strict=True):
+        row = transfer["hookpoints"][hookpoint]
+        values = [row["base_sae"][s] for s in settings]
+        ax.bar(range(3), values, color=colors)
+        if "chat_sae" in row:
+            ax.plot([2], [row["chat_sae"]["C-LLM+C-Data"]], marker="*", markersize=16, color="#e6b800",
+                    markeredgecolor="black", linestyle="none", label="chat SAE")
+            ax.legend(loc="upper left", fontsize=8)
+        ax.set_xticks(range(3), settings, rotation=20, fontsize=8)
+        ax.set_title(hookpoint)
+        ax.set_ylabel("FVU")
+    fig.suptitle("Fig. 1: base SAE transfer (lower is better)")
+    return _png(fig)
+
+
+def fig2_interventions(interventions: dict) -> bytes:
+    """Safety score under ablation (solid) and refusal score under addition (dashed) vs k."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    rows = interventions["rows"]
+    colors = {"base": "#c44e52", "chat": "#4c72b0"}
+    for source in ("base", "chat"):
+        points = sorted((r["k"], r) for r in rows if r["source"] == source and r["safety_score"] is not None)
+        if not points:
+            continue
+        ks = [k for k, _ in points]
+        ax.plot(ks, [r["safety_score"] for _, r in points], "-o", color=colors[source], label=f"{source} features: safety (ablation)")
+        ax.plot(ks, [r["refusal_score"] for _, r in points], "--s", color=colors[source], label=f"{source} features: refusal (addition)")
+    for r in rows:
+        if r["source"] == "true":
+            ax.axhline(r["safety_score"], color="gray", linestyle="-", alpha=0.7, label="true direction: safety")
+            ax.axhline(r["refusal_score"], color="gray", linestyle="--", alpha=0.7, label="true direction: refusal")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("k (refusal features)")
+    ax.set_ylabel("score")
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_title(f"Fig. 2: interventions (judge: {interventions['judge']})")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    return _png(fig)
+
+
+def fig3_drift(drift: dict) -> bytes:
+    """ER and IR per layer (base data, divergent tokens)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    hookpoints = list(drift["hookpoints"])
+    er = [drift["hookpoints"][h]["base"]["explained_ratio"] for h in hookpoints]
+    ir = [drift["hookpoints"][h]["base"]["intersection_ratio_divergent"] for h in hookpoints]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3.2))
+    left.bar(hookpoints, [v if v is not None else 0 for v in er], color="#4c72b0")
+    left.axhline(1.0, color="black", linestyle="--", linewidth=1)
+    left.set_title("Explained Ratio (ER < 1: feature drift)")
+    right.bar(hookpoints, [v if v is not None else 0 for v in ir], color="#55a868")
+    right.set_ylim(0, 1)
+    right.set_title("Intersection Ratio")
+    fig.suptitle("Fig. 3: feature drift metrics")
+    return _png(fig)

@@ -1,0 +1,96 @@
+"""Stage `saes`: the base SAE per hookpoint (loaded from its source, or trained with sparsify
+on base data where the source lacks it) and the chat SAE (trained on the chat model's
+activations of chat data), the FVU ceiling of Fig. 1. Training goes through
+`sae_store.train.train_sae` (sparsify's `Trainer`); multi-GPU users train with `torchrun`
+beforehand and point `sae.base` at the result (see presets/README.md)."""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+
+from monitor.replicate.config import SaeTrainConfig
+from monitor.replicate.context import RunContext
+
+
+def run(ctx: RunContext, folder: Path) -> dict:
+    from sae_store.load import locate_sae_dirs
+    from sae_store.registry import fingerprint_sae
+
+    cfg = ctx.config
+    result: dict = {"base": {}, "chat": {}}
+    available = {}
+    if cfg.sae.base is not None:
+        available = locate_sae_dirs(cfg.sae.base, cfg.hookpoints)
+    for hookpoint in cfg.hookpoints:
+        if hookpoint in available:
+            result["base"][hookpoint] = _describe(available[hookpoint], trained=False, fingerprint=fingerprint_sae)
+    missing = [h for h in cfg.hookpoints if h not in result["base"]]
+    if missing:
+        trained = _train(ctx, "base", "base_text_train", missing, cfg.sae.base_train, folder / "base")
+        for hookpoint, path in trained.sae_dirs.items():
+            result["base"][hookpoint] = _describe(path, trained=True, fingerprint=fingerprint_sae, training=trained)
+    if cfg.sae.chat:
+        trained = _train(ctx, "chat", "chat_text_train", cfg.hookpoints, cfg.sae.chat_train, folder / "chat")
+        for hookpoint, path in trained.sae_dirs.items():
+            result["chat"][hookpoint] = _describe(path, trained=True, fingerprint=fingerprint_sae, training=trained)
+    return result
+
+
+def _describe(path: Path, *, trained: bool, fingerprint, training=None) -> dict:
+    from sae_store.validate import read_sae_config
+
+    sae_cfg = read_sae_config(Path(path))
+    hookpoint = Path(path).name
+    entry = {
+        "path": str(path),
+        "fingerprint": fingerprint(path),
+        "trained_here": trained,
+        "d_in": sae_cfg["d_in"],
+        "num_latents": sae_cfg["num_latents"],
+        "k": sae_cfg.get("k"),
+    }
+    if training is not None:
+        entry["training"] = {
+            "num_tokens": training.num_tokens,
+            "num_steps": training.num_steps,
+            "initial_fvu": training.initial_fvu.get(hookpoint),
+            "final_fvu": training.final_fvu.get(hookpoint),
+        }
+    return entry
+
+
+def _train(ctx: RunContext, role: str, field_name: str, hookpoints: list[str], settings: SaeTrainConfig, out: Path):
+    from sae_store.train import train_sae
+
+    cfg = ctx.config
+    model, tokenizer = ctx.model(role)
+    texts, _ = ctx.texts(field_name, cfg.data.max_train_texts)
+    texts = repeat_to_tokens(texts, tokenizer, settings.num_tokens, cfg.seed)
+    ctx_len = cfg.data.max_length
+    if ctx.progress is not None:
+        ctx.progress.console.log(f"training {role} SAEs for {hookpoints} ({settings.steps} steps)")
+    return train_sae(
+        model, tokenizer, texts, hookpoints,
+        num_latents=settings.num_latents, k=settings.k, out_dir=out, ctx_len=ctx_len,
+        batch_size=max(1, settings.batch_size // ctx_len), max_tokens=settings.num_tokens,
+        lr=settings.lr, optimizer="adam", lr_warmup_steps=settings.lr_warmup_steps,
+        grad_clip=settings.grad_clip_norm, auxk_alpha=settings.auxk_alpha,
+        dead_feature_threshold=settings.dead_feature_threshold, multi_topk=settings.multi_topk,
+        seed=cfg.seed, run_name=f"{role}-sae",
+    )
+
+
+def repeat_to_tokens(texts: list[str], tokenizer, num_tokens: int, seed: int) -> list[str]:
+    """Shuffled copies of `texts` (epochs) until they hold about `num_tokens` tokens."""
+    sample = texts[: min(len(texts), 256)]
+    per_text = sum(len(ids) + 1 for ids in tokenizer(sample, add_special_tokens=False)["input_ids"]) / max(1, len(sample))
+    epochs = max(1, math.ceil(num_tokens / max(1.0, per_text * len(texts))))
+    rng = random.Random(seed)
+    out: list[str] = []
+    for _ in range(epochs):
+        copy = list(texts)
+        rng.shuffle(copy)
+        out.extend(copy)
+    return out

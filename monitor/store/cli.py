@@ -1,0 +1,167 @@
+"""`featuredrift runs …` commands: list, show, compare and export stored runs.
+
+The store is imported inside each command so `featuredrift --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(help="Inspect, compare and export stored runs.", no_args_is_help=True)
+
+DB_HELP = "Run store URL (default: $FEATUREDRIFT_STORE_URL or sqlite:///featuredrift.db)."
+
+
+def default_store_url() -> str:
+    return os.environ.get("FEATUREDRIFT_STORE_URL") or "sqlite:///featuredrift.db"
+
+
+DbOption = typer.Option(None, "--db", help=DB_HELP, show_default=False)
+
+
+def open_store(db: str | None):
+    """Open the store or exit with the store's own clear message (no traceback)."""
+    from monitor.store.errors import StoreError
+    from monitor.store.run_store import RunStore
+
+    try:
+        return RunStore(db or default_store_url())
+    except StoreError as error:
+        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from error
+
+
+def fail(error: Exception) -> None:
+    typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2) from error
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return f"{value:.4g}"
+
+
+def new_table(title: str, columns: tuple[str, ...], show_header: bool = True):
+    """A rich table whose cells wrap instead of truncating (names and labels must stay readable)."""
+    from rich.table import Table
+
+    table = Table(title=title, show_header=show_header)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    return table
+
+
+def _labels(labels: dict[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
+@app.command("list")
+def list_runs(db: str | None = DbOption) -> None:
+    """All runs with their status, evaluation count and newest step."""
+    from rich.console import Console
+    with open_store(db) as store:
+        runs = store.list_runs()
+    table = new_table(f"runs in {store.display_url}",
+                      ("name", "status", "evaluations", "last step", "created", "updated", "reference"))
+    for run in runs:
+        table.add_row(
+            run.name, run.status, str(run.evaluation_count),
+            "—" if run.last_step is None else str(run.last_step),
+            run.created_at.strftime("%Y-%m-%d %H:%M:%S"), run.updated_at.strftime("%Y-%m-%d %H:%M:%S"),
+            run.reference_policy or "—",
+        )
+    Console().print(table if runs else f"no runs in {store.display_url}")
+
+
+@app.command("show")
+def show_run(run: str, db: str | None = DbOption) -> None:
+    """A run's metadata, the latest value of every metric, and its alerts."""
+    from rich.console import Console
+
+    from monitor.store.errors import StoreError
+
+    console = Console()
+    with open_store(db) as store:
+        try:
+            info = store.get_run(run)
+            latest = store.latest_values(run)
+            alerts = store.alerts(run)
+        except StoreError as error:
+            fail(error)
+    meta = new_table(f"run {info.name}", ("field", "value"), show_header=False)
+    for field, value in (
+        ("status", info.status), ("evaluations", str(info.evaluation_count)),
+        ("last step", "—" if info.last_step is None else str(info.last_step)),
+        ("created", info.created_at.isoformat()), ("updated", info.updated_at.isoformat()),
+        ("model", info.model_fingerprint or "—"), ("sae", info.sae_fingerprint or "—"),
+        ("reference", info.reference_policy or "—"),
+    ):
+        meta.add_row(field, value)
+    console.print(meta)
+    import json
+
+    metrics = new_table("latest metrics", ("metric", "labels", "step", "value"))
+    for (name, key), (step, value) in sorted(latest.items()):
+        metrics.add_row(name, _labels(json.loads(key)), str(step), _fmt(value))
+    console.print(metrics)
+    if alerts:
+        table = new_table("alerts", ("name", "severity", "status", "step", "started", "ended", "message"))
+        for alert in alerts:
+            table.add_row(
+                alert.name, alert.severity, alert.status, "—" if alert.step is None else str(alert.step),
+                alert.started_at.isoformat(timespec="seconds"),
+                alert.ended_at.isoformat(timespec="seconds") if alert.ended_at else "—", alert.message,
+            )
+        console.print(table)
+
+
+@app.command("compare")
+def compare_runs(run_a: str, run_b: str, db: str | None = DbOption) -> None:
+    """Latest value of every metric in both runs, their difference, and config differences."""
+    from rich.console import Console
+
+    from monitor.store.errors import StoreError
+
+    console = Console()
+    with open_store(db) as store:
+        try:
+            comparison = store.compare(run_a, run_b)
+        except StoreError as error:
+            fail(error)
+    table = new_table(f"{run_a} vs {run_b} (latest values)", ("metric", "labels", run_a, run_b, "Δ (b − a)"))
+    for row in comparison.metrics:
+        table.add_row(row.name, _labels(row.labels), _fmt(row.value_a), _fmt(row.value_b), _fmt(row.delta))
+    console.print(table)
+    if comparison.config_differences:
+        config = new_table("config differences", ("field", run_a, run_b))
+        for field, (a, b) in comparison.config_differences.items():
+            config.add_row(field, repr(a), repr(b))
+        console.print(config)
+
+
+@app.command("export")
+def export_run(
+    run: str,
+    format: str = typer.Option("csv", "--format", "-f", help="csv (one row per metric sample) or json (full reports)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Write here instead of stdout."),
+    db: str | None = DbOption,
+) -> None:
+    """Export a run's history for analysis elsewhere."""
+    from monitor.store.errors import StoreError
+
+    with open_store(db) as store:
+        try:
+            text = store.export(run, format=format, out=out)
+        except (StoreError, ValueError) as error:
+            fail(error)
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        typer.echo(f"wrote {out}", err=True)

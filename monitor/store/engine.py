@@ -1,0 +1,103 @@
+"""Opening a run-store database: URL checks, SQLite pragmas, and errors a human can act on.
+
+SQLite gets WAL (readers never block the training process' writer), foreign keys ON and a
+busy timeout on every connection; PostgreSQL gets a short connect timeout so an unreachable
+server fails fast instead of hanging a training step.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
+from sqlalchemy.pool import StaticPool
+
+from monitor.store.errors import CorruptStoreError, StoreError, StoreUnavailableError
+
+DEFAULT_URL = "sqlite:///featuredrift.db"
+POSTGRES_CONNECT_TIMEOUT_S = 5
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+
+def parse_store_url(url: str) -> URL:
+    """Parse and normalise: bare `postgresql://` means psycopg 3, the driver we ship."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as error:
+        raise StoreError(
+            f"run store URL: expected a SQLAlchemy URL such as {DEFAULT_URL!r} or "
+            f"'postgresql+psycopg://user:pass@host/db', found {url!r}"
+        ) from error
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def url_for_humans(url: URL) -> str:
+    return url.render_as_string(hide_password=True)
+
+
+def is_sqlite_memory(url: URL) -> bool:
+    return url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
+
+
+def _enable_sqlite_pragmas(engine: Engine, wal: bool) -> None:
+    @event.listens_for(engine, "connect")
+    def on_connect(dbapi_connection, _record) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            if wal:
+                cursor.execute("PRAGMA journal_mode=WAL")
+        finally:
+            cursor.close()
+
+
+def make_engine(url: URL) -> Engine:
+    backend = url.get_backend_name()
+    try:
+        if backend == "sqlite":
+            if is_sqlite_memory(url):
+                engine = create_engine(
+                    url, poolclass=StaticPool, connect_args={"check_same_thread": False}
+                )
+                _enable_sqlite_pragmas(engine, wal=False)
+                return engine
+            folder = Path(url.database).expanduser().parent
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise StoreUnavailableError(
+                    f"cannot open run store {url_for_humans(url)}: cannot create folder {str(folder)!r} ({error})"
+                ) from error
+            engine = create_engine(url, pool_pre_ping=True)
+            _enable_sqlite_pragmas(engine, wal=True)
+            return engine
+        connect_args = {"connect_timeout": POSTGRES_CONNECT_TIMEOUT_S} if backend == "postgresql" else {}
+        return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+    except (NoSuchModuleError, ModuleNotFoundError) as error:
+        hint = " (pip install 'featuredrift[postgres]')" if backend == "postgresql" else ""
+        raise StoreError(
+            f"run store {url_for_humans(url)}: no driver for {url.drivername!r}{hint}: {error}"
+        ) from error
+
+
+def translate_open_error(error: Exception, url: URL) -> StoreError:
+    """Map a driver error raised while opening to one that says which database and what to do."""
+    shown = url_for_humans(url)
+    original = getattr(error, "orig", None) or error
+    message = str(original).strip().splitlines()[0] if str(original).strip() else type(original).__name__
+    if url.get_backend_name() == "sqlite" and isinstance(original, sqlite3.DatabaseError):
+        lowered = message.lower()
+        if "not a database" in lowered or "malformed" in lowered or "corrupt" in lowered:
+            return CorruptStoreError(
+                f"run store {shown}: the file {url.database!r} is not a valid SQLite database "
+                f"({message}); move it away or point --db / FEATUREDRIFT_STORE_URL elsewhere"
+            )
+    if isinstance(error, DBAPIError | sqlite3.Error | OSError):
+        return StoreUnavailableError(f"cannot open run store {shown}: {message}")
+    return StoreError(f"run store {shown}: {message}")

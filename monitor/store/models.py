@@ -1,0 +1,164 @@
+"""SQLAlchemy 2 ORM models of the run store: runs, evaluations and what each evaluation found.
+
+One row per evaluation holds the full report JSON (the source of truth, so nothing is lost);
+the other tables are flat, queryable projections of that report (metric values, drifted
+features, refusal features) and the alerts raised during a run.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Run(Base):
+    """One monitored fine-tuning run; the name is its identity across restarts."""
+
+    __tablename__ = "runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now, onupdate=utc_now)
+    status: Mapped[str] = mapped_column(String(32), default="running")
+    config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    model_fingerprint: Mapped[str | None] = mapped_column(String(128))
+    sae_fingerprint: Mapped[str | None] = mapped_column(String(128))
+    reference_policy: Mapped[str | None] = mapped_column(String(255))
+    extra: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+    evaluations: Mapped[list[Evaluation]] = relationship(
+        back_populates="run", cascade="all, delete-orphan", passive_deletes=True, order_by="Evaluation.step"
+    )
+    alerts: Mapped[list[Alert]] = relationship(
+        back_populates="run", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class Evaluation(Base):
+    """One evaluation at one training step; `report` is `EvaluationReport.to_json()` verbatim."""
+
+    __tablename__ = "evaluations"
+    __table_args__ = (UniqueConstraint("run_id", "step", name="uq_evaluations_run_step"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    step: Mapped[int] = mapped_column(Integer)
+    timestamp: Mapped[float] = mapped_column(Float)  # unix seconds, from the report
+    recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now, onupdate=utc_now)
+    epoch: Mapped[float | None] = mapped_column(Float)
+    duration_s: Mapped[float | None] = mapped_column(Float)
+    timings: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
+    # Text, not JSON: reports may hold NaN, which PostgreSQL's JSON types reject.
+    report: Mapped[str] = mapped_column(Text)
+
+    run: Mapped[Run] = relationship(back_populates="evaluations")
+    metric_values: Mapped[list[MetricValue]] = relationship(
+        back_populates="evaluation", cascade="all, delete-orphan", passive_deletes=True
+    )
+    drifted_features: Mapped[list[DriftedFeature]] = relationship(
+        cascade="all, delete-orphan", passive_deletes=True
+    )
+    refusal_features: Mapped[list[RefusalFeature]] = relationship(
+        cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class MetricValue(Base):
+    """One `MetricSample` of an evaluation. `labels` is canonical JSON (sorted keys) for exact matching."""
+
+    __tablename__ = "metric_values"
+    __table_args__ = (
+        UniqueConstraint("evaluation_id", "name", "labels", name="uq_metric_values_sample"),
+        Index("ix_metric_values_name", "name"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    evaluation_id: Mapped[int] = mapped_column(ForeignKey("evaluations.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(255))
+    labels: Mapped[str] = mapped_column(String(1024))
+    value: Mapped[float] = mapped_column(Float)
+
+    evaluation: Mapped[Evaluation] = relationship(back_populates="metric_values")
+
+
+class DriftedFeature(Base):
+    """One of the top-N most drifted SAE features of an evaluation (rank 0 = most drifted)."""
+
+    __tablename__ = "drifted_features"
+    __table_args__ = (Index("ix_drifted_features_feature", "hookpoint", "feature"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    evaluation_id: Mapped[int] = mapped_column(ForeignKey("evaluations.id", ondelete="CASCADE"), index=True)
+    hookpoint: Mapped[str] = mapped_column(String(255))
+    feature: Mapped[int] = mapped_column(Integer)
+    subset: Mapped[str] = mapped_column(String(64))
+    freq_reference: Mapped[float | None] = mapped_column(Float)
+    freq_current: Mapped[float | None] = mapped_column(Float)
+    mean_reference: Mapped[float | None] = mapped_column(Float)
+    mean_current: Mapped[float | None] = mapped_column(Float)
+    score: Mapped[float | None] = mapped_column(Float)
+    rank: Mapped[int] = mapped_column(Integer)
+
+
+class RefusalFeature(Base):
+    """One member of a refusal-feature set S_k (source: whose d̄ chose it, current or reference)."""
+
+    __tablename__ = "refusal_features"
+    __table_args__ = (
+        UniqueConstraint("evaluation_id", "hookpoint", "k", "source", "rank", name="uq_refusal_features_slot"),
+        Index("ix_refusal_features_feature", "hookpoint", "feature"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    evaluation_id: Mapped[int] = mapped_column(ForeignKey("evaluations.id", ondelete="CASCADE"), index=True)
+    hookpoint: Mapped[str] = mapped_column(String(255))
+    k: Mapped[int] = mapped_column(Integer)
+    feature: Mapped[int] = mapped_column(Integer)
+    source: Mapped[str] = mapped_column(String(16))  # "current" | "reference"
+    rank: Mapped[int] = mapped_column(Integer)
+    diff_in_means: Mapped[float | None] = mapped_column(Float)  # d̄_j at this step, when the report has it
+    nnls_weight: Mapped[float | None] = mapped_column(Float)
+
+
+class Alert(Base):
+    """An alert raised during a run; resolved alerts keep their start and get an end."""
+
+    __tablename__ = "alerts"
+    __table_args__ = (Index("ix_alerts_run_name_status", "run_id", "name", "status"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    evaluation_id: Mapped[int | None] = mapped_column(ForeignKey("evaluations.id", ondelete="SET NULL"))
+    step: Mapped[int | None] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(255))
+    labels: Mapped[str] = mapped_column(String(1024), default="{}")  # canonical JSON: which series fired
+    severity: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16))  # "firing" | "resolved"
+    message: Mapped[str] = mapped_column(Text, default="")
+    value: Mapped[float | None] = mapped_column(Float)  # the alerting expression's value
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    run: Mapped[Run] = relationship(back_populates="alerts")

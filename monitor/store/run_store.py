@@ -1,0 +1,618 @@
+"""`RunStore`: the history of monitored runs in SQL (SQLite by default, PostgreSQL by URL).
+
+Every write is one transaction that is committed before the method returns, so a report
+recorded here is durable before anything exports it. Evaluations are unique per
+(run, step): recording the same step again (a resumed run re-evaluating it) replaces the
+stored evaluation in place instead of adding a second one.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import delete, func, insert, select
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from monitor.report import EvaluationReport
+from monitor.store import rows
+from monitor.store.engine import (
+    make_engine,
+    parse_store_url,
+    translate_open_error,
+    url_for_humans,
+)
+from monitor.store.errors import (
+    RunMismatchError,
+    SchemaTooNewError,
+    StoreError,
+    StoreUnavailableError,
+    UnknownRunError,
+)
+from monitor.store.migrate import upgrade_to_head
+from monitor.store.models import (
+    Alert,
+    DriftedFeature,
+    Evaluation,
+    MetricValue,
+    RefusalFeature,
+    Run,
+    utc_now,
+)
+from monitor.store.rows import (
+    AlertInfo,
+    DriftedFeatureRow,
+    EvaluationInfo,
+    MetricComparison,
+    RefusalFeatureRow,
+    RunComparison,
+    RunInfo,
+    SeriesPoint,
+    labels_key,
+)
+
+log = logging.getLogger(__name__)
+
+RUN_STATUSES = ("running", "finished", "failed", "stopped")
+ALERT_STATUSES = ("firing", "resolved")
+EXPORT_FORMATS = ("csv", "json")
+JSON_EXPORT_FORMAT = "featuredrift-run/1"
+CSV_COLUMNS = ("run", "step", "timestamp", "epoch", "metric", "labels", "value")
+
+
+class RunStore:
+    """Open (and migrate to head) the run store at `url`."""
+
+    def __init__(self, url: str = "sqlite:///featuredrift.db") -> None:
+        self.url = parse_store_url(url)
+        self.display_url = url_for_humans(self.url)
+        self.engine = make_engine(self.url)
+        try:
+            upgrade_to_head(self.engine, self.display_url)
+        except (SchemaTooNewError, StoreError):
+            self.engine.dispose()
+            raise
+        except Exception as error:
+            self.engine.dispose()
+            raise translate_open_error(error, self.url) from error
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> RunStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"RunStore({self.display_url!r})"
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Session]:
+        try:
+            with self._sessions.begin() as session:
+                yield session
+        except OperationalError as error:
+            raise StoreUnavailableError(
+                f"run store {self.display_url}: {str(error.orig).strip() or error}"
+            ) from error
+
+    # ---- runs -------------------------------------------------------------------------
+
+    def start_run(
+        self,
+        name: str,
+        config: dict[str, Any] | None = None,
+        *,
+        model_fingerprint: str | None = None,
+        sae_fingerprint: str | None = None,
+        reference_policy: str | None = None,
+        **extra: Any,
+    ) -> RunInfo:
+        """Create the run, or continue it when one of that name exists (a resumed job).
+
+        Resuming with a different SAE fingerprint is refused: the stored metrics would
+        silently stop being comparable.
+        """
+        if not name or not name.strip():
+            raise ValueError(f"run name: expected a non-empty string, found {name!r}")
+        config = dict(config or {})
+        for attempt in range(2):
+            try:
+                with self._transaction() as session:
+                    run = session.scalar(select(Run).where(Run.name == name))
+                    resumed = run is not None
+                    if run is None:
+                        run = Run(
+                            name=name,
+                            config=config,
+                            model_fingerprint=model_fingerprint,
+                            sae_fingerprint=sae_fingerprint,
+                            reference_policy=reference_policy,
+                            extra=extra,
+                            status="running",
+                        )
+                        session.add(run)
+                    else:
+                        if sae_fingerprint and run.sae_fingerprint and sae_fingerprint != run.sae_fingerprint:
+                            raise RunMismatchError(
+                                f"run {name!r} in {self.display_url}: resumed with SAE fingerprint "
+                                f"{sae_fingerprint!r}, but the run was recorded with {run.sae_fingerprint!r}; "
+                                "use a new run name for a different SAE"
+                            )
+                        run.status = "running"
+                        run.config = config or run.config
+                        run.model_fingerprint = model_fingerprint or run.model_fingerprint
+                        run.sae_fingerprint = sae_fingerprint or run.sae_fingerprint
+                        run.reference_policy = reference_policy or run.reference_policy
+                        run.extra = {**(run.extra or {}), **extra}
+                        run.updated_at = utc_now()
+                    session.flush()
+                    return self._run_info(session, run, resumed=resumed)
+            except IntegrityError:
+                if attempt == 1:
+                    raise
+                # Another process created the same run between our SELECT and INSERT.
+        raise AssertionError("unreachable")
+
+    def finish_run(self, name: str, status: str = "finished") -> RunInfo:
+        if status not in RUN_STATUSES:
+            raise ValueError(f"run status: expected one of {RUN_STATUSES}, found {status!r}")
+        with self._transaction() as session:
+            run = self._require_run(session, name)
+            run.status = status
+            run.updated_at = utc_now()
+            session.flush()
+            return self._run_info(session, run)
+
+    def get_run(self, name: str) -> RunInfo:
+        with self._transaction() as session:
+            return self._run_info(session, self._require_run(session, name))
+
+    def list_runs(self) -> list[RunInfo]:
+        with self._transaction() as session:
+            stats = self._evaluation_stats(session)
+            runs = session.scalars(select(Run).order_by(Run.created_at, Run.id)).all()
+            return [self._run_info(session, run, stats=stats) for run in runs]
+
+    def last_step(self, run_name: str) -> int | None:
+        """The newest recorded step (None before the first evaluation): where a resumed run stands."""
+        with self._transaction() as session:
+            run = self._require_run(session, run_name)
+            return session.scalar(select(func.max(Evaluation.step)).where(Evaluation.run_id == run.id))
+
+    # ---- evaluations ------------------------------------------------------------------
+
+    def record_evaluation(self, run_name: str, report: EvaluationReport) -> int:
+        """Store a report and its flat projections in one transaction; returns the evaluation id.
+
+        Idempotent per (run, step): the same step again replaces the stored one in place.
+        """
+        for attempt in range(2):
+            try:
+                with self._transaction() as session:
+                    return self._write_evaluation(session, run_name, report)
+            except IntegrityError:
+                if attempt == 1:
+                    raise
+                # A concurrent writer inserted the same (run, step); retry as an update.
+        raise AssertionError("unreachable")
+
+    def _write_evaluation(self, session: Session, run_name: str, report: EvaluationReport) -> int:
+        run = self._require_run(session, run_name)
+        step = int(report.step)
+        evaluation = session.scalar(
+            select(Evaluation).where(Evaluation.run_id == run.id, Evaluation.step == step)
+        )
+        if evaluation is None:
+            evaluation = Evaluation(run_id=run.id, step=step)
+            session.add(evaluation)
+        else:
+            for table in (MetricValue, DriftedFeature, RefusalFeature):
+                session.execute(delete(table).where(table.evaluation_id == evaluation.id))
+        evaluation.timestamp = float(report.timestamp)
+        evaluation.epoch = rows.finite_or_none(report.epoch)
+        evaluation.duration_s = rows.report_duration(report)
+        evaluation.timings = {k: v for k, v in report.timings.items() if rows.finite_or_none(v) is not None}
+        evaluation.report = report.to_json()
+        evaluation.recorded_at = utc_now()
+        run.updated_at = utc_now()
+        session.flush()
+
+        samples: dict[tuple[str, str], float] = {}
+        for sample in report.metric_samples():
+            key = (sample.name, labels_key(sample.labels))
+            if key in samples:
+                log.warning("report step %d: duplicate metric sample %s %s; keeping the last", step, *key)
+            samples[key] = sample.value
+        if samples:
+            session.execute(
+                insert(MetricValue),
+                [
+                    {"evaluation_id": evaluation.id, "name": name, "labels": labels, "value": value}
+                    for (name, labels), value in samples.items()
+                ],
+            )
+        drifted, refusal = [], []
+        for hookpoint, layer in report.layers.items():
+            drifted += [
+                {"evaluation_id": evaluation.id, "hookpoint": hookpoint, **fields}
+                for fields in rows.drifted_feature_fields(layer)
+            ]
+            refusal += [
+                {"evaluation_id": evaluation.id, "hookpoint": hookpoint, **fields}
+                for fields in rows.refusal_feature_fields(layer)
+            ]
+        if drifted:
+            session.execute(insert(DriftedFeature), drifted)
+        if refusal:
+            session.execute(insert(RefusalFeature), refusal)
+        return evaluation.id
+
+    def recorded_steps(self, run_name: str) -> list[int]:
+        """Steps already stored, ascending (cheap: no report is parsed); a resumed run skips them."""
+        with self._transaction() as session:
+            run = self._require_run(session, run_name)
+            return list(session.scalars(
+                select(Evaluation.step).where(Evaluation.run_id == run.id).order_by(Evaluation.step)
+            ).all())
+
+    def evaluations(self, run_name: str) -> list[EvaluationInfo]:
+        with self._transaction() as session:
+            run = self._require_run(session, run_name)
+            found = session.scalars(
+                select(Evaluation).where(Evaluation.run_id == run.id).order_by(Evaluation.step)
+            ).all()
+            return [
+                EvaluationInfo(
+                    id=e.id,
+                    step=e.step,
+                    timestamp=e.timestamp,
+                    epoch=e.epoch,
+                    duration_s=e.duration_s,
+                    report=EvaluationReport.from_dict(json.loads(e.report)),
+                )
+                for e in found
+            ]
+
+    def metric_names(self, run_name: str) -> list[tuple[str, dict[str, str]]]:
+        """Every (metric name, labels) series the run has, sorted."""
+        with self._transaction() as session:
+            run = self._require_run(session, run_name)
+            found = session.execute(
+                select(MetricValue.name, MetricValue.labels)
+                .join(Evaluation, MetricValue.evaluation_id == Evaluation.id)
+                .where(Evaluation.run_id == run.id)
+                .distinct()
+            ).all()
+            return [(name, json.loads(labels)) for name, labels in sorted(found)]
+
+    def metric_series(
+        self, run_name: str, name: str, labels: dict[str, str] | None = None
+    ) -> list[SeriesPoint]:
+        """Values of metric `name` over steps; `labels` keeps series whose labels include them."""
+        with self._transaction() as session:
+            run = self._require_run(session, run_name)
+            found = session.execute(
+                select(Evaluation.step, MetricValue.labels, MetricValue.value)
+                .join(Evaluation, MetricValue.evaluation_id == Evaluation.id)
+                .where(Evaluation.run_id == run.id, MetricValue.name == name)
+                .order_by(Evaluation.step, MetricValue.labels)
+            ).all()
+        wanted = {str(k): str(v) for k, v in (labels or {}).items()}
+        points = [SeriesPoint(step, json.loads(key), value) for step, key, value in found]
+        return [p for p in points if all(p.labels.get(k) == v for k, v in wanted.items())]
+
+    def drifted_features(self, run_name: str, hookpoint: str | None = None) -> list[DriftedFeatureRow]:
+        with self._transaction() as session:
+            run = self._require_run(session, run_name)
+            query = (
+                select(Evaluation.step, DriftedFeature)
+                .join(Evaluation, DriftedFeature.evaluation_id == Evaluation.id)
+                .where(Evaluation.run_id == run.id)
+                .order_by(Evaluation.step, DriftedFeature.hookpoint, DriftedFeature.rank)
+            )
+            if hookpoint is not None:
+                query = query.where(DriftedFeature.hookpoint == hookpoint)
+            return [
+                DriftedFeatureRow(
+                    step, d.hookpoint, d.feature, d.subset, d.freq_reference, d.freq_current,
+                    d.mean_reference, d.mean_current, d.score, d.rank,
+                )
+                for step, d in session.execute(query).all()
+            ]
+
+    def refusal_features(self, run_name: str, hookpoint: str | None = None) -> list[RefusalFeatureRow]:
+        with self._transaction() as session:
+            run = self._require_run(session, run_name)
+            query = (
+                select(Evaluation.step, RefusalFeature)
+                .join(Evaluation, RefusalFeature.evaluation_id == Evaluation.id)
+                .where(Evaluation.run_id == run.id)
+                .order_by(Evaluation.step, RefusalFeature.hookpoint, RefusalFeature.k,
+                          RefusalFeature.source, RefusalFeature.rank)
+            )
+            if hookpoint is not None:
+                query = query.where(RefusalFeature.hookpoint == hookpoint)
+            return [
+                RefusalFeatureRow(step, r.hookpoint, r.k, r.feature, r.source, r.rank, r.diff_in_means, r.nnls_weight)
+                for step, r in session.execute(query).all()
+            ]
+
+    # ---- alerts -----------------------------------------------------------------------
+
+    def record_alert(
+        self,
+        run_name: str,
+        alert: Any,
+        severity: str | None = None,
+        status: str = "firing",
+        message: str = "",
+        step: int | None = None,
+        at: datetime | None = None,
+        labels: dict[str, str] | None = None,
+        value: float | None = None,
+    ) -> int:
+        """Open (firing) or close (resolved) an alert of one series; returns its id.
+
+        `alert` is either the alert name (with the other fields as arguments) or an alert
+        object with `name`, `status`, `severity`, `labels`, `annotations`, `value`, `step`,
+        `starts_at` and `ends_at` (unix seconds), such as `alerts.engine.FiredAlert`.
+        A firing alert already open for the same name and labels is updated, not duplicated;
+        resolving closes the open one (or records a resolved alert if none was open).
+        """
+        if not isinstance(alert, str):
+            name = alert.name
+            severity = alert.severity
+            status = alert.status
+            labels = {k: v for k, v in (alert.labels or {}).items() if k not in ("alertname", "severity", "run")}
+            annotations = getattr(alert, "annotations", None) or {}
+            message = annotations.get("summary") or annotations.get("description") or message
+            value = getattr(alert, "value", value)
+            step = getattr(alert, "step", step)
+            moment = alert.ends_at if status == "resolved" and alert.ends_at else alert.starts_at
+            at = datetime.fromtimestamp(moment, timezone.utc) if moment else at
+        else:
+            name = alert
+        if status not in ALERT_STATUSES:
+            raise ValueError(f"alert status: expected one of {ALERT_STATUSES}, found {status!r}")
+        if not severity:
+            raise ValueError(f"alert {name!r}: expected a severity such as 'warning' or 'critical', found {severity!r}")
+        key = labels_key(labels or {})
+        at = at or utc_now()
+        with self._transaction() as session:
+            run = self._require_run(session, run_name)
+            evaluation_id = None
+            if step is not None:
+                evaluation_id = session.scalar(
+                    select(Evaluation.id).where(Evaluation.run_id == run.id, Evaluation.step == step)
+                )
+            record = session.scalar(
+                select(Alert)
+                .where(Alert.run_id == run.id, Alert.name == name, Alert.labels == key, Alert.status == "firing")
+                .order_by(Alert.started_at.desc(), Alert.id.desc())
+            )
+            if record is None:
+                record = Alert(run_id=run.id, name=name, labels=key, started_at=at)
+                session.add(record)
+            record.severity = severity
+            record.status = status
+            record.message = message or record.message or ""
+            record.value = rows.finite_or_none(value) if value is not None else record.value
+            record.step = step if step is not None else record.step
+            record.evaluation_id = evaluation_id if evaluation_id is not None else record.evaluation_id
+            record.ended_at = at if status == "resolved" else None
+            session.flush()
+            return record.id
+
+    def record_stop(self, run_name: str, step: int, reason: str) -> RunInfo:
+        """Note that training was stopped on purpose (an alert with stop_on_alert) and why."""
+        with self._transaction() as session:
+            run = self._require_run(session, run_name)
+            run.status = "stopped"
+            run.extra = {**(run.extra or {}), "stopped_at_step": int(step), "stop_reason": str(reason)}
+            run.updated_at = utc_now()
+            session.flush()
+            return self._run_info(session, run)
+
+    def alerts(self, run_name: str, status: str | None = None) -> list[AlertInfo]:
+        with self._transaction() as session:
+            run = self._require_run(session, run_name)
+            query = select(Alert).where(Alert.run_id == run.id).order_by(Alert.started_at, Alert.id)
+            if status is not None:
+                query = query.where(Alert.status == status)
+            return [
+                AlertInfo(a.id, run.name, a.name, a.severity, a.status, a.message, a.step,
+                          _aware(a.started_at), _aware(a.ended_at), json.loads(a.labels or "{}"), a.value)
+                for a in session.scalars(query).all()
+            ]
+
+    # ---- comparison and export -----------------------------------------------------------
+
+    def latest_values(self, run_name: str) -> dict[tuple[str, str], tuple[int, float]]:
+        """(name, labels key) → (step, value) of the newest evaluation that has that series."""
+        with self._transaction() as session:
+            run = self._require_run(session, run_name)
+            found = session.execute(
+                select(MetricValue.name, MetricValue.labels, Evaluation.step, MetricValue.value)
+                .join(Evaluation, MetricValue.evaluation_id == Evaluation.id)
+                .where(Evaluation.run_id == run.id)
+                .order_by(Evaluation.step)
+            ).all()
+        return {(name, key): (step, value) for name, key, step, value in found}
+
+    def compare(self, run_a: str, run_b: str) -> RunComparison:
+        """Latest value of every series in either run, and the config keys that differ."""
+        info_a, info_b = self.get_run(run_a), self.get_run(run_b)
+        latest_a, latest_b = self.latest_values(run_a), self.latest_values(run_b)
+        metrics = []
+        for name, key in sorted(set(latest_a) | set(latest_b)):
+            step_a, value_a = latest_a.get((name, key), (None, None))
+            step_b, value_b = latest_b.get((name, key), (None, None))
+            metrics.append(MetricComparison(name, json.loads(key), step_a, value_a, step_b, value_b))
+        keys = sorted(set(info_a.config) | set(info_b.config))
+        differences = {
+            k: (info_a.config.get(k), info_b.config.get(k))
+            for k in keys
+            if info_a.config.get(k) != info_b.config.get(k)
+        }
+        return RunComparison(info_a, info_b, metrics, differences)
+
+    def export(self, run_name: str, format: str = "csv", out: str | Path | None = None) -> str:
+        """The run as CSV (one row per metric sample) or JSON (run, full reports, alerts).
+
+        JSON keeps NaN as the `NaN` token (Python's json default) so reports round-trip exactly.
+        """
+        if format not in EXPORT_FORMATS:
+            raise ValueError(f"export format: expected one of {EXPORT_FORMATS}, found {format!r}")
+        text = self._export_csv(run_name) if format == "csv" else self._export_json(run_name)
+        if out is not None:
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+            Path(out).write_text(text, encoding="utf-8")
+        return text
+
+    def _export_csv(self, run_name: str) -> str:
+        with self._transaction() as session:
+            run = self._require_run(session, run_name)
+            found = session.execute(
+                select(Evaluation.step, Evaluation.timestamp, Evaluation.epoch,
+                       MetricValue.name, MetricValue.labels, MetricValue.value)
+                .join(Evaluation, MetricValue.evaluation_id == Evaluation.id)
+                .where(Evaluation.run_id == run.id)
+                .order_by(Evaluation.step, MetricValue.name, MetricValue.labels)
+            ).all()
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(CSV_COLUMNS)
+        for step, timestamp, epoch, name, labels, value in found:
+            writer.writerow([run_name, step, repr(timestamp), "" if epoch is None else repr(epoch),
+                             name, labels, repr(value)])
+        return buffer.getvalue()
+
+    def _export_json(self, run_name: str) -> str:
+        info = self.get_run(run_name)
+        document = {
+            "format": JSON_EXPORT_FORMAT,
+            "run": {
+                "name": info.name,
+                "status": info.status,
+                "created_at": _aware(info.created_at).isoformat(),
+                "updated_at": _aware(info.updated_at).isoformat(),
+                "config": info.config,
+                "model_fingerprint": info.model_fingerprint,
+                "sae_fingerprint": info.sae_fingerprint,
+                "reference_policy": info.reference_policy,
+                "extra": info.extra,
+            },
+            "evaluations": [e.report.to_dict() for e in self.evaluations(run_name)],
+            "alerts": [
+                {
+                    "name": a.name, "labels": a.labels, "severity": a.severity, "status": a.status,
+                    "message": a.message, "value": a.value, "step": a.step, "started_at": a.started_at.isoformat(),
+                    "ended_at": a.ended_at.isoformat() if a.ended_at else None,
+                }
+                for a in self.alerts(run_name)
+            ],
+        }
+        return json.dumps(document, indent=1, allow_nan=True)
+
+    def import_json(self, text: str, name: str | None = None) -> RunInfo:
+        """Load a JSON export (from this or another store) as run `name` (default: its own name)."""
+        try:
+            document = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise StoreError(f"run import: expected a JSON export, found invalid JSON ({error})") from error
+        if not isinstance(document, dict) or document.get("format") != JSON_EXPORT_FORMAT:
+            found = document.get("format") if isinstance(document, dict) else type(document).__name__
+            raise StoreError(f"run import: expected format {JSON_EXPORT_FORMAT!r}, found {found!r}")
+        run = document["run"]
+        name = name or run["name"]
+        self.start_run(
+            name, run.get("config") or {}, model_fingerprint=run.get("model_fingerprint"),
+            sae_fingerprint=run.get("sae_fingerprint"), reference_policy=run.get("reference_policy"),
+            **(run.get("extra") or {}),
+        )
+        for data in document.get("evaluations", []):
+            self.record_evaluation(name, EvaluationReport.from_dict(data))
+        for alert in document.get("alerts", []):
+            started = datetime.fromisoformat(alert["started_at"])
+            common = {"message": alert["message"], "step": alert["step"], "labels": alert.get("labels") or {},
+                      "value": alert.get("value")}
+            self.record_alert(name, alert["name"], alert["severity"], "firing", at=started, **common)
+            if alert["status"] == "resolved":
+                ended = datetime.fromisoformat(alert["ended_at"]) if alert.get("ended_at") else started
+                self.record_alert(name, alert["name"], alert["severity"], "resolved", at=ended, **common)
+        return self.finish_run(name, run.get("status") if run.get("status") in RUN_STATUSES else "finished")
+
+    # ---- helpers ----------------------------------------------------------------------
+
+    def _require_run(self, session: Session, name: str) -> Run:
+        run = session.scalar(select(Run).where(Run.name == name))
+        if run is None:
+            known = session.scalars(select(Run.name).order_by(Run.name).limit(21)).all()
+            listing = ", ".join(known[:20]) + (", …" if len(known) > 20 else "") if known else "none yet"
+            raise UnknownRunError(f"run {name!r} not found in {self.display_url}; known runs: {listing}")
+        return run
+
+    @staticmethod
+    def _evaluation_stats(session: Session) -> dict[int, tuple[int, int | None]]:
+        found = session.execute(
+            select(Evaluation.run_id, func.count(Evaluation.id), func.max(Evaluation.step)).group_by(
+                Evaluation.run_id
+            )
+        ).all()
+        return {run_id: (count, last) for run_id, count, last in found}
+
+    def _run_info(
+        self, session: Session, run: Run, resumed: bool = False,
+        stats: dict[int, tuple[int, int | None]] | None = None,
+    ) -> RunInfo:
+        if stats is None:
+            count, last = session.execute(
+                select(func.count(Evaluation.id), func.max(Evaluation.step)).where(Evaluation.run_id == run.id)
+            ).one()
+        else:
+            count, last = stats.get(run.id, (0, None))
+        return RunInfo(
+            id=run.id, name=run.name, status=run.status, created_at=_aware(run.created_at),
+            updated_at=_aware(run.updated_at), config=dict(run.config or {}),
+            model_fingerprint=run.model_fingerprint, sae_fingerprint=run.sae_fingerprint,
+            reference_policy=run.reference_policy, extra=dict(run.extra or {}),
+            evaluation_count=int(count), last_step=last, resumed=resumed,
+        )
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    """SQLite drops the timezone of stored datetimes; they were written in UTC."""
+    if moment is not None and moment.tzinfo is None:
+        return moment.replace(tzinfo=timezone.utc)
+    return moment
+
+
+def parse_csv_export(text: str) -> list[dict[str, Any]]:
+    """Rows of a CSV export with types restored (labels as a dict, numbers as numbers)."""
+    reader = csv.DictReader(io.StringIO(text))
+    if tuple(reader.fieldnames or ()) != CSV_COLUMNS:
+        raise StoreError(f"CSV export: expected columns {CSV_COLUMNS}, found {tuple(reader.fieldnames or ())}")
+    return [
+        {
+            "run": row["run"],
+            "step": int(row["step"]),
+            "timestamp": float(row["timestamp"]),
+            "epoch": float(row["epoch"]) if row["epoch"] else None,
+            "metric": row["metric"],
+            "labels": json.loads(row["labels"]),
+            "value": float(row["value"]),
+        }
+        for row in reader
+    ]

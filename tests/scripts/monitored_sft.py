@@ -1,0 +1,64 @@
+"""A monitored SFT run on the zoo, as a separate process: used by the DDP (torchrun) and the
+kill-and-resume tests. Arguments come as JSON in argv[1]."""
+
+import json
+import os
+import sys
+
+os.environ.setdefault("SPARSIFY_DISABLE_TRITON", "1")
+
+from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+
+from callbacks.feature_drift import FeatureDriftCallback  # noqa: E402
+from monitor.config import MonitorConfig  # noqa: E402
+from monitor.distributed import world  # noqa: E402
+from monitor.finetune import make_sft_trainer, read_conversations  # noqa: E402
+
+
+def main() -> None:
+    opts = json.loads(sys.argv[1])
+    zoo = opts["zoo"]
+    model = AutoModelForCausalLM.from_pretrained(zoo + "/base")
+    tokenizer = AutoTokenizer.from_pretrained(zoo + "/base")
+    conversations = read_conversations(zoo + "/data/chat_sft.jsonl")[: opts.get("conversations", 256)]
+    config = MonitorConfig(
+        sae=zoo + "/sae",
+        probes=zoo + "/probes",
+        eval_every=opts["eval_every"],
+        max_probes=opts.get("max_probes", 16),
+        refusal_score_every=0,
+        store_url=opts["store_url"],
+        pushgateway_url=opts.get("pushgateway_url"),
+        metrics_port=0,
+        run_name=opts["run_name"],
+    )
+    drift = FeatureDriftCallback(config)
+    extra = {"ddp_backend": "gloo"} if int(os.environ.get("WORLD_SIZE", "1")) > 1 else {}
+    trainer = make_sft_trainer(
+        model,
+        tokenizer,
+        conversations,
+        output_dir=opts["output_dir"],
+        max_steps=opts["max_steps"],
+        learning_rate=2e-3,
+        batch_size=8,
+        save_steps=opts.get("save_steps"),
+        callbacks=[drift],
+        **extra,
+    )
+    trainer.train(resume_from_checkpoint=opts.get("resume") or None)
+    rank, size = world()
+    summary = {
+        "rank": rank,
+        "world_size": size,
+        "steps": [r.step for r in drift.reports],
+        "shard_batches": {k: len(v) for k, v in drift.monitor.probe_batches.items()},
+        "fvu": [r.layers[next(iter(r.layers))].fvu for r in drift.reports],
+        "pushes": getattr(getattr(drift.session, "exporter", None), "successes", None),
+    }
+    with open(os.path.join(opts["output_dir"], f"summary-rank{rank}.json"), "w") as f:
+        json.dump(summary, f)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,295 @@
+"""Grafana dashboards: generated JSON in sync with the spec, fixed datasource, panels that query
+known metrics with PromQL a real Prometheus accepts, and `featuredrift grafana push` against a
+recording Grafana API server on loopback (folder created, overwrite, idempotent, clear errors)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import urllib.parse
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from typer.testing import CliRunner
+
+from monitor.cli import app
+from monitor.grafana.push import GrafanaPushError, load_dashboards, push_dashboards
+from monitor.grafana.spec import (
+    DASHBOARD_DIR,
+    DASHBOARDS,
+    DATASOURCE,
+    dashboard_path,
+    panel_queries,
+    render_json,
+)
+from monitor.report import EvaluationReport, LayerReport, Reconstruction, RefusalFeatures
+
+TOKEN = "glsa_featuredrift_test"
+EXPORTER_METRICS = {
+    "featuredrift_last_success_timestamp_seconds",
+    "featuredrift_export_failures_total",
+    "featuredrift_evaluations_total",
+    "featuredrift_export_dropped_total",
+}
+
+
+def full_report() -> EvaluationReport:
+    """A report with every optional part filled, so metric_samples() yields every metric name."""
+    layer = LayerReport(
+        hookpoint="layers.3",
+        fvu={"reference/base": 0.1, "reference/chat": 0.15, "current/base": 0.12, "current/chat": 0.2},
+        scale_reference=10.0,
+        scale_current=10.5,
+        divergent_fraction=0.1,
+        explained_ratio=0.6,
+        explained_ratio_median=0.55,
+        intersection_ratio_divergent=0.4,
+        intersection_ratio_all=0.8,
+        refusal_direction_cosine=0.95,
+        refusal_direction_norm=3.0,
+        refusal_features=RefusalFeatures(4, [1, 2, 3, 4], [1, 2, 3, 5], 3, 1.5, 1.8, 2.0, 1.0, 0.1),
+        reconstructions=[Reconstruction(4, "current", [1, 2, 3, 4], [0.5, 0.2, 0.1, 0.1], 0.3, 0.85)],
+    )
+    return EvaluationReport(
+        step=100,
+        timestamp=time.time(),
+        layers={"layers.3": layer},
+        refusal_rate={"harmful": 0.9, "harmless": 0.05},
+        safety_score=0.9,
+        judge="refusal",
+        kl_mean=0.1,
+        kl_p95=0.4,
+        timings={"total": 1.5},
+    )
+
+
+def all_dashboards() -> list[dict]:
+    return [json.loads(dashboard_path(d).read_text()) for d in DASHBOARDS]
+
+
+def test_committed_dashboards_match_the_spec():
+    for dashboard in DASHBOARDS:
+        assert dashboard_path(dashboard).read_text() == render_json(dashboard), (
+            f"{dashboard_path(dashboard)} is stale: run `featuredrift grafana generate`"
+        )
+    assert sorted(p.name for p in DASHBOARD_DIR.glob("*.json")) == sorted(
+        dashboard_path(d).name for d in DASHBOARDS
+    )
+
+
+def test_dashboards_use_the_fixed_datasource_and_template_variables():
+    for dashboard in all_dashboards():
+        text = json.dumps(dashboard)
+        assert "${DS_" not in text and "__inputs" not in dashboard
+        for panel in dashboard["panels"]:
+            assert panel["datasource"] == DATASOURCE
+            assert all(t["datasource"] == DATASOURCE for t in panel["targets"])
+            assert len({t["refId"] for t in panel["targets"]}) == len(panel["targets"])
+        variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+        assert variables["run"]["query"]["query"] == "label_values(featuredrift_global_step, run)"
+        assert variables["layer"]["query"]["query"].startswith("label_values(")
+        assert all(v["datasource"] == DATASOURCE for v in variables.values())
+        ids = [p["id"] for p in dashboard["panels"]]
+        assert len(ids) == len(set(ids))
+        # no two panels overlap on the 24-column grid
+        cells = set()
+        for panel in dashboard["panels"]:
+            g = panel["gridPos"]
+            new = {(x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])}
+            assert g["x"] + g["w"] <= 24 and not cells & new
+            cells |= new
+
+
+def test_panels_query_only_known_metrics_and_cover_the_overview():
+    known = {s.name for s in full_report().metric_samples()} | EXPORTER_METRICS | {"ALERTS"}
+    overview, refusal = all_dashboards()
+    for dashboard in (overview, refusal):
+        for title, expr in panel_queries(dashboard):
+            used = set(re.findall(r"\b(featuredrift_\w+|ALERTS)\b", expr))
+            assert used and used <= known, f"{dashboard['uid']} / {title}: unknown metric in {expr}"
+    overview_exprs = " ".join(expr for _, expr in panel_queries(overview))
+    for metric in (
+        "featuredrift_fvu_ratio", "featuredrift_divergent_tokens_ratio", "featuredrift_explained_ratio",
+        "featuredrift_intersection_ratio", "featuredrift_refusal_feature_gap_relative",
+        "featuredrift_refusal_feature_overlap_ratio", "featuredrift_refusal_direction_cosine",
+        "featuredrift_refusal_rate_ratio", "featuredrift_kl_divergence_mean_nats",
+        "featuredrift_evaluation_duration_seconds", "featuredrift_export_failures_total",
+    ):
+        assert metric in overview_exprs, metric
+    assert 'ALERTS{alertstate="firing"' in overview_exprs
+    refusal_exprs = " ".join(expr for _, expr in panel_queries(refusal))
+    assert {m for m in known if m.startswith("featuredrift_refusal")} <= set(re.findall(r"featuredrift_\w+", refusal_exprs))
+
+
+def interpolate(expr: str) -> str:
+    """What Grafana sends with the template variables set to All."""
+    return expr.replace("$run", ".*").replace("$layer", ".*")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def bare_prometheus(tmp_path_factory):
+    if shutil.which("prometheus") is None:
+        pytest.skip("prometheus not installed")
+    directory = tmp_path_factory.mktemp("prometheus")
+    (directory / "prometheus.yml").write_text("global: {scrape_interval: 15s}\n")
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            "prometheus", f"--config.file={directory / 'prometheus.yml'}", f"--storage.tsdb.path={directory / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(url + "/-/ready", timeout=1)
+                break
+            except OSError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise RuntimeError("prometheus did not become ready") from None
+                time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def prometheus_query(url: str, expr: str) -> tuple[int, dict]:
+    query = urllib.parse.urlencode({"query": expr})
+    try:
+        with urllib.request.urlopen(f"{url}/api/v1/query?{query}", timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_every_panel_query_parses_in_prometheus(bare_prometheus):
+    assert prometheus_query(bare_prometheus, "featuredrift_fvu_ratio{")[0] == 400  # the check has teeth
+    for dashboard in all_dashboards():
+        queries = panel_queries(dashboard) + [
+            (v["name"], re.fullmatch(r"label_values\((.*), \w+\)", v["query"]["query"]).group(1))
+            for v in dashboard["templating"]["list"]
+        ]
+        for title, expr in queries:
+            status, body = prometheus_query(bare_prometheus, interpolate(expr))
+            assert status == 200 and body["status"] == "success", f"{dashboard['uid']} / {title}: {expr}: {body}"
+
+
+class FakeGrafana(BaseHTTPRequestHandler):
+    """Just enough of Grafana's HTTP API for a dashboard push, recording every request."""
+
+    def _reply(self, status: int, body) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _handle(self, method: str) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = json.loads(self.rfile.read(length)) if length else None
+        state = self.server.state
+        state["requests"].append((method, self.path, body))
+        if self.headers.get("Authorization") != f"Bearer {TOKEN}":
+            return self._reply(401, {"message": "invalid API key"})
+        if (method, self.path) == ("GET", "/api/folders"):
+            return self._reply(200, list(state["folders"].values()))
+        if (method, self.path) == ("POST", "/api/folders"):
+            if body["uid"] in state["folders"]:
+                return self._reply(409, {"message": "a folder with the same uid already exists"})
+            state["folders"][body["uid"]] = {"id": len(state["folders"]) + 1, "uid": body["uid"], "title": body["title"]}
+            return self._reply(200, state["folders"][body["uid"]])
+        if (method, self.path) == ("POST", "/api/dashboards/db"):
+            dashboard = body["dashboard"]
+            if body.get("folderUid") not in state["folders"]:
+                return self._reply(400, {"message": "folder not found"})
+            previous = state["dashboards"].get(dashboard["uid"])
+            if previous is not None and not body.get("overwrite"):
+                return self._reply(412, {"status": "name-exists", "message": "dashboard exists"})
+            version = previous["version"] + 1 if previous else 1
+            state["dashboards"][dashboard["uid"]] = {"dashboard": dashboard, "folderUid": body["folderUid"], "version": version}
+            return self._reply(200, {"status": "success", "uid": dashboard["uid"], "url": f"/d/{dashboard['uid']}", "version": version})
+        return self._reply(404, {"message": "not found"})
+
+    def do_GET(self):  # noqa: N802 - http.server API
+        self._handle("GET")
+
+    def do_POST(self):  # noqa: N802 - http.server API
+        self._handle("POST")
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def fake_grafana():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeGrafana)
+    server.state = {"requests": [], "folders": {}, "dashboards": {}}
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_push_creates_the_folder_and_overwrites_idempotently(fake_grafana):
+    server, url = fake_grafana
+    state = server.state
+    first = push_dashboards(url, TOKEN, folder="Fine-tuning safety")
+    assert [d.uid for d in first] == ["featuredrift-overview", "featuredrift-refusal"]
+    assert list(state["folders"].values()) == [{"id": 1, "uid": "fine-tuning-safety", "title": "Fine-tuning safety"}]
+    posts = [body for method, path, body in state["requests"] if path == "/api/dashboards/db"]
+    assert [p["dashboard"]["uid"] for p in posts] == ["featuredrift-overview", "featuredrift-refusal"]
+    assert all(p["overwrite"] is True and p["folderUid"] == "fine-tuning-safety" for p in posts)
+    assert all(p["dashboard"]["id"] is None for p in posts)
+    assert posts[0]["dashboard"]["panels"] == load_dashboards()[0]["panels"]
+
+    state["requests"].clear()
+    second = push_dashboards(url, TOKEN, folder="Fine-tuning safety")
+    assert [d.uid for d in second] == [d.uid for d in first]
+    assert ("POST", "/api/folders") not in [(m, p) for m, p, _ in state["requests"]]
+    assert len(state["folders"]) == 1 and len(state["dashboards"]) == 2
+    assert {d["version"] for d in state["dashboards"].values()} == {2}
+
+
+def test_push_rejected_token_and_unreachable_grafana_give_clear_errors(fake_grafana):
+    _, url = fake_grafana
+    with pytest.raises(GrafanaPushError, match=r"rejected the token \(HTTP 401\)"):
+        push_dashboards(url, "wrong-token")
+    port = free_port()
+    with pytest.raises(GrafanaPushError, match=rf"cannot reach Grafana at http://127.0.0.1:{port}"):
+        push_dashboards(f"http://127.0.0.1:{port}", TOKEN, timeout_s=2)
+
+
+def test_push_cli_reads_url_and_token_from_the_environment(fake_grafana):
+    server, url = fake_grafana
+    runner = CliRunner()
+    result = runner.invoke(app, ["grafana", "push"], env={"GRAFANA_URL": url, "GRAFANA_TOKEN": TOKEN})
+    assert result.exit_code == 0, result.output
+    assert "pushed featuredrift-overview" in result.output and "pushed featuredrift-refusal" in result.output
+    assert set(server.state["dashboards"]) == {"featuredrift-overview", "featuredrift-refusal"}
+    assert list(server.state["folders"]) == ["featuredrift"]
+    bad = runner.invoke(app, ["grafana", "push", "--url", url, "--token", "nope"])
+    assert bad.exit_code == 1 and "rejected the token" in bad.output
+
+
+def test_load_dashboards_names_a_broken_file(tmp_path):
+    (tmp_path / "x.json").write_text(json.dumps({"title": "no uid", "panels": []}))
+    with pytest.raises(GrafanaPushError, match=r"x\.json: expected a 'uid' field"):
+        load_dashboards(tmp_path)

@@ -1,0 +1,241 @@
+"""Batch replication (`featuredrift replicate`): config errors before work, stage caching and
+selection, results schema, and the zoo preset end to end with the paper's findings."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from monitor.replicate.config import ConfigError, load_config, parse_stages
+from monitor.replicate.pipeline import run_replication, stage_keys
+from monitor.replicate.preflight import preflight
+from monitor.replicate.results import validate_results
+
+WORDS = "the cat dog sun rain tree river stone bread milk house road city light music book".split()
+
+
+def _sentences(n: int, seed: int) -> list[str]:
+    import random
+
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(6, 14))) + "." for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory) -> dict:
+    """A tiny random Llama pair (chat = base with perturbed weights), its tokenizer with a chat
+    template, and data files: enough to exercise every stage's plumbing in seconds."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from monitor.zoo.tokenizer import train_tokenizer
+
+    root = tmp_path_factory.mktemp("pair")
+    texts = _sentences(300, 0)
+    tokenizer = train_tokenizer(texts, vocab_size=300)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    base = LlamaForCausalLM(config)
+    chat = LlamaForCausalLM(config)
+    chat.load_state_dict(base.state_dict())
+    with torch.no_grad():
+        for param in chat.parameters():
+            param.add_(0.5 * param.std() * torch.randn_like(param))
+    for name, model in (("base", base), ("chat", chat)):
+        model.save_pretrained(root / name)
+        tokenizer.save_pretrained(root / name)
+    (root / "base.txt").write_text("\n".join(texts[:200]), encoding="utf-8")
+    (root / "base_eval.txt").write_text("\n".join(_sentences(24, 1)), encoding="utf-8")
+    conversations = [
+        [{"role": "user", "content": a}, {"role": "assistant", "content": b}]
+        for a, b in zip(_sentences(120, 2), _sentences(120, 3), strict=True)
+    ]
+    (root / "chat.jsonl").write_text("\n".join(json.dumps({"messages": m}) for m in conversations), encoding="utf-8")
+    (root / "harmful.txt").write_text("\n".join("how to " + s for s in _sentences(16, 4)), encoding="utf-8")
+    (root / "harmless.txt").write_text("\n".join("tell me about " + s for s in _sentences(16, 5)), encoding="utf-8")
+    return {"root": root}
+
+
+def pair_config(root: Path, **overrides) -> dict:
+    small = {
+        "num_latents": 64, "k": 4, "lr": 0.003, "batch_size": 256, "num_tokens": 256 * 20,
+        "lr_warmup_steps": 2, "dead_feature_threshold": 5000, "multi_topk": False,
+    }
+    config = {
+        "name": "tiny-pair",
+        "base_model": str(root / "base"),
+        "chat_model": str(root / "chat"),
+        "hookpoints": ["layers.0", "layers.1", "layers.2"],
+        "device": "cpu",
+        "batch_size": 8,
+        "shard_tokens": 256,
+        "data": {
+            "base_text_train": str(root / "base.txt"),
+            "base_text_eval": str(root / "base_eval.txt"),
+            "chat_text_train": str(root / "chat.jsonl") + "[:100]",
+            "chat_text_eval": str(root / "chat.jsonl") + "[100:]",
+            "harmful": str(root / "harmful.txt") + "[:10]",
+            "harmless": str(root / "harmless.txt") + "[:10]",
+            "harmful_eval": str(root / "harmful.txt") + "[10:]",
+            "harmless_eval": str(root / "harmless.txt") + "[10:]",
+            "max_length": 32,
+        },
+        "sae": {"base": None, "base_train": small, "chat_train": small},
+        "refusal": {"ks": [1, 2, 4]},
+        "interventions": {"max_new_tokens": 4, "batch_size": 8},
+        "diffsae": {"train": {**small, "num_latents": 32}, "high_kl_positions": 8, "top_latents": 2, "dashboard_rows": 2},
+    }
+    from monitor.replicate.config import deep_merge
+
+    return deep_merge(config, overrides)
+
+
+# ------------------------------------------------------------------ config errors before work
+
+
+def test_unknown_stage_is_rejected():
+    with pytest.raises(ConfigError, match="unknown stage.*'bogus'"):
+        parse_stages("activations,bogus")
+    with pytest.raises(ConfigError, match="field 'stages'"):
+        load_config("zoo", {"stages": ["bogus"]})
+
+
+def test_bad_hookpoint_and_unknown_field_name_the_field():
+    with pytest.raises(ConfigError, match="field 'hookpoints'"):
+        load_config("zoo", {"hookpoints": ["block3"]})
+    with pytest.raises(ConfigError, match="field 'data.max_lenght'"):
+        load_config("zoo", {"data": {"max_lenght": 64}})
+
+
+def test_every_paper_preset_parses():
+    expected = {
+        "gemma-2-2b": [10, 15, 17], "gemma-2-9b": [15, 24, 29], "llama-3.2-3b": [12, 18, 23],
+        "llama-3.1-8b": [11, 18, 24], "qwen2.5-3b": [14, 21, 27], "qwen2.5-7b": [10, 15, 21],
+    }
+    for name, layers in expected.items():
+        config = load_config(name)
+        assert config.hookpoints == [f"layers.{n}" for n in layers]
+        assert config.main_hookpoint == f"layers.{layers[1]}"
+        assert config.sae.base_train.num_latents == 65536 and config.sae.base_train.k == 100
+        assert any(s.startswith("hf:") for s in config.data.harmful)
+
+
+def test_layer_out_of_range_fails_in_preflight(pair, tmp_path):
+    config = load_config(pair_config(pair["root"], hookpoints=["layers.1", "layers.7"]))
+    with pytest.raises(ConfigError, match=r"hookpoints: 'layers.7' is out of range: expected layers.0 … layers.2"):
+        run_replication(config, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out" / "stages").exists()  # nothing ran
+
+
+def test_missing_model_path_fails_in_preflight(pair, tmp_path):
+    config = load_config(pair_config(pair["root"], chat_model=str(tmp_path / "nowhere")))
+    with pytest.raises(ConfigError, match="chat_model: expected a model directory with config.json"):
+        preflight(config)
+
+
+def test_sae_width_mismatch_fails_in_preflight(pair, tmp_path):
+    from sparsify import SaeConfig, SparseCoder
+
+    SparseCoder(48, SaeConfig(num_latents=64, k=4)).save_to_disk(tmp_path / "saes" / "layers.1")
+    config = load_config(pair_config(pair["root"], sae={"base": str(tmp_path / "saes")}))
+    with pytest.raises(ConfigError, match=r"sae.base: SAE for layers.1 has d_in=48, expected the models' hidden size 32"):
+        run_replication(config, tmp_path / "out", progress=False)
+
+
+def test_missing_data_file_fails_in_preflight(pair, tmp_path):
+    config = load_config(pair_config(pair["root"], data={"harmful": str(tmp_path / "none.txt")}))
+    with pytest.raises(ConfigError, match="data.harmful: expected an existing"):
+        preflight(config)
+
+
+# ------------------------------------------------------------------ streaming metrics
+
+
+def test_streamed_fvu_and_drift_equal_whole_set_metrics():
+    from monitor.metrics import divergent_mask, explained_ratio, fvu
+    from monitor.replicate.streaming import DriftSum, FvuSum, MomentSum
+
+    torch.manual_seed(0)
+    x0 = torch.randn(300, 16)
+    xt = x0 + 0.8 * torch.randn(300, 16) + 0.3
+    xt_hat = xt + 0.2 * torch.randn(300, 16)
+    moments_t, moments_0 = MomentSum(), MomentSum()
+    for rows in (slice(0, 100), slice(100, 300)):
+        moments_t.add(xt[rows])
+        moments_0.add(x0[rows])
+    total = FvuSum(moments_t.mean)
+    drift = DriftSum(moments_0.scale, moments_t.scale, 0.9)
+    for rows in (slice(0, 100), slice(100, 300)):
+        total.add(xt[rows], xt_hat[rows])
+        drift.add(x0[rows], xt[rows], xt_hat[rows], torch.ones(xt[rows].shape[0]))
+    assert total.value == pytest.approx(float(fvu(xt, xt_hat)), rel=1e-9)
+    mask = divergent_mask(x0, xt)
+    er = explained_ratio(x0, xt, xt_hat, mask, moments_0.scale, moments_t.scale)
+    summary = drift.summary()
+    assert summary["explained_ratio"] == pytest.approx(float(er.ratio), rel=1e-9)
+    assert summary["divergent_fraction"] == pytest.approx(float(mask.double().mean()))
+
+
+# ------------------------------------------------------------------ pipeline on the tiny pair
+
+
+@pytest.mark.slow
+def test_pipeline_caching_selection_and_invalidation(pair, tmp_path):
+    out = tmp_path / "run"
+    config = load_config(pair_config(pair["root"]))
+    first = run_replication(config, out, stages="transfer,drift", progress=False)
+    validate_results(first)
+    timings = first["provenance"]["timings"]
+    assert set(first["stages"]) == {"activations", "saes", "transfer", "drift"}  # dependencies ran
+    assert not any(t["cached"] for t in timings.values())
+    assert sorted(p.name for p in (out / "stages" / "activations").glob("base_base_*.safetensors"))
+    for hookpoint in config.hookpoints:
+        row = first["stages"]["transfer"]["hookpoints"][hookpoint]
+        assert 0 < row["base_sae"]["B-LLM+B-Data"] < 1.5 and "chat_sae" in row
+
+    t0 = time.perf_counter()
+    second = run_replication(config, out, stages="transfer,drift", progress=False)
+    assert time.perf_counter() - t0 < 10
+    assert all(t["cached"] for t in second["provenance"]["timings"].values())
+    assert second["stages"]["drift"] == first["stages"]["drift"]
+
+    # a changed drift input recomputes drift only
+    changed = load_config(pair_config(pair["root"], divergence_threshold=0.5))
+    third = run_replication(changed, out, stages="drift", progress=False)
+    timings = third["provenance"]["timings"]
+    assert not timings["drift"]["cached"] and timings["activations"]["cached"] and timings["saes"]["cached"]
+    assert third["stages"]["drift"]["threshold"] == 0.5
+    assert stage_keys(changed, preflight(changed))["transfer"] == stage_keys(config, preflight(config))["transfer"]
+
+    # --force recomputes the selected stage even when cached
+    forced = run_replication(config, out, stages="transfer", force=True, progress=False)
+    assert not forced["provenance"]["timings"]["transfer"]["cached"]
+    assert forced["provenance"]["timings"]["saes"]["cached"]
+
+
+@pytest.mark.slow
+def test_pipeline_all_stages_write_reports(pair, tmp_path):
+    out = tmp_path / "all"
+    results = run_replication(load_config(pair_config(pair["root"])), out, progress=False)
+    validate_results(json.loads((out / "results.json").read_text()))
+    assert set(results["stages"]) == {"activations", "saes", "transfer", "drift", "refusal", "interventions", "diffsae"}
+    table = results["stages"]["refusal"]["table"]
+    assert [row["k"] for row in table] == [1, 2, 4]
+    for row in table:
+        for source in ("base", "chat"):
+            assert 0 <= row[source]["nmse"] <= 1 + 1e-9 and -1 <= row[source]["cosine"] <= 1
+    rows = results["stages"]["interventions"]["rows"]
+    assert {(r["source"], r["k"]) for r in rows} >= {("none", None), ("true", None), ("chat", 4), ("base", 4)}
+    assert results["stages"]["interventions"]["judge"] == "refusal"
+    diff = results["stages"]["diffsae"]
+    assert diff["top_latents"] and diff["held_out_fvu"]["base"] > 0
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 3 and "Table 1" in html
+    assert "Table 1" in (out / "report.md").read_text()

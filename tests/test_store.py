@@ -1,0 +1,294 @@
+"""The run store on SQLite and on a real PostgreSQL server: recording, idempotence, resume,
+export round trips, migrations, and the errors a user sees."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sqlite3
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import text
+
+from monitor.report import (
+    EvaluationReport,
+    FeatureDrift,
+    LayerReport,
+    Reconstruction,
+    RefusalFeatures,
+)
+from monitor.store import (
+    CorruptStoreError,
+    RunMismatchError,
+    RunStore,
+    SchemaTooNewError,
+    StoreUnavailableError,
+    UnknownRunError,
+    parse_csv_export,
+)
+from monitor.store.migrate import head_revision
+from monitor.store.models import Base
+
+
+def make_report(step: int, hookpoints: tuple[str, ...] = ("layers.1", "layers.3"), fade: float = 0.02) -> EvaluationReport:
+    """A hand-built report whose values move with `step` (refusal features fading by `fade` per step)."""
+    layers = {}
+    for index, hookpoint in enumerate(hookpoints):
+        gap_ref = 1.0 - fade * step
+        refusal = RefusalFeatures(
+            k=4,
+            current=[10 + index, 11, 14 + step % 3, 13],
+            reference=[10 + index, 11, 20, 21],
+            overlap=2,
+            gap_current=0.9 + 0.01 * step,
+            gap_reference_features=gap_ref,
+            gap_reference_features_at_reference=1.0,
+            harmful_activation=2.0 - 0.05 * step,
+            harmless_activation=0.1,
+        )
+        layers[hookpoint] = LayerReport(
+            hookpoint=hookpoint,
+            fvu={"reference/base": 0.1, "reference/chat": 0.12, "current/base": 0.1 + 0.01 * step,
+                 "current/chat": 0.15 + 0.02 * step},
+            scale_reference=3.0,
+            scale_current=3.0 + 0.1 * step,
+            divergent_fraction=min(1.0, 0.05 * step),
+            explained_ratio=0.7 + 0.001 * step if step else math.nan,
+            explained_ratio_median=math.nan,
+            intersection_ratio_divergent=0.5 - 0.01 * step,
+            intersection_ratio_all=0.9 - 0.01 * step,
+            refusal_direction_cosine=1.0 - 0.01 * step,
+            refusal_direction_norm=4.0 + index,
+            refusal_features=refusal,
+            reconstructions=[
+                Reconstruction(4, "current", refusal.current, [0.5, 0.0, 0.25 + step, 0.1], 0.2, 0.9),
+                Reconstruction(2, "reference", refusal.reference[:2], [0.7, 0.3], 0.4, 0.8),
+            ],
+            drifted_features=[
+                FeatureDrift(100 + rank + step, "harmful", 0.01, 0.2 + rank, 0.5, 1.5, 3.0 - rank)
+                for rank in range(3)
+            ],
+        )
+    return EvaluationReport(
+        step=step,
+        timestamp=1_700_000_000.0 + step,
+        layers=layers,
+        refusal_rate={"harmful": 0.9 - 0.01 * step, "harmless": 0.05},
+        safety_score=0.9,
+        judge="refusal",
+        kl_mean=0.01 * step,
+        kl_p95=0.05 * step,
+        epoch=step / 100,
+        timings={"total": 1.25, "forward": 1.0},
+    )
+
+
+def sample_set(report: EvaluationReport) -> dict[tuple[str, str], float]:
+    return {(s.name, json.dumps(s.labels, sort_keys=True)): s.value for s in report.metric_samples()}
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.servers)])
+def store_url(request, tmp_path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'runs.db'}"
+    from servers import create_postgres_database
+
+    server_url = request.getfixturevalue("postgres_url")
+    name = "t_" + hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:16]
+    return create_postgres_database(server_url, name)
+
+
+@pytest.fixture
+def store(store_url):
+    with RunStore(store_url) as opened:
+        yield opened
+
+
+def test_record_and_query(store):
+    run = store.start_run("sft-a", {"refusal_k": 4}, sae_fingerprint="sae1", reference_policy="initial", seed=3)
+    assert not run.resumed and run.status == "running" and run.extra == {"seed": 3}
+    reports = [make_report(step) for step in (0, 5, 10)]
+    ids = [store.record_evaluation("sft-a", report) for report in reports]
+    assert len(set(ids)) == 3
+    assert store.last_step("sft-a") == 10
+
+    stored = store.evaluations("sft-a")
+    assert [e.step for e in stored] == [0, 5, 10]
+    # The full report round-trips exactly (NaN included).
+    assert [e.report.to_json() for e in stored] == [r.to_json() for r in reports]
+    assert stored[1].duration_s == 1.25 and stored[1].epoch == 0.05
+
+    series = store.metric_series("sft-a", "featuredrift_refusal_feature_gap",
+                                 {"layer": "layers.1", "features": "reference"})
+    assert [(p.step, p.value) for p in series] == [(0, 1.0), (5, 0.9), (10, 0.8)]
+    all_fvu = store.metric_series("sft-a", "featuredrift_fvu_ratio")
+    assert len(all_fvu) == 3 * 2 * 4  # steps × layers × (model, data)
+
+    drifted = store.drifted_features("sft-a", "layers.3")
+    assert [(d.step, d.rank, d.feature) for d in drifted if d.step == 5] == [(5, 0, 105), (5, 1, 106), (5, 2, 107)]
+    refusal = [r for r in store.refusal_features("sft-a", "layers.1") if r.step == 10]
+    headline = [(r.feature, r.nnls_weight) for r in refusal if r.k == 4 and r.source == "current"]
+    assert headline == [(10, 0.5), (11, 0.0), (15, 10.25), (13, 0.1)]
+    assert [r.feature for r in refusal if r.k == 4 and r.source == "reference"] == [10, 11, 20, 21]
+    assert [(r.feature, r.nnls_weight) for r in refusal if r.k == 2] == [(10, 0.7), (11, 0.3)]
+
+
+def test_rerecording_a_step_replaces_it(store):
+    store.start_run("sft-b", {})
+    first = store.record_evaluation("sft-b", make_report(7))
+    changed = make_report(7, fade=0.1)
+    again = store.record_evaluation("sft-b", changed)
+    assert again == first
+    evaluations = store.evaluations("sft-b")
+    assert len(evaluations) == 1 and evaluations[0].report.to_json() == changed.to_json()
+    series = store.metric_series("sft-b", "featuredrift_refusal_feature_gap",
+                                 {"layer": "layers.1", "features": "reference"})
+    assert [(p.step, p.value) for p in series] == [(7, pytest.approx(0.3))]
+    assert len(store.drifted_features("sft-b")) == 2 * 3
+
+
+def test_resume_continues_the_same_run(store_url):
+    with RunStore(store_url) as store:
+        first = store.start_run("sft-c", {"lr": 1e-4}, sae_fingerprint="sae1")
+        for step in (0, 10, 20):
+            store.record_evaluation("sft-c", make_report(step))
+        store.finish_run("sft-c", "failed")  # the job was killed
+    with RunStore(store_url) as store:
+        resumed = store.start_run("sft-c", {"lr": 1e-4}, sae_fingerprint="sae1")
+        assert resumed.resumed and resumed.id == first.id and resumed.status == "running"
+        assert store.last_step("sft-c") == 20
+        # The resumed job re-evaluates its checkpoint step, then continues.
+        for step in (20, 30):
+            store.record_evaluation("sft-c", make_report(step))
+        assert [e.step for e in store.evaluations("sft-c")] == [0, 10, 20, 30]
+        assert store.recorded_steps("sft-c") == [0, 10, 20, 30]
+        assert [r.name for r in store.list_runs()] == ["sft-c"]
+        with pytest.raises(RunMismatchError, match="sae2"):
+            store.start_run("sft-c", {}, sae_fingerprint="sae2")
+        assert store.finish_run("sft-c").status == "finished"
+
+
+def test_export_round_trips(store):
+    store.start_run("sft-d", {"refusal_k": 4}, model_fingerprint="m1")
+    reports = [make_report(step) for step in (0, 3, 6)]
+    for report in reports:
+        store.record_evaluation("sft-d", report)
+    store.record_alert("sft-d", "RefusalFeaturesFading", "critical", message="gap 0.6", step=6)
+
+    rows = parse_csv_export(store.export("sft-d", "csv"))
+    from_csv: dict[int, dict] = {}
+    for row in rows:
+        assert row["run"] == "sft-d"
+        from_csv.setdefault(row["step"], {})[(row["metric"], json.dumps(row["labels"], sort_keys=True))] = row["value"]
+    assert from_csv == {r.step: sample_set(r) for r in reports}
+
+    exported = store.export("sft-d", "json")
+    imported = store.import_json(exported, name="sft-d-copy")
+    assert imported.evaluation_count == 3 and imported.model_fingerprint == "m1"
+    assert [e.report.to_json() for e in store.evaluations("sft-d-copy")] == [r.to_json() for r in reports]
+    [alert] = store.alerts("sft-d-copy")
+    assert (alert.name, alert.status, alert.step) == ("RefusalFeaturesFading", "firing", 6)
+
+
+def test_alerts_open_and_resolve(store):
+    store.start_run("sft-e", {})
+    store.record_evaluation("sft-e", make_report(4))
+    opened = store.record_alert("sft-e", "RefusalFeaturesFading", "critical", message="fading", step=4)
+    assert store.record_alert("sft-e", "RefusalFeaturesFading", "critical", message="still", step=4) == opened
+    assert store.record_alert("sft-e", "RefusalFeaturesFading", "critical", status="resolved") == opened
+    [alert] = store.alerts("sft-e")
+    assert alert.status == "resolved" and alert.ended_at >= alert.started_at and alert.message == "still"
+    with pytest.raises(ValueError, match="firing"):
+        store.record_alert("sft-e", "X", "warning", status="pending")
+
+
+def test_alert_engine_transitions_are_stored_per_series(store):
+    from alerts.engine import FiredAlert
+
+    store.start_run("sft-f", {})
+    store.record_evaluation("sft-f", make_report(8))
+
+    def fired(layer: str, status: str, ends_at: float | None = None) -> FiredAlert:
+        return FiredAlert(
+            name="RefusalFeaturesFading", status=status, severity="critical",
+            labels={"alertname": "RefusalFeaturesFading", "severity": "critical", "run": "sft-f", "layer": layer},
+            annotations={"summary": f"refusal features fading at {layer}"}, value=0.42,
+            starts_at=1_700_000_100.0, ends_at=ends_at, step=8,
+        )
+
+    first = store.record_alert("sft-f", fired("layers.1", "firing"))
+    second = store.record_alert("sft-f", fired("layers.3", "firing"))
+    assert first != second  # same alert name, different series
+    assert store.record_alert("sft-f", fired("layers.1", "resolved", ends_at=1_700_000_200.0)) == first
+    alerts = {a.labels["layer"]: a for a in store.alerts("sft-f")}
+    assert (alerts["layers.1"].status, alerts["layers.3"].status) == ("resolved", "firing")
+    assert alerts["layers.1"].ended_at.timestamp() == 1_700_000_200.0
+    assert alerts["layers.1"].started_at.timestamp() == 1_700_000_100.0
+    assert (alerts["layers.3"].message, alerts["layers.3"].value, alerts["layers.3"].step) == (
+        "refusal features fading at layers.3", 0.42, 8)
+
+    stopped = store.record_stop("sft-f", 8, "RefusalFeaturesFading at layers.3")
+    assert stopped.status == "stopped" and stopped.extra["stopped_at_step"] == 8
+
+
+def test_compare_latest_values(store):
+    store.start_run("a", {"lr": 1e-4, "k": 4})
+    store.start_run("b", {"lr": 3e-4, "k": 4})
+    store.record_evaluation("a", make_report(10, fade=0.01))
+    store.record_evaluation("b", make_report(0))
+    store.record_evaluation("b", make_report(10, fade=0.05))
+    comparison = store.compare("a", "b")
+    assert comparison.config_differences == {"lr": (1e-4, 3e-4)}
+    by_key = {(m.name, json.dumps(m.labels, sort_keys=True)): m for m in comparison.metrics}
+    gap = by_key[("featuredrift_refusal_feature_gap", json.dumps(
+        {"features": "reference", "layer": "layers.1"}, sort_keys=True))]
+    assert (gap.step_a, gap.step_b) == (10, 10)
+    assert gap.delta == pytest.approx(0.5 - 0.9)
+
+
+def test_unknown_run_names_the_known_ones(store):
+    store.start_run("alpha", {})
+    store.start_run("beta", {})
+    with pytest.raises(UnknownRunError, match="'gamma' not found.*known runs: alpha, beta"):
+        store.record_evaluation("gamma", make_report(1))
+
+
+def test_schema_is_at_head_and_matches_models(store):
+    with store.engine.connect() as connection:
+        context = MigrationContext.configure(connection)
+        assert context.get_current_heads() == (head_revision(),)
+        assert compare_metadata(context, Base.metadata) == []
+
+
+def test_sqlite_pragmas(tmp_path):
+    with RunStore(f"sqlite:///{tmp_path / 'p.db'}") as store, store.engine.connect() as connection:
+        assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert connection.execute(text("PRAGMA foreign_keys")).scalar() == 1
+
+
+def test_corrupt_sqlite_file_is_a_clear_error(tmp_path):
+    path = tmp_path / "broken.db"
+    path.write_bytes(b"this is not a database " * 200)
+    with pytest.raises(CorruptStoreError, match=r"broken\.db.*not a valid SQLite database"):
+        RunStore(f"sqlite:///{path}")
+
+
+def test_schema_newer_than_code_is_refused(tmp_path):
+    url = f"sqlite:///{tmp_path / 'future.db'}"
+    RunStore(url).close()
+    with sqlite3.connect(tmp_path / "future.db") as connection:
+        connection.execute("UPDATE alembic_version SET version_num = 'f00dfeed'")
+    with pytest.raises(SchemaTooNewError, match="'f00dfeed' is newer"):
+        RunStore(url)
+
+
+def test_unreachable_database_hides_the_password():
+    from servers import free_port
+
+    url = f"postgresql+psycopg://user:s3cret@127.0.0.1:{free_port()}/nope"
+    with pytest.raises(StoreUnavailableError) as raised:
+        RunStore(url)
+    assert "s3cret" not in str(raised.value) and "user:***@127.0.0.1" in str(raised.value)
