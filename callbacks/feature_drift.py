@@ -14,7 +14,7 @@ from pathlib import Path
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from monitor.config import MonitorConfig
-from monitor.distributed import is_main_process
+from monitor.distributed import broadcast_from_main, is_main_process
 from monitor.drift_monitor import DriftMonitor
 from monitor.report import EvaluationReport
 from monitor.session import MonitorSession
@@ -50,9 +50,14 @@ class FeatureDriftCallback(TrainerCallback):
         cache = Path(args.output_dir) / "featuredrift" / f"reference-{_safe(run_name)}.safetensors"
         resuming = state.global_step > 0
         self.monitor.start(model, tokenizer, reference_cache=cache, require_cache=resuming)
+        stored: set[int] = set()
         if is_main_process():
             self.session = MonitorSession.open(self.config, run_name, self.monitor, resumed=resuming)
-            self._done_steps = self.session.stored_steps()
+            stored = self.session.stored_steps()
+        # Evaluations up to the resumed step are kept; later ones belong to the trajectory that
+        # was abandoned at the kill and are replaced as the resumed run reaches them. Every rank
+        # must agree on this, since each evaluation is a collective.
+        self._done_steps = {s for s in broadcast_from_main(stored) if s <= state.global_step}
         self._evaluate(model, state, control)
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -76,16 +81,25 @@ class FeatureDriftCallback(TrainerCallback):
         self._done_steps.add(step)
         report = self.monitor.evaluate(model, step, epoch=state.epoch, final=final)
         self.reports.append(report)
-        if self.session is None:
-            return
+        reason = self._publish(report, final) if self.session is not None else None
+        # Stopping is decided on rank 0 but must happen on every rank at the same step.
+        reason = broadcast_from_main(reason)
+        if reason:
+            self.stop_reason = reason
+            control.should_training_stop = True
+
+    def _publish(self, report: EvaluationReport, final: bool) -> str | None:
+        """Store, export, alert; the reason to stop training, if a critical alert says so."""
         fired = self.session.publish(report)
-        if self.config.stop_on_alert and not final:
-            critical = [a for a in fired if a.severity == "critical"]
-            if critical:
-                self.stop_reason = "; ".join(f"{a.name}: {a.summary}" for a in critical)
-                logger.warning("featuredrift stops training at step %d: %s", step, self.stop_reason)
-                self.session.record_stop(step, self.stop_reason)
-                control.should_training_stop = True
+        if not self.config.stop_on_alert or final:
+            return None
+        critical = [a for a in fired if a.severity == "critical" and a.status == "firing"]
+        if not critical:
+            return None
+        reason = "; ".join(a.describe() for a in critical)
+        logger.warning("featuredrift stops training at step %d: %s", report.step, reason)
+        self.session.record_stop(report.step, reason)
+        return reason
 
 
 def _default_run_name(args: TrainingArguments) -> str:

@@ -70,3 +70,14 @@ def gather_rows(parts: list[Tensor], width: int | None = None) -> Tensor:
     if not gathered:
         return torch.empty(0, width or 0, device=device)
     return torch.cat(gathered).to(device)
+
+
+def broadcast_from_main(obj: T) -> T:
+    """Rank 0's `obj` on every rank, so that decisions taken from rank-0 state (which steps
+    are already stored) keep every rank in step with the collectives that follow."""
+    rank, size = world()
+    if size == 1:
+        return obj
+    holder = [obj if rank == 0 else None]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]

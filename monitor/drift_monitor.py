@@ -25,9 +25,16 @@ from torch import Tensor, nn
 import sae_store
 from monitor import kl as kl_metrics
 from monitor import metrics, refusal
-from monitor.capture import capture_activations, content_token_mask, last_prompt_positions
+from monitor.capture import (
+    capture_activations,
+    content_token_mask,
+    encode_prompts,
+    pad_id_of,
+    pad_token_lists,
+    tokenize_texts,
+)
 from monitor.config import MonitorConfig
-from monitor.distributed import gather_list, gather_rows, shard
+from monitor.distributed import gather_list, gather_rows, shard, world
 from monitor.hookpoints import hidden_size, resolve_hookpoint, unwrap_model
 from monitor.probes import ProbeSet, load_probe_set
 from monitor.prompts import format_prompts, render_conversation
@@ -62,6 +69,10 @@ class ModelReading:
 
     activations: dict[str, dict[str, Tensor]]  # subset → hookpoint → [N, d] (float32)
     kl_logprobs: Tensor | None = None  # [N_kl, V] next-token log-probs at the KL positions
+
+    def to(self, device: torch.device) -> ModelReading:
+        moved = {s: {h: x.to(device) for h, x in per.items()} for s, per in self.activations.items()}
+        return ModelReading(moved, None if self.kl_logprobs is None else self.kl_logprobs.to(device))
 
 
 @dataclass
@@ -146,7 +157,7 @@ class DriftMonitor:
 
         cached = _load_reading(reference_cache, state.fingerprint) if reference_cache else None
         if cached is not None:
-            state.reference = cached
+            state.reference = cached.to(device)
         else:
             policy_needs_cache = reference_model is None and self.config.reference in ("initial", "auto") and not _is_peft(model)
             if require_cache and policy_needs_cache:
@@ -201,10 +212,9 @@ class DriftMonitor:
                 for i in range(0, len(items), cfg.batch_size)
             ]
         for subset in PROMPT_SUBSETS:
-            prompts = format_prompts(tokenizer, getattr(probes, subset), prompt_format)
+            prompts = encode_prompts(tokenizer, getattr(probes, subset), prompt_format, max_length=cfg.max_length)
             batches[subset] = [
-                _prompt_batch(tokenizer, prompts[i : i + cfg.batch_size], cfg.max_length)
-                for i in range(0, len(prompts), cfg.batch_size)
+                _prompt_batch(tokenizer, prompts[i : i + cfg.batch_size]) for i in range(0, len(prompts), cfg.batch_size)
             ]
         return batches
 
@@ -215,8 +225,11 @@ class DriftMonitor:
         hookpoints = list(state.saes)
         device = _model_device(model)
         kl_subset = "chat" if "chat" in state.batches else "base"
+        # Sharded models (FSDP, ZeRO-3) need every rank to run every layer: no early stop.
+        stop_early = world()[1] == 1
         activations: dict[str, dict[str, Tensor]] = {}
         kl_rows: list[Tensor] = []
+        kl_taken, kl_limit = 0, self.config.kl_max_positions or 2**62
         for subset, batches in state.batches.items():
             want_logits = kl and subset == kl_subset
             parts: dict[str, list[Tensor]] = {h: [] for h in hookpoints}
@@ -227,27 +240,29 @@ class DriftMonitor:
                     batch.attention_mask.to(device),
                     hookpoints,
                     return_logits=want_logits,
+                    stop_early=stop_early,
                 )
                 mask = batch.read_mask.to(device)
                 for h in hookpoints:
                     parts[h].append(out.activations[h][mask].float())
-                if want_logits:
-                    kl_rows.append(torch.log_softmax(out.logits[mask].float(), dim=-1))
+                if want_logits and kl_taken < kl_limit:
+                    # Only the first kl_limit positions: [N, vocab] log-probs get big on real vocabularies.
+                    logits = out.logits[mask][: kl_limit - kl_taken]
+                    kl_rows.append(torch.log_softmax(logits.float(), dim=-1))
+                    kl_taken += logits.shape[0]
             activations[subset] = {h: gather_rows(parts[h]) for h in hookpoints}
         logprobs = gather_rows(kl_rows) if kl else None
         if logprobs is not None and logprobs.numel() == 0:
             logprobs = None
-        if logprobs is not None and self.config.kl_max_positions:
-            logprobs = logprobs[: self.config.kl_max_positions]
         return ModelReading(activations, logprobs)
 
     def _summarise_reference(self, hookpoint: str, sae, reading: ModelReading) -> LayerReference:
         acts = {s: reading.activations[s][hookpoint] for s in reading.activations}
-        codes = {s: metrics.encode(sae, x, batch_size=self.config.encode_batch_size) for s, x in acts.items()}
+        codes = {s: metrics.encode_batched(sae, x, batch_size=self.config.encode_batch_size) for s, x in acts.items()}
         stats = {s: metrics.feature_statistics(c.top_acts, c.top_indices, sae.num_latents) for s, c in codes.items()}
         fvu = {f"reference/{s}": float(metrics.fvu(acts[s], codes[s].reconstruction)) for s in TEXT_SUBSETS if s in acts}
         direction = refusal.refusal_direction(acts["harmful"], acts["harmless"])
-        dbar = refusal.feature_diff_in_means(codes["harmful"], codes["harmless"], sae.num_latents)
+        dbar = refusal.feature_diff_in_means(codes["harmful"][:2], codes["harmless"][:2], sae.num_latents)
         k = min(self.config.refusal_k, sae.num_latents)
         return LayerReference(
             codes=codes,
@@ -297,7 +312,7 @@ class DriftMonitor:
         ref = self._require_started().layer_reference[hookpoint]
         ref_acts = self._state.reference.activations
         acts = {s: reading.activations[s][hookpoint] for s in reading.activations}
-        codes = {s: metrics.encode(sae, x, batch_size=cfg.encode_batch_size) for s, x in acts.items()}
+        codes = {s: metrics.encode_batched(sae, x, batch_size=cfg.encode_batch_size) for s, x in acts.items()}
 
         fvu = dict(ref.fvu)
         for s in TEXT_SUBSETS:
@@ -307,22 +322,21 @@ class DriftMonitor:
         x0, xt = ref_acts["base"][hookpoint], acts["base"]
         scale = float(metrics.activation_scale(xt))
         divergent = metrics.divergent_mask(x0, xt, cfg.divergence_threshold)
-        er = metrics.explained_ratio(x0, xt, codes["base"].reconstruction, divergent, ref.scale, scale)
-        ir = metrics.intersection_ratio(ref.codes["base"], codes["base"], divergent)
+        # With no divergent token (e.g. at step 0) ER is undefined: reported as NaN, not an error.
+        any_divergent = bool(divergent.any())
+        er = metrics.explained_ratio(x0, xt, codes["base"].reconstruction, divergent, ref.scale, scale) if any_divergent else None
+        ir = metrics.intersection_ratio(ref.codes["base"], codes["base"], mask=divergent if any_divergent else None)
 
         stats = {s: metrics.feature_statistics(c.top_acts, c.top_indices, sae.num_latents) for s, c in codes.items()}
-        drifted = [
-            FeatureDrift(**d._asdict())
-            for d in metrics.feature_drift_ranking(ref.stats, stats, cfg.top_n_features)
-        ]
+        drifted = [FeatureDrift(**d._asdict()) for d in metrics.drifted_features(ref.stats, stats, cfg.top_n_features)]
 
         direction = refusal.refusal_direction(acts["harmful"], acts["harmless"])
-        dbar = refusal.feature_diff_in_means(codes["harmful"], codes["harmless"], sae.num_latents)
+        dbar = refusal.feature_diff_in_means(codes["harmful"][:2], codes["harmless"][:2], sae.num_latents)
         k = min(cfg.refusal_k, sae.num_latents)
         current_features = refusal.top_refusal_features(dbar, k, strict=False)
         reference_features = ref.refusal_features
-        harmful_mean = metrics.mean_dense_activation(codes["harmful"], reference_features, sae.num_latents)
-        harmless_mean = metrics.mean_dense_activation(codes["harmless"], reference_features, sae.num_latents)
+        harmful_mean = _mean_activation(codes["harmful"], reference_features, sae.num_latents)
+        harmless_mean = _mean_activation(codes["harmless"], reference_features, sae.num_latents)
         refusal_features = RefusalFeatures(
             k=k,
             current=current_features.tolist(),
@@ -358,9 +372,9 @@ class DriftMonitor:
             scale_reference=ref.scale,
             scale_current=scale,
             divergent_fraction=float(divergent.float().mean()) if divergent.numel() else math.nan,
-            explained_ratio=float(er.ratio),
-            explained_ratio_median=float(er.median),
-            intersection_ratio_divergent=float(ir.divergent),
+            explained_ratio=float(er.ratio) if er else math.nan,
+            explained_ratio_median=float(er.median) if er else math.nan,
+            intersection_ratio_divergent=float(ir.divergent) if ir.divergent is not None else math.nan,
             intersection_ratio_all=float(ir.all),
             refusal_direction_cosine=float(torch.nn.functional.cosine_similarity(direction, ref.direction, dim=0)),
             refusal_direction_norm=float(direction.norm()),
@@ -432,29 +446,23 @@ def _check_probes(probes: ProbeSet) -> None:
 
 def _text_batch(tokenizer, texts: list[str], max_length: int) -> ProbeBatch:
     """Right-padded texts; we read every content token (no BOS/EOS/padding/special tokens)."""
-    enc = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=max_length)
-    mask = content_token_mask(enc["input_ids"], enc["attention_mask"], tokenizer)
-    return ProbeBatch(enc["input_ids"], enc["attention_mask"], mask)
+    tokens = tokenize_texts(tokenizer, texts, max_length=max_length, padding_side="right")
+    mask = content_token_mask(tokens.input_ids, tokens.attention_mask, tokenizer)
+    return ProbeBatch(tokens.input_ids, tokens.attention_mask, mask)
 
 
-def _prompt_batch(tokenizer, prompts: list[str], max_length: int) -> ProbeBatch:
-    """Left-padded prompts; we read the last prompt token (the one before the response).
+def _prompt_batch(tokenizer, prompts: list) -> ProbeBatch:
+    """Left-padded encoded prompts; we read each one's readout token (the last before the response)."""
+    tokens = pad_token_lists([p.input_ids for p in prompts], pad_id_of(tokenizer), "left")
+    width = tokens.input_ids.shape[1]
+    readout = torch.tensor([width - len(p.input_ids) + p.readout for p in prompts])
+    mask = torch.zeros_like(tokens.attention_mask, dtype=torch.bool)
+    mask[torch.arange(len(prompts)), readout] = True
+    return ProbeBatch(tokens.input_ids, tokens.attention_mask, mask)
 
-    Prompts are already formatted (the chat template adds BOS itself), so no special tokens are
-    added here; truncation keeps the end of the prompt, where the read position is.
-    """
-    padding_side, truncation_side = tokenizer.padding_side, tokenizer.truncation_side
-    tokenizer.padding_side, tokenizer.truncation_side = "left", "left"
-    try:
-        enc = tokenizer(
-            prompts, return_tensors="pt", padding=True, truncation=True, max_length=max_length, add_special_tokens=False
-        )
-    finally:
-        tokenizer.padding_side, tokenizer.truncation_side = padding_side, truncation_side
-    positions = last_prompt_positions(enc["attention_mask"], "left")
-    mask = torch.zeros_like(enc["attention_mask"], dtype=torch.bool)
-    mask[torch.arange(mask.shape[0]), positions] = True
-    return ProbeBatch(enc["input_ids"], enc["attention_mask"], mask)
+
+def _mean_activation(codes: metrics.SaeCodes, features: Tensor, num_latents: int) -> float:
+    return float(metrics.mean_dense_activation(codes, features, num_latents)) if features.numel() else math.nan
 
 
 def _mean_at(values: Tensor, indices: Tensor) -> float:

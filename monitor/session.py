@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections import deque
 from pathlib import Path
 
@@ -79,6 +80,10 @@ class MonitorSession:
             logger.exception("featuredrift could not record the stop reason")
 
     def close(self, status: str = "finished") -> None:
+        try:
+            self.engine.resolve_run(self.run_name, time.time())
+        except Exception:
+            logger.exception("featuredrift could not resolve the run's alerts")
         self._flush_store()
         if self.pending:
             self._spill()

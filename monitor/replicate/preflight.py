@@ -61,7 +61,7 @@ def _zoo_identity(spec: str) -> str:
         root = Path(zoo_paths(zoo_size(spec)).root)
     except Exception:  # not built yet: the spec is the identity
         return spec
-    manifest = next((root / n for n in ("manifest.json", "zoo.json") if (root / n).is_file()), None)
+    manifest = root / "manifest.json" if (root / "manifest.json").is_file() else None
     return spec if manifest is None else f"{spec}#{hashlib.sha256(manifest.read_bytes()).hexdigest()[:16]}"
 
 

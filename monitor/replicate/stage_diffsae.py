@@ -120,20 +120,32 @@ def _high_kl_positions(ctx: RunContext, texts: list[str], special: bool, n: int)
 
 
 def _attribution(ctx: RunContext, tokens, positions: Tensor, decoder: Tensor, hookpoint: str):
-    """kl_attribution over only the rows that hold a chosen position (chat logits recomputed)."""
+    """kl_attribution over only the rows that hold a chosen position, a few rows at a time (the
+    chat logits of a row are recomputed and never held for all rows). Positions in the result
+    index `rows` (the returned list of text indices)."""
     from monitor.capture import capture_activations
-    from monitor.kl import kl_attribution
+    from monitor.kl import KLAttribution, kl_attribution
 
     rows = sorted(set(positions[:, 0].tolist()))
     remap = {r: i for i, r in enumerate(rows)}
-    input_ids, attention = tokens.input_ids[rows], tokens.attention_mask[rows]
-    logits_chat = capture_activations(ctx.model("chat")[0], input_ids, attention, [hookpoint], return_logits=True).logits
     local = torch.tensor([[remap[int(r)], int(t)] for r, t in positions.tolist()], dtype=torch.long)
-    result = kl_attribution(
-        ctx.model("base")[0], input_ids, logits_chat, local, decoder, hookpoint,
-        attention_mask=attention, batch_size=ctx.config.batch_size,
-    )
-    return result, rows
+    step = max(1, ctx.config.batch_size)
+    parts = []
+    for first in range(0, len(rows), step):
+        group = rows[first : first + step]
+        chosen = (local[:, 0] >= first) & (local[:, 0] < first + len(group))
+        if not bool(chosen.any()):
+            continue
+        input_ids, attention = tokens.input_ids[group], tokens.attention_mask[group]
+        logits_chat = capture_activations(ctx.model("chat")[0], input_ids, attention, [hookpoint], return_logits=True).logits
+        shifted = local[chosen] - torch.tensor([first, 0])
+        part = kl_attribution(
+            ctx.model("base")[0], input_ids, logits_chat, shifted, decoder, hookpoint,
+            attention_mask=attention, batch_size=ctx.config.batch_size,
+        )
+        parts.append(part._replace(positions=part.positions + torch.tensor([first, 0])))
+    merged = KLAttribution(*(torch.cat([getattr(p, f) for p in parts]) for f in KLAttribution._fields))
+    return merged, rows
 
 
 def _alignment(result) -> float:

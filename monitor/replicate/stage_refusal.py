@@ -59,8 +59,13 @@ def run(ctx: RunContext, folder) -> dict:
         row: dict = {"k": k}
         chosen = {}
         for role in ("base", "chat"):
-            features = top_refusal_features(dbar[role], k, allow_fewer=True)
+            features = top_refusal_features(dbar[role], k, strict=False)
             chosen[role] = features
+            if features.numel() == 0:  # no feature fires more on harmful prompts: r̂ = 0
+                directions[direction_key(role, k)] = torch.zeros_like(directions["true"])
+                row[role] = {"nmse": 1.0, "cosine": 0.0, "num_features": 0, "features": [], "weights": [],
+                             "dbar_base_model": None, "dbar_chat_model": None}
+                continue
             rec = reconstruct_direction(sae.W_dec.detach().cpu(), features, true_direction.cpu())
             directions[direction_key(role, k)] = rec.direction.float()
             row[role] = {

@@ -27,9 +27,19 @@ class SaeTrainingSummary(NamedTuple):
 
 
 def residual_activations(
-    model, tokenizer, texts: Sequence[str], layer: int, *, batch_size: int = 32, max_length: int = 128
+    model,
+    tokenizer,
+    texts: Sequence[str],
+    layer: int,
+    *,
+    batch_size: int = 32,
+    max_length: int = 128,
+    add_special_tokens: bool = True,
 ):
-    """Residual stream after decoder block `layer` for every non-special token of `texts`, as (N, d)."""
+    """Residual stream after decoder block `layer` for every non-special token of `texts`, as (N, d).
+
+    Pass `add_special_tokens=False` for text rendered by a chat template (it already has BOS).
+    """
     import torch
 
     from monitor.hookpoints import decoder_layers
@@ -54,6 +64,7 @@ def residual_activations(
                     padding=True,
                     truncation=True,
                     max_length=max_length,
+                    add_special_tokens=add_special_tokens,
                 )
                 outputs.clear()
                 model(**batch)

@@ -1,0 +1,198 @@
+"""FeatureDriftCallback end to end: real SFT steps on the nano zoo, real SAE, real store,
+real exporters. Scenarios: the demo's align and erosion runs, a LoRA run against its
+adapter-disabled reference, bad SAE/hookpoint at train begin, a dead Pushgateway, DDP under
+torchrun, and kill-and-resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+import sae_store
+from callbacks.feature_drift import FeatureDriftCallback
+from monitor.config import MonitorConfig
+from monitor.demo import run_demo
+from monitor.finetune import make_sft_trainer, read_conversations
+from monitor.hookpoints import HookpointError
+from monitor.store.run_store import RunStore
+
+pytestmark = pytest.mark.slow
+SCRIPT = Path(__file__).parent / "scripts" / "monitored_sft.py"
+
+
+def _quiet_console():
+    from rich.console import Console
+
+    return Console(file=open(os.devnull, "w"), width=120)
+
+
+@pytest.fixture(scope="module")
+def align_run(zoo_nano, tmp_path_factory):
+    out = tmp_path_factory.mktemp("align")
+    result = run_demo("align", "nano", out=out, eval_every=10, metrics_port=0, run_name="align", console=_quiet_console())
+    return result, out
+
+
+def test_align_demo_evaluates_on_cadence_and_stores_every_evaluation(align_run):
+    result, out = align_run
+    steps = [r.step for r in result.reports]
+    assert steps[0] == 0 and steps == sorted(set(steps))
+    assert all(s % 10 == 0 for s in steps[:-1])
+    with RunStore(result.store_url) as store:
+        assert store.recorded_steps("align") == steps
+        assert store.get_run("align").status == "finished"
+
+
+def test_align_demo_refusal_features_emerge(align_run):
+    result, _ = align_run
+    first, last = result.reports[0], result.reports[-1]
+    hookpoint = next(iter(first.layers))
+    # The base model does not refuse; after chat SFT it does, and the refusal features' gap grows.
+    assert first.refusal_rate["harmful"] <= 0.1
+    assert last.refusal_rate["harmful"] >= 0.8
+    assert last.layers[hookpoint].refusal_features.gap_current > 2 * first.layers[hookpoint].refusal_features.gap_current
+    # Same inputs, different weights: activations drift away from the reference.
+    assert first.layers[hookpoint].divergent_fraction == pytest.approx(0.0, abs=1e-6)
+    assert last.layers[hookpoint].refusal_direction_cosine < 0.99
+
+
+def test_erosion_demo_refusal_features_fade(zoo_nano, tmp_path):
+    result = run_demo("erosion", "nano", out=tmp_path, eval_every=10, metrics_port=0, run_name="erosion", console=_quiet_console())
+    first, last = result.reports[0], result.reports[-1]
+    hookpoint = next(iter(first.layers))
+    assert first.refusal_rate["harmful"] >= 0.9
+    assert last.refusal_rate["harmful"] < first.refusal_rate["harmful"] - 0.3
+    assert last.layers[hookpoint].refusal_features.relative_gap < 0.8
+
+
+def _trainer(zoo, config, tmp_path, *, max_steps=6, lora=False, conversations=64):
+    model = AutoModelForCausalLM.from_pretrained(zoo.base)
+    tokenizer = AutoTokenizer.from_pretrained(zoo.base)
+    data = read_conversations(zoo.data / "chat_sft.jsonl")[:conversations]
+    callback = FeatureDriftCallback(config)
+    trainer = make_sft_trainer(
+        model, tokenizer, data, output_dir=tmp_path / "out", max_steps=max_steps, learning_rate=5e-3,
+        batch_size=8, lora=lora, callbacks=[callback],
+    )
+    return trainer, callback
+
+
+def _config(zoo, tmp_path, **overrides):
+    settings = dict(
+        sae=str(zoo.sae), probes=str(zoo.probes), max_probes=16, refusal_score_every=0, eval_every=3,
+        store_url=f"sqlite:///{tmp_path}/runs.db", metrics_port=0, run_name="test",
+    )
+    return MonitorConfig(**{**settings, **overrides})
+
+
+def test_lora_run_uses_adapter_disabled_reference(zoo_nano, tmp_path):
+    trainer, callback = _trainer(zoo_nano, _config(zoo_nano, tmp_path), tmp_path, lora=True)
+    trainer.train()
+    first, last = callback.reports[0], callback.reports[-1]
+    layer0, layer_t = next(iter(first.layers.values())), next(iter(last.layers.values()))
+    # LoRA B matrices start at zero: at step 0 the adapted model *is* the reference.
+    assert layer0.divergent_fraction == 0.0
+    assert layer0.refusal_direction_cosine == pytest.approx(1.0, abs=1e-5)
+    assert layer0.fvu["current/base"] == pytest.approx(layer0.fvu["reference/base"], rel=1e-5)
+    assert layer_t.fvu["current/base"] != pytest.approx(layer_t.fvu["reference/base"], rel=1e-6)
+    with RunStore(f"sqlite:///{tmp_path}/runs.db") as store:
+        assert store.get_run("test").reference_policy == "auto"
+
+
+def test_wrong_sae_fails_at_train_begin_and_stores_nothing(zoo_nano, tmp_path):
+    from sparsify import SparseCoder, SparseCoderConfig
+
+    wrong = tmp_path / "wrong-sae" / zoo_nano.hookpoint
+    SparseCoder(7, SparseCoderConfig(num_latents=32, k=4)).save_to_disk(wrong)
+    trainer, _ = _trainer(zoo_nano, _config(zoo_nano, tmp_path, sae=str(wrong.parent)), tmp_path)
+    with pytest.raises(sae_store.SaeError, match="d_in") as error:
+        trainer.train()
+    assert "7" in str(error.value)
+    assert not (tmp_path / "runs.db").exists()
+
+
+def test_missing_hookpoint_fails_at_train_begin(zoo_nano, tmp_path):
+    trainer, _ = _trainer(zoo_nano, _config(zoo_nano, tmp_path, hookpoints=["layers.99"]), tmp_path)
+    with pytest.raises((sae_store.SaeError, HookpointError), match="layers.99"):
+        trainer.train()
+
+
+def test_dead_pushgateway_never_breaks_training(zoo_nano, tmp_path):
+    from servers import free_port
+
+    config = _config(zoo_nano, tmp_path, pushgateway_url=f"http://127.0.0.1:{free_port()}", export_timeout_s=0.5)
+    trainer, callback = _trainer(zoo_nano, config, tmp_path)
+    started = time.perf_counter()
+    trainer.train()
+    assert time.perf_counter() - started < 120
+    assert trainer.state.global_step == 6
+    assert callback.session.exporter.failures > 0
+    with RunStore(config.store_url) as store:  # stored before export: nothing lost
+        assert store.recorded_steps("test") == [0, 3, 6]
+
+
+def test_ddp_two_processes_shard_probes_and_push_once(zoo_nano, tmp_path, pushgateway):
+    opts = {
+        "zoo": str(zoo_nano.root), "eval_every": 2, "max_steps": 4, "store_url": f"sqlite:///{tmp_path}/ddp.db",
+        "pushgateway_url": pushgateway.url, "run_name": "ddp", "output_dir": str(tmp_path / "out"),
+    }
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SPARSIFY_DISABLE_TRITON": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0"]
+    done = subprocess.run([*torchrun, str(SCRIPT), json.dumps(opts)], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [json.loads((tmp_path / "out" / f"summary-rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world_size"] for r in ranks] == [2, 2]
+    # Every rank computed the same (gathered) report…
+    assert ranks[0]["steps"] == ranks[1]["steps"] == [0, 2, 4]
+    assert ranks[0]["fvu"] == ranks[1]["fvu"]
+    # …but only rank 0 stored and pushed.
+    assert ranks[0]["pushes"] is not None and ranks[1]["pushes"] is None
+    with RunStore(opts["store_url"]) as store:
+        assert store.recorded_steps("ddp") == [0, 2, 4]
+
+
+def test_kill_and_resume_continues_the_same_run(zoo_nano, tmp_path):
+    out = tmp_path / "out"
+    opts = {
+        "zoo": str(zoo_nano.root), "eval_every": 2, "max_steps": 400, "save_steps": 4,
+        "store_url": f"sqlite:///{tmp_path}/resume.db", "run_name": "resume", "output_dir": str(out),
+    }
+    env = {**os.environ, "SPARSIFY_DISABLE_TRITON": "1"}
+    process = subprocess.Popen([sys.executable, str(SCRIPT), json.dumps(opts)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while not (out / "checkpoint-8" / "trainer_state.json").exists():
+        assert process.poll() is None, process.stderr.read().decode()[-3000:]
+        assert time.time() < deadline, "no checkpoint-8 within 300 s"
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    with RunStore(opts["store_url"]) as store:
+        before = store.recorded_steps("resume")
+    assert before[:5] == [0, 2, 4, 6, 8]
+
+    killed_at = time.time()
+    opts.update(max_steps=12, resume=str(out / "checkpoint-8"))
+    done = subprocess.run([sys.executable, str(SCRIPT), json.dumps(opts)], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with RunStore(opts["store_url"]) as store:
+        steps = store.recorded_steps("resume")
+        evaluations = {e.step: e for e in store.evaluations("resume")}
+        assert store.get_run("resume").status == "finished"
+    assert steps[:7] == [0, 2, 4, 6, 8, 10, 12]
+    assert len(evaluations) == len(steps)  # one evaluation per step, no duplicates
+    # Steps up to the checkpoint are kept; later ones belong to the resumed trajectory.
+    assert all(evaluations[s].timestamp < killed_at for s in (0, 2, 4, 6, 8))
+    assert all(evaluations[s].timestamp > killed_at for s in (10, 12))
+    summary = json.loads((out / "summary-rank0.json").read_text())
+    assert summary["steps"] == [10, 12]
+    # The step-0 reference survived the kill: reference FVUs are identical before and after.
+    hookpoint = next(iter(evaluations[0].report.layers))
+    assert evaluations[12].report.layers[hookpoint].fvu["reference/base"] == evaluations[0].report.layers[hookpoint].fvu["reference/base"]
