@@ -18,13 +18,15 @@ from torch import Tensor
 from monitor.metrics import (
     EmptySetError,
     MetricInputError,
+    SaeCodes,
     _check_codes,
     check_tensor,
     row_chunks,
 )
 
-Codes = Tensor | tuple[Tensor, Tensor]
-"""Dense SAE codes ``[N, M]`` or a top-k pair ``(top_acts, top_indices)``, each ``[N, k]``."""
+Codes = Tensor | tuple[Tensor, Tensor] | SaeCodes
+"""Dense SAE codes ``[N, M]``, a top-k pair ``(top_acts, top_indices)`` (each ``[N, k]``), or
+the :class:`~monitor.metrics.SaeCodes` of :func:`~monitor.metrics.encode_batched`."""
 
 
 def refusal_direction(x_harmful: Tensor, x_harmless: Tensor) -> Tensor:
@@ -50,6 +52,8 @@ def mean_codes(codes: Codes, num_latents: int, *, name: str = "codes", chunk_row
         for rows in row_chunks(codes.shape[0], chunk_rows):
             total += codes[rows].double().sum(0)
         return total / codes.shape[0]
+    if isinstance(codes, SaeCodes):
+        codes = (codes.top_acts, codes.top_indices)
     if not (isinstance(codes, tuple | list) and len(codes) == 2):
         raise MetricInputError(
             f"{name}: expected a dense [N, M] tensor or a (top_acts, top_indices) pair, found {type(codes).__name__}"

@@ -209,3 +209,123 @@ def test_addition_during_cached_generation_and_bad_input():
         with activation_addition(model, "layers.9", vector):
             pass
     assert hook_count(model) == 0
+
+
+# ------------------------------------------------------------------------- on the zoo (slow)
+
+
+@pytest.fixture(scope="module")
+def zoo_refusal(zoo_nano):
+    """The zoo chat model, its true refusal direction (difference in means at the SAE
+    hookpoint, chat template) fitted on one half of the probes, and the other half to score."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import sae_store
+    from monitor import metrics, refusal
+    from monitor.capture import collect_prompt_activations
+    from monitor.probes import read_probe_dir
+
+    tokenizer = AutoTokenizer.from_pretrained(zoo_nano.chat)
+    chat = AutoModelForCausalLM.from_pretrained(zoo_nano.chat).eval()
+    base = AutoModelForCausalLM.from_pretrained(zoo_nano.base).eval()
+    sae = sae_store.load_sae(zoo_nano.sae, hookpoint=zoo_nano.hookpoint)
+    probes = read_probe_dir(zoo_nano.probes)
+    if {"train", "heldout"} <= set(probes.splits()):
+        fit, held = probes.split("train"), probes.split("heldout")
+        fit_harmful, fit_harmless, held_harmful, held_harmless = fit.harmful, fit.harmless, held.harmful, held.harmless
+    else:  # no split labels: fit on the first half, score the second
+        h, n = len(probes.harmful) // 2, len(probes.harmless) // 2
+        fit_harmful, held_harmful = probes.harmful[:h], probes.harmful[h:]
+        fit_harmless, held_harmless = probes.harmless[:n], probes.harmless[n:]
+    hookpoint = zoo_nano.hookpoint
+
+    def read(model, instructions, prompt_format):
+        return collect_prompt_activations(model, tokenizer, instructions, [hookpoint], prompt_format=prompt_format)[hookpoint]
+
+    def dbar(model, prompt_format):
+        harmful = metrics.encode_batched(sae, read(model, fit_harmful, prompt_format))
+        harmless = metrics.encode_batched(sae, read(model, fit_harmless, prompt_format))
+        return refusal.feature_diff_in_means(harmful, harmless, sae.num_latents)
+
+    direction = refusal.refusal_direction(read(chat, fit_harmful, "chat"), read(chat, fit_harmless, "chat"))
+    return dict(
+        chat=chat, tokenizer=tokenizer, sae=sae, hookpoint=hookpoint, direction=direction,
+        held_harmful=held_harmful, held_harmless=held_harmless,
+        dbar_chat=dbar(chat, "chat"), dbar_base=dbar(base, "base"),
+    )
+
+
+def _refusal(setup, instructions, intervention=None) -> float:
+    from monitor.interventions import refusal_score_under
+
+    return refusal_score_under(
+        setup["chat"], setup["tokenizer"], instructions, intervention, max_new_tokens=24, batch_size=32
+    ).score
+
+
+@pytest.mark.slow
+def test_zoo_ablating_the_refusal_direction_bypasses_refusal(zoo_refusal):
+    setup = zoo_refusal
+    chat, direction = setup["chat"], setup["direction"]
+    before = _refusal(setup, setup["held_harmful"])
+    after = _refusal(setup, setup["held_harmful"], lambda: directional_ablation(chat, direction))
+    print(f"zoo nano held-out harmful refusal: {before:.3f} -> {after:.3f} after ablating r")
+    assert before >= 0.5
+    assert after <= 0.25
+    assert before - after >= 0.4
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="zoo nano (format 1) chat model already 'refuses' 56% of harmless probes and adding r "
+    "(‖r‖ ≈ 0.11 vs ‖x‖ ≈ 2.9) moves that to 50%, not up; remove this marker once the zoo's chat "
+    "model discriminates harmful from harmless prompts",
+)
+def test_zoo_adding_the_refusal_direction_induces_refusal(zoo_refusal):
+    setup = zoo_refusal
+    chat, direction, hookpoint = setup["chat"], setup["direction"], setup["hookpoint"]
+    before = _refusal(setup, setup["held_harmless"])
+    after = _refusal(setup, setup["held_harmless"], lambda: activation_addition(chat, hookpoint, direction))
+    print(f"zoo nano held-out harmless refusal: {before:.3f} -> {after:.3f} after adding r")
+    assert after - before >= 0.2
+
+
+@pytest.mark.slow
+def test_zoo_chat_feature_reconstruction_mediates_refusal_better_than_base_features(zoo_refusal):
+    """Fig. 2's shape: NNLS reconstructions of r from the chat model's top refusal features
+    ablate refusal; reconstructions from the base model's top features do much less."""
+    from monitor import refusal
+
+    setup = zoo_refusal
+    chat, sae, r = setup["chat"], setup["sae"], setup["direction"]
+    before = _refusal(setup, setup["held_harmful"])
+    k = min(8, int((setup["dbar_chat"] > 0).sum()), int((setup["dbar_base"] > 0).sum()))
+    assert k >= 2
+    results = {}
+    for source in ("chat", "base"):
+        features = refusal.top_refusal_features(setup[f"dbar_{source}"], k)
+        rec = refusal.reconstruct_direction(sae.W_dec, features, r)
+        after = _refusal(setup, setup["held_harmful"], lambda d=rec.direction.float(): directional_ablation(chat, d))
+        results[source] = (rec.cosine, after)
+        print(f"zoo nano k={k} {source} features: cos={rec.cosine:.3f} nmse={rec.nmse:.3f} harmful refusal {before:.3f} -> {after:.3f}")
+    assert results["chat"][0] > results["base"][0]
+    assert results["chat"][1] <= results["base"][1] - 0.2
+
+
+@pytest.mark.slow
+def test_zoo_score_under_takes_a_judge_object_or_a_callable(zoo_refusal):
+    from monitor.interventions import refusal_score_under, score_under
+    from monitor.judges import RefusalJudge, is_refusal
+
+    setup = zoo_refusal
+    chat, tokenizer, prompts = setup["chat"], setup["tokenizer"], setup["held_harmful"][:8]
+    plain = refusal_score_under(chat, tokenizer, prompts, max_new_tokens=16)
+    assert plain.flags == [is_refusal(c) for c in plain.completions]
+    assert plain.score == sum(plain.flags) / 8
+    judged = score_under(chat, tokenizer, prompts, judge=RefusalJudge(), max_new_tokens=16)
+    assert (judged.judge, judged.flags) == ("refusal", plain.flags)
+    complied = score_under(chat, tokenizer, prompts, judge=lambda _i, cs: [not is_refusal(c) for c in cs], max_new_tokens=16)
+    assert complied.score == pytest.approx(1 - plain.score)
+    with pytest.raises(MetricInputError, match="^instructions:"):
+        score_under(chat, tokenizer, [])

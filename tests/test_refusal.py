@@ -122,3 +122,11 @@ def test_feature_overlap():
     assert refusal.feature_overlap(torch.tensor([1, 2, 3]), [3, 4, 1]) == 2
     assert refusal.shared_features([5, 1], torch.tensor([1, 5, 9])) == [1, 5]
     assert refusal.feature_overlap([], [1]) == 0
+
+
+def test_feature_diff_in_means_accepts_sae_codes():
+    from monitor.metrics import SaeCodes
+
+    harmful = SaeCodes(t([[1.0, 3.0]]), torch.tensor([[0, 2]]), torch.zeros(1, 2))
+    harmless = SaeCodes(t([[2.0, 1.0]]), torch.tensor([[2, 1]]), torch.zeros(1, 2))
+    assert refusal.feature_diff_in_means(harmful, harmless, 3).tolist() == [1.0, -1.0, 1.0]

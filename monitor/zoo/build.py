@@ -74,6 +74,26 @@ def quiet_libraries() -> Iterator[None]:
             datasets.enable_progress_bars()
 
 
+@contextlib.contextmanager
+def build_threads() -> Iterator[None]:
+    """Run the build on a fixed number of intra-op threads (`FEATUREDRIFT_ZOO_THREADS`, default 1).
+
+    A fixed count keeps CPU reductions in the same order, so weights are reproducible; and on a
+    shared small machine one thread per process is much faster than oversubscribed OpenMP teams.
+    """
+    import torch
+
+    previous = torch.get_num_threads()
+    threads = int(os.environ.get("FEATUREDRIFT_ZOO_THREADS", "1"))
+    if threads < 1:
+        raise ValueError(f"FEATUREDRIFT_ZOO_THREADS: expected a positive integer, found {threads}")
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 class StageTimer:
     """Runs named stages, records their durations and reports them to an optional callback."""
 
@@ -113,7 +133,7 @@ def build_into(
     timer = StageTimer(on_stage)
     work = out / ".work"
     metrics: dict[str, dict] = {"sae": {}}
-    with quiet_libraries(), torch.random.fork_rng(devices=[]):
+    with quiet_libraries(), torch.random.fork_rng(devices=[]), build_threads():
         set_seed(seed)
         with timer.stage("world"):
             world = build_world(config, seed)

@@ -25,6 +25,7 @@ def supervised_finetune(
     """SFT `model` (modified in place) on `conversations`; returns it in eval mode on CPU."""
     from datasets import Dataset
     from transformers import set_seed
+    from transformers.trainer_callback import PrinterCallback
     from trl import SFTConfig, SFTTrainer
 
     set_seed(seed)
@@ -40,9 +41,12 @@ def supervised_finetune(
         max_length=config.max_length,
         assistant_only_loss=True,
         packing=False,
+        gradient_checkpointing=False,
+        bf16=False,
         dataset_num_proc=None,
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    trainer.remove_callback(PrinterCallback)
     trainer.train()
     model = trainer.model.to("cpu").eval()
     model.generation_config.eos_token_id = stop_token_ids(tokenizer)

@@ -97,6 +97,7 @@ def pretrain_base_model(
 ):
     """Train a fresh Llama on the base corpus; returns the trained model (eval mode, CPU)."""
     from transformers import LlamaForCausalLM, Trainer, TrainingArguments, set_seed
+    from transformers.trainer_callback import PrinterCallback
 
     set_seed(seed)
     model = LlamaForCausalLM(make_model_config(config, tokenizer))
@@ -113,6 +114,7 @@ def pretrain_base_model(
         )
     )
     trainer = Trainer(model=model, args=args, train_dataset=dataset)
+    trainer.remove_callback(PrinterCallback)
     trainer.train()
     model = trainer.model.to("cpu").eval()
     model.generation_config.pad_token_id = tokenizer.pad_token_id
