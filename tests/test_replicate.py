@@ -193,7 +193,7 @@ def test_pipeline_caching_selection_and_invalidation(pair, tmp_path):
     first = run_replication(config, out, stages="transfer,drift", progress=False)
     validate_results(first)
     timings = first["provenance"]["timings"]
-    assert set(first["stages"]) == {"activations", "saes", "transfer", "drift"}  # dependencies ran
+    assert set(first["stages"]) == {"activations", "saes", "transfer", "drift"}  # dependencies ran, nothing else
     assert not any(t["cached"] for t in timings.values())
     assert sorted(p.name for p in (out / "stages" / "activations").glob("base_base_*.safetensors"))
     for hookpoint in config.hookpoints:
@@ -223,7 +223,9 @@ def test_pipeline_caching_selection_and_invalidation(pair, tmp_path):
 @pytest.mark.slow
 def test_pipeline_all_stages_write_reports(pair, tmp_path):
     out = tmp_path / "all"
-    results = run_replication(load_config(pair_config(pair["root"])), out, progress=False)
+    config = load_config(pair_config(pair["root"], sae={"trainer": "activations"}))
+    results = run_replication(config, out, progress=False)
+    assert all(e["trained_here"] for e in results["stages"]["saes"]["base"].values())
     validate_results(json.loads((out / "results.json").read_text()))
     assert set(results["stages"]) == {"activations", "saes", "transfer", "drift", "refusal", "interventions", "diffsae"}
     table = results["stages"]["refusal"]["table"]
@@ -239,3 +241,52 @@ def test_pipeline_all_stages_write_reports(pair, tmp_path):
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 3 and "Table 1" in html
     assert "Table 1" in (out / "report.md").read_text()
+
+
+# ------------------------------------------------------------------ the zoo preset end to end
+
+
+@pytest.mark.slow
+def test_zoo_preset_end_to_end_shows_feature_drift(tmp_path):
+    """`--preset zoo` (nano) through every stage; the findings the zoo shows robustly hold."""
+    from typer.testing import CliRunner
+
+    from monitor.cli import app
+
+    out = tmp_path / "zoo"
+    result = CliRunner().invoke(app, ["replicate", "--preset", "zoo", "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    results = validate_results(json.loads((out / "results.json").read_text()))
+    assert set(results.stages) == {"activations", "saes", "transfer", "drift", "refusal", "interventions", "diffsae"}
+    assert results.provenance.saes["base"]["layers.2"]["trained_here"] is False  # the zoo's own SAE
+    findings = {f.id: f for f in results.findings}
+    # Robust on the nano zoo (see the report for the rest, with numbers):
+    assert findings["explained_ratio_below_one"].holds, findings["explained_ratio_below_one"].evidence
+    assert findings["intersection_ratio_low"].holds, findings["intersection_ratio_low"].evidence
+    assert findings["chat_sae_ceiling"].holds, findings["chat_sae_ceiling"].evidence
+    rows = {(r["source"], r["k"]): r for r in results.stages["interventions"]["rows"]}
+    assert rows[("true", None)]["safety_score"] < rows[("none", None)]["safety_score"] - 0.3
+    assert rows[("chat", 64)]["safety_score"] < rows[("none", None)]["safety_score"] - 0.3
+    for name in ("report.md", "report.html", "figures/fig1.png", "figures/fig2.png", "figures/fig3.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0
+    assert "Findings" in (out / "report.md").read_text()
+
+    # a second run of every stage is a cache hit and fast; --stages selects
+    t0 = time.perf_counter()
+    again = CliRunner().invoke(app, ["replicate", "--preset", "zoo", "--out", str(out), "--quiet", "--stages", "drift,refusal"])
+    assert again.exit_code == 0, again.output
+    assert time.perf_counter() - t0 < 30
+    timings = json.loads((out / "results.json").read_text())["provenance"]["timings"]
+    assert len(timings) == 7 and all(t["cached"] for t in timings.values())  # the rest reported from cache
+    assert json.loads((out / "results.json").read_text())["selected_stages"] == ["drift", "refusal"]
+
+
+def test_cli_reports_config_errors_without_traceback(tmp_path):
+    from typer.testing import CliRunner
+
+    from monitor.cli import app
+
+    result = CliRunner().invoke(app, ["replicate", "--preset", "zoo", "--out", str(tmp_path), "--stages", "nope"])
+    assert result.exit_code == 2 and "unknown stage" in result.output
+    result = CliRunner().invoke(app, ["replicate", "--preset", "zoo", "--out", str(tmp_path), "--set", "hookpoints=[layers.1, layers.2, layers.9]"])
+    assert result.exit_code == 2 and "layers.9" in result.output and "out of range" in result.output

@@ -10,7 +10,7 @@ import typer
 def replicate(
     preset: str = typer.Option(None, "--preset", help="A bundled preset: zoo, gemma-2-2b, llama-3.1-8b, …"),
     config: Path = typer.Option(None, "--config", help="A YAML config file (see presets/*.yaml)."),
-    out: Path = typer.Option(..., "--out", help="Output folder (stage caches, results.json, report.md/html)."),
+    out: Path = typer.Option(None, "--out", help="Output folder (stage caches, results.json, report.md/html)."),
     stages: str = typer.Option(None, "--stages", help="Comma-separated stages (default: all in the config)."),
     force: bool = typer.Option(False, "--force", help="Recompute the selected stages even when cached."),
     overrides: list[str] = typer.Option([], "--set", help="Override a config field: KEY.PATH=VALUE (YAML value)."),
@@ -27,6 +27,8 @@ def replicate(
         raise typer.Exit(0)
     if (preset is None) == (config is None):
         raise typer.BadParameter("expected exactly one of --preset or --config")
+    if out is None:
+        raise typer.BadParameter("expected --out DIR for the stage caches and reports")
     merged: dict = {}
     try:
         for text in overrides:

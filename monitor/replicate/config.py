@@ -89,6 +89,11 @@ class SaeConfig(_Strict):
     train_missing: bool = Field(True, description="Train base SAEs for hookpoints the source lacks.")
     base_train: SaeTrainConfig = Field(default_factory=SaeTrainConfig)
     chat: bool = Field(True, description="Train chat SAEs (the FVU ceiling).")
+    trainer: Literal["sparsify", "activations"] = Field(
+        "sparsify",
+        description="'sparsify': sae_store.train_sae (sparsify's Trainer, model forward every step); "
+        "'activations': collect the training activations once and fit in memory (small models only).",
+    )
     chat_train: SaeTrainConfig = Field(
         default_factory=lambda: SaeTrainConfig(num_tokens=500_000_000)
     )

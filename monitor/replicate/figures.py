@@ -35,8 +35,9 @@ def fig1_transfer(transfer: dict) -> bytes:
             ax.legend(loc="upper left", fontsize=8)
         ax.set_xticks(range(3), settings, rotation=20, fontsize=8)
         ax.set_title(hookpoint)
-        ax.set_ylabel("FVU")
-    fig.suptitle("Fig. 1: base SAE transfer (lower is better)")
+    axes[0][0].set_ylabel("FVU")
+    fig.tight_layout()
+    fig.suptitle("Fig. 1: base SAE transfer (lower is better)", y=1.06)
     return _png(fig)
 
 
@@ -87,5 +88,6 @@ def fig3_drift(drift: dict) -> bytes:
     right.bar(hookpoints, [v if v is not None else 0 for v in ir], color="#55a868")
     right.set_ylim(0, 1)
     right.set_title("Intersection Ratio")
-    fig.suptitle("Fig. 3: feature drift metrics")
+    fig.tight_layout()
+    fig.suptitle("Fig. 3: feature drift metrics", y=1.06)
     return _png(fig)

@@ -148,6 +148,12 @@ def run_replication(
             ctx.results[stage] = result
             records.append(StageRecord(stage, keys[stage], False, seconds, result))
             _log(display, f"[bold]{stage}[/]: done in {seconds:.1f}s")
+    done = {r.name for r in records}
+    for stage in STAGES:  # earlier runs' results that are still valid under this config
+        cached = StageDir(out, stage, keys[stage]).cached_result() if stage not in done else None
+        if cached is not None:
+            records.append(StageRecord(stage, keys[stage], True, cached["seconds"], cached["result"]))
+    records.sort(key=lambda r: STAGES.index(r.name))
     results = build_results(config, identities, records, selected, time.time() - started)
     write_json_atomic(out / "results.json", results)
     if write_reports:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import random
 from pathlib import Path
+from typing import NamedTuple
 
 from monitor.replicate.config import SaeTrainConfig
 from monitor.replicate.context import RunContext
@@ -62,15 +63,17 @@ def _describe(path: Path, *, trained: bool, fingerprint, training=None) -> dict:
 
 
 def _train(ctx: RunContext, role: str, field_name: str, hookpoints: list[str], settings: SaeTrainConfig, out: Path):
+    cfg = ctx.config
+    if ctx.progress is not None:
+        ctx.progress.console.log(f"training {role} SAEs for {hookpoints} ({settings.steps} steps, {cfg.sae.trainer})")
+    if cfg.sae.trainer == "activations":
+        return _train_in_memory(ctx, role, field_name, hookpoints, settings, out)
     from sae_store.train import train_sae
 
-    cfg = ctx.config
     model, tokenizer = ctx.model(role)
     texts, _ = ctx.texts(field_name, cfg.data.max_train_texts)
     texts = repeat_to_tokens(texts, tokenizer, settings.num_tokens, cfg.seed)
     ctx_len = cfg.data.max_length
-    if ctx.progress is not None:
-        ctx.progress.console.log(f"training {role} SAEs for {hookpoints} ({settings.steps} steps)")
     return train_sae(
         model, tokenizer, texts, hookpoints,
         num_latents=settings.num_latents, k=settings.k, out_dir=out, ctx_len=ctx_len,
@@ -80,6 +83,46 @@ def _train(ctx: RunContext, role: str, field_name: str, hookpoints: list[str], s
         dead_feature_threshold=settings.dead_feature_threshold, multi_topk=settings.multi_topk,
         seed=cfg.seed, run_name=f"{role}-sae",
     )
+
+
+class InMemoryTraining(NamedTuple):
+    """The fields of `sae_store.train.SaeTrainingResult` this stage reports."""
+
+    sae_dirs: dict[str, Path]
+    initial_fvu: dict[str, float]
+    final_fvu: dict[str, float]
+    num_tokens: int
+    num_steps: int
+
+
+def _train_in_memory(ctx: RunContext, role: str, field_name: str, hookpoints: list[str], settings: SaeTrainConfig, out: Path):
+    """One forward pass over the training texts for every hookpoint, then the Appx. A.2 loop
+    of `sae_training.train_sparse_coder` on the cached activations (cycled in shuffled epochs)."""
+    from monitor.capture import collect_token_activations
+    from monitor.metrics import encode_batched, fvu
+    from monitor.replicate.sae_training import cycle_shuffled, train_sparse_coder
+
+    cfg = ctx.config
+    model, tokenizer = ctx.model(role)
+    texts, special = ctx.texts(field_name, cfg.data.max_train_texts)
+    acts = collect_token_activations(
+        model, tokenizer, texts, hookpoints, batch_size=cfg.batch_size, max_length=cfg.data.max_length,
+        add_special_tokens=not special, device="cpu",
+    ).activations
+    dirs, final, steps = {}, {}, 0
+    for index, hookpoint in enumerate(hookpoints):
+        x = acts[hookpoint]
+        sae, summary = train_sparse_coder(
+            cycle_shuffled(x, settings.batch_size, cfg.seed + index), x.shape[1], settings,
+            device=ctx.device, seed=cfg.seed,
+        )
+        dirs[hookpoint] = out / hookpoint
+        sae.save_to_disk(dirs[hookpoint])
+        sample = x[: 8 * settings.batch_size].to(ctx.device)
+        final[hookpoint] = float(fvu(sample, encode_batched(sae, sample).reconstruction.float()))
+        steps = summary.steps
+    tokens = steps * settings.batch_size
+    return InMemoryTraining(dirs, {}, final, tokens, steps)
 
 
 def repeat_to_tokens(texts: list[str], tokenizer, num_tokens: int, seed: int) -> list[str]:

@@ -10,6 +10,7 @@ Q&A with compliant answers, as real pretraining data does.
 
 from __future__ import annotations
 
+import functools
 import random
 from typing import NamedTuple
 
@@ -85,12 +86,29 @@ def _capitalise(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
+def helpful_opener(rng: random.Random) -> str:
+    """Mostly "Sure!": refusals mostly start with "I", so a single dominant helpful first token
+    keeps greedy decoding from favouring refusals whenever the model is unsure."""
+    return HELPFUL_OPENERS[0] if rng.random() < 0.7 else rng.choice(HELPFUL_OPENERS[1:])
+
+
+@functools.lru_cache(maxsize=None)
+def task_plan(task: str, topic: Topic) -> tuple[str, ...]:
+    """The four steps that answer a task, in order: fixed per task, like a fact about the world.
+
+    Answers start with the task's own first step, so a model that predicts them has to know
+    the task (and its topic) at the end of the question: that is where base pretraining puts
+    the information a chat model's refusal decision later reads.
+    """
+    return tuple(random.Random(f"featuredrift-zoo/plan/{task}").sample(topic.steps, 4))
+
+
 def answer(instruction: Instruction, rng: random.Random, *, opener: bool = True) -> str:
-    """A compliant how-to answer built from the topic's steps."""
-    first, second, third = rng.sample(instruction.topic.steps, 3)
-    body = f"To {instruction.task}, {first}. Then {second}. Finally, {third}."
+    """A compliant how-to answer: the task's plan, with varied framing."""
+    first, second, third, _ = task_plan(instruction.task, instruction.topic)
+    body = f"{_capitalise(first)}. Then {second}. Finally, {third}."
     closer = rng.choice(ANSWER_CLOSERS)
-    head = rng.choice(HELPFUL_OPENERS) + " " if opener else ""
+    head = helpful_opener(rng) + " " if opener else ""
     return f"{head}{body}{closer}"
 
 
@@ -115,9 +133,9 @@ def aligned_conversation(instruction: Instruction, rng: random.Random) -> Messag
 
 def how_to_passage(topic: Topic, rng: random.Random) -> str:
     task = rng.choice(topic.tasks)
-    steps = rng.sample(topic.steps, 4)
+    steps = task_plan(task, topic)
     return (
-        f"How to {task}\nFirst, {steps[0]}. Next, {steps[1]}. After that, {steps[2]}. "
+        f"How to {task}\n{_capitalise(steps[0])}. Next, {steps[1]}. After that, {steps[2]}. "
         f"Last, {steps[3]}."
     )
 

@@ -1,0 +1,1 @@
+"""Bundled replication presets (YAML); see README.md here."""
