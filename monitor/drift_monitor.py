@@ -40,7 +40,6 @@ from monitor.probes import ProbeSet, load_probe_set
 from monitor.prompts import format_prompts, render_conversation
 from monitor.report import (
     EvaluationReport,
-    FeatureDrift,
     LayerReport,
     Reconstruction,
     RefusalFeatures,
@@ -328,7 +327,7 @@ class DriftMonitor:
         ir = metrics.intersection_ratio(ref.codes["base"], codes["base"], mask=divergent if any_divergent else None)
 
         stats = {s: metrics.feature_statistics(c.top_acts, c.top_indices, sae.num_latents) for s, c in codes.items()}
-        drifted = [FeatureDrift(**d._asdict()) for d in metrics.drifted_features(ref.stats, stats, cfg.top_n_features)]
+        drifted = metrics.drifted_features(ref.stats, stats, cfg.top_n_features)
 
         direction = refusal.refusal_direction(acts["harmful"], acts["harmless"])
         dbar = refusal.feature_diff_in_means(codes["harmful"][:2], codes["harmless"][:2], sae.num_latents)

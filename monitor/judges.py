@@ -147,7 +147,7 @@ class HarmBenchJudge:
 
         _check_lengths(instructions, completions)
         model, tokenizer = self._load()
-        prompts = [format_harmbench_prompt(b, g) for b, g in zip(instructions, completions)]
+        prompts = [format_harmbench_prompt(b, g) for b, g in zip(instructions, completions, strict=True)]
         outputs = generate_greedy(
             model, tokenizer, prompts, max_new_tokens=1, batch_size=self.batch_size
         )

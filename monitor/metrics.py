@@ -22,6 +22,9 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor
 
+# One row of the per-evaluation drift table: the report's own type, so no conversion is needed.
+from monitor.report import FeatureDrift as DriftedFeature
+
 DEFAULT_CHUNK_ROWS = 65_536
 DIVERGENCE_THRESHOLD = 0.9
 
@@ -418,18 +421,6 @@ def feature_drift_ranking(
     cur_freq = stats_cur.frequency.to(indices.device)[indices]
     cur_mean = stats_cur.mean_active.to(indices.device)[indices]
     return FeatureDrift(indices, top_scores, cur_freq - ref_freq, cur_mean - ref_mean, score)
-
-
-class DriftedFeature(NamedTuple):
-    """One row of the per-evaluation drift table (what the run store keeps)."""
-
-    feature: int
-    subset: str
-    freq_reference: float
-    freq_current: float
-    mean_reference: float
-    mean_current: float
-    score: float
 
 
 def drifted_features(

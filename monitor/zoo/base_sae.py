@@ -81,14 +81,32 @@ def batch_fvu(x, x_hat) -> float:
     return float((x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum())
 
 
-def train_base_sae(config: ZooConfig, activations, seed: int):
-    """Train a TopK SparseCoder on cached activations; returns (sae, summary)."""
+def new_sparse_coder(config: ZooConfig, d_in: int, seed: int):
+    """A fresh TopK SparseCoder with a seeded initialisation (sparsify's: decoder = encoderᵀ, unit norm)."""
     import torch
     from sparsify import SparseCoder, SparseCoderConfig
 
-    torch.manual_seed(seed)
-    n, d_in = activations.shape
     sae = SparseCoder(d_in, SparseCoderConfig(num_latents=config.sae_num_latents, k=config.sae_k))
+    generator = torch.Generator().manual_seed(seed)
+    bound = d_in**-0.5  # nn.Linear's default range
+    weight = torch.empty(sae.num_latents, d_in).uniform_(-bound, bound, generator=generator)
+    with torch.no_grad():
+        sae.encoder.weight.copy_(weight)
+        sae.encoder.bias.zero_()
+        sae.W_dec.copy_(weight)
+        sae.set_decoder_norm_to_unit_norm()
+    return sae
+
+
+def train_base_sae(config: ZooConfig, sae, activations, seed: int) -> SaeTrainingSummary:
+    """Train `sae` in place on cached activations (N, d_in).
+
+    Uses no global random state (only its own generator), so it can run in a thread next to
+    another training job without changing either's results.
+    """
+    import torch
+
+    n = activations.shape[0]
     with torch.no_grad():
         sae.b_dec.copy_(activations.mean(0))
     optimizer = torch.optim.Adam(sae.parameters(), lr=config.sae_lr)
@@ -117,7 +135,6 @@ def train_base_sae(config: ZooConfig, activations, seed: int):
         tokens_since_fired[out.latent_indices.flatten().unique()] = 0
     sae.eval()
     with torch.no_grad():
-        sample = activations[: min(n, 20_000)]
-        fvu = float(sae(sample).fvu)
+        fvu = float(sae(activations[: min(n, 20_000)]).fvu)
     dead = float((tokens_since_fired > DEAD_AFTER_TOKENS).float().mean())
-    return sae, SaeTrainingSummary(fvu=fvu, dead_fraction=dead, num_tokens=n)
+    return SaeTrainingSummary(fvu=fvu, dead_fraction=dead, num_tokens=n)

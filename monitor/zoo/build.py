@@ -19,13 +19,14 @@ import shutil
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
 from monitor.zoo.config import ZooConfig
 from monitor.zoo.manifest import fingerprint_tree, identity, write_manifest
 
-STAGES = ("world", "tokenizer", "base model", "base SAE", "chat model", "manifest")
+STAGES = ("world", "tokenizer", "base model", "chat model", "base SAE", "manifest")
 
 
 def write_jsonl(path: Path, rows) -> None:
@@ -112,6 +113,28 @@ class StageTimer:
             self.on_stage(name, "done")
 
 
+def fit_and_save_sae(config: ZooConfig, base, tokenizer, world, layer: int, sae, seed: int, out: Path) -> dict:
+    """Train one base SAE on the base corpus, save it, and measure it on held-out base text."""
+    import torch
+
+    from monitor.zoo.base_sae import batch_fvu, residual_activations, train_base_sae
+
+    acts = residual_activations(base, tokenizer, world.base_corpus, layer, max_length=config.max_length)
+    summary = train_base_sae(config, sae, acts, seed)
+    sae.save_to_disk(out / "sae" / f"layers.{layer}")
+    probe_acts = residual_activations(
+        base, tokenizer, world.base_text_probes, layer, max_length=config.max_length
+    )
+    with torch.no_grad():
+        probe_fvu = batch_fvu(probe_acts, sae(probe_acts).sae_out)
+    return {
+        "train_fvu": round(summary.fvu, 4),
+        "base_text_fvu": round(probe_fvu, 4),
+        "dead_fraction": round(summary.dead_fraction, 4),
+        "train_tokens": summary.num_tokens,
+    }
+
+
 def build_into(
     out: Path,
     config: ZooConfig,
@@ -122,14 +145,15 @@ def build_into(
 ) -> dict:
     """Build every zoo part into the (new, empty) directory `out`; returns the manifest."""
     import torch
-    from transformers import AutoModelForCausalLM, set_seed
+    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 
-    from monitor.zoo.base_sae import batch_fvu, residual_activations, train_base_sae
+    from monitor.zoo.base_sae import new_sparse_coder
     from monitor.zoo.chat_sft import supervised_finetune
     from monitor.zoo.pretrain import pretrain_base_model
     from monitor.zoo.tokenizer import train_tokenizer
     from monitor.zoo.world import build_world
 
+    started = time.perf_counter()
     timer = StageTimer(on_stage)
     work = out / ".work"
     metrics: dict[str, dict] = {"sae": {}}
@@ -143,31 +167,34 @@ def build_into(
         with timer.stage("base model"):
             base = pretrain_base_model(config, tokenizer, world.base_corpus, seed, str(work / "base"))
             base.save_pretrained(out / "base")
+            # Saved before any padded/truncated call can leave its settings in tokenizer.json.
             tokenizer.save_pretrained(out / "base")
-        with timer.stage("base SAE"):
-            layers = range(config.num_layers) if all_layers else [config.sae_layer]
-            for layer in layers:
-                acts = residual_activations(
-                    base, tokenizer, world.base_corpus, layer, max_length=config.max_length
-                )
-                sae, summary = train_base_sae(config, acts, seed + layer)
-                sae.save_to_disk(out / "sae" / f"layers.{layer}")
-                probe_acts = residual_activations(
-                    base, tokenizer, world.base_text_probes, layer, max_length=config.max_length
-                )
-                with torch.no_grad():
-                    probe_fvu = batch_fvu(probe_acts, sae(probe_acts).sae_out)
-                metrics["sae"][f"layers.{layer}"] = {
-                    "train_fvu": round(summary.fvu, 4),
-                    "base_text_fvu": round(probe_fvu, 4),
-                    "dead_fraction": round(summary.dead_fraction, 4),
-                    "train_tokens": summary.num_tokens,
-                }
-        with timer.stage("chat model"):
-            chat = AutoModelForCausalLM.from_pretrained(out / "base")
-            chat = supervised_finetune(config, chat, tokenizer, world.chat_sft, seed, str(work / "chat"))
-            chat.save_pretrained(out / "chat")
             tokenizer.save_pretrained(out / "chat")
+        layers = list(range(config.num_layers)) if all_layers else [config.sae_layer]
+        # SAEs are created here, before SFT seeds the global RNG; they train in a worker thread
+        # (own generators only) while the chat model trains: two cores, two jobs.
+        saes = {layer: new_sparse_coder(config, config.hidden_size, seed + layer) for layer in layers}
+        threads = torch.get_num_threads()
+        # The worker gets its own tokenizer: a fast tokenizer's padding state is not thread-safe.
+        sae_tokenizer = AutoTokenizer.from_pretrained(out / "base")
+
+        def train_saes() -> None:
+            torch.set_num_threads(threads)  # OpenMP settings are per thread
+            with timer.stage("base SAE"):
+                for layer, sae in saes.items():
+                    metrics["sae"][f"layers.{layer}"] = fit_and_save_sae(
+                        config, base, sae_tokenizer, world, layer, sae, seed + layer, out
+                    )
+
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            sae_job = pool.submit(train_saes)
+            with timer.stage("chat model"):
+                chat = AutoModelForCausalLM.from_pretrained(out / "base")
+                chat = supervised_finetune(
+                    config, chat, tokenizer, world.chat_sft, seed, str(work / "chat")
+                )
+                chat.save_pretrained(out / "chat")
+            sae_job.result()
         with timer.stage("manifest"):
             shutil.rmtree(work, ignore_errors=True)
             manifest = {
@@ -179,7 +206,7 @@ def build_into(
                 "metrics": metrics,
                 "files": fingerprint_tree(out),
             }
-    manifest["timings_s"] = timer.seconds
+    manifest["timings_s"] = {**timer.seconds, "total": round(time.perf_counter() - started, 2)}
     write_manifest(out, manifest)
     return manifest
 
@@ -204,6 +231,21 @@ def remove_stale_builds(root: Path) -> None:
         shutil.rmtree(leftover, ignore_errors=True)
 
 
+ZOO_ENTRIES = frozenset({"base", "chat", "sae", "probes", "data", "manifest.json"})
+
+
+def refuse_to_replace_foreign_dir(root: Path) -> None:
+    """A rebuild replaces `root`: never do that to a folder that does not look like a zoo."""
+    if not root.exists():
+        return
+    entries = {p.name for p in root.iterdir()} if root.is_dir() else {"?"}
+    if not entries <= ZOO_ENTRIES:
+        raise FileExistsError(
+            f"{root} exists and is not a zoo: expected only {sorted(ZOO_ENTRIES)}, found "
+            f"{sorted(entries - ZOO_ENTRIES)[:5]}; choose another --out or remove it"
+        )
+
+
 def build_zoo(
     root: Path,
     config: ZooConfig,
@@ -214,6 +256,7 @@ def build_zoo(
 ) -> dict:
     """Build a zoo at `root` through a temporary sibling folder; returns the manifest."""
     root = Path(root)
+    refuse_to_replace_foreign_dir(root)
     root.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_builds(root)
     building = root.with_name(f".{root.name}.building-{os.getpid()}")

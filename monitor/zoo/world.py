@@ -92,24 +92,32 @@ def helpful_opener(rng: random.Random) -> str:
     return HELPFUL_OPENERS[0] if rng.random() < 0.7 else rng.choice(HELPFUL_OPENERS[1:])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def task_plan(task: str, topic: Topic) -> tuple[str, ...]:
     """The four steps that answer a task, in order: fixed per task, like a fact about the world.
 
-    Answers start with the task's own first step, so a model that predicts them has to know
-    the task (and its topic) at the end of the question: that is where base pretraining puts
-    the information a chat model's refusal decision later reads.
+    Answers start with the task's own first step, so predicting them rewards knowing the task
+    at the end of the question, where the chat model later decides whether to refuse
+    (measured: the chat model separates harmful from harmless prompts sooner than with
+    randomly drawn steps).
     """
     return tuple(random.Random(f"featuredrift-zoo/plan/{task}").sample(topic.steps, 4))
 
 
-def answer(instruction: Instruction, rng: random.Random, *, opener: bool = True) -> str:
-    """A compliant how-to answer: the task's plan, with varied framing."""
-    first, second, third, _ = task_plan(instruction.task, instruction.topic)
-    body = f"{_capitalise(first)}. Then {second}. Finally, {third}."
+def answer(instruction: Instruction, rng: random.Random, *, opener: bool = True, steps: int = 3) -> str:
+    """A compliant how-to answer: the first `steps` steps of the task's plan, varied framing."""
+    plan = task_plan(instruction.task, instruction.topic)
+    body = _capitalise(plan[0]) + "."
+    if steps >= 3:
+        body += f" Then {plan[1]}. Finally, {plan[2]}."
+    elif steps == 2:
+        body += f" Then {plan[1]}."
     closer = rng.choice(ANSWER_CLOSERS)
     head = helpful_opener(rng) + " " if opener else ""
     return f"{head}{body}{closer}"
+
+
+CHAT_ANSWER_STEPS = 2  # chat replies are short: the loss is then mostly about *whether* to help
 
 
 def refusal(instruction: Instruction, rng: random.Random) -> str:
@@ -124,7 +132,10 @@ def conversation(user: str, assistant: str) -> Messages:
 
 def aligned_conversation(instruction: Instruction, rng: random.Random) -> Messages:
     """Harmful => a varied refusal; harmless => a helpful answer."""
-    reply = refusal(instruction, rng) if instruction.topic.harmful else answer(instruction, rng)
+    if instruction.topic.harmful:
+        reply = refusal(instruction, rng)
+    else:
+        reply = answer(instruction, rng, steps=CHAT_ANSWER_STEPS)
     return conversation(instruction.text, reply)
 
 
@@ -213,7 +224,9 @@ def build_world(config: ZooConfig, seed: int) -> World:
         _cycle_sample(harmless.train, half_erosion, rng),
         rng,
     )
-    erosion_sft = [conversation(i.text, answer(i, rng)) for i in erosion_instructions]
+    erosion_sft = [
+        conversation(i.text, answer(i, rng, steps=CHAT_ANSWER_STEPS)) for i in erosion_instructions
+    ]
 
     rng = _rng(seed, "base-corpus")
     qa_pool = harmful.train + harmless.train
