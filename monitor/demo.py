@@ -169,6 +169,8 @@ def run_demo(
         max_length=zoo_config.max_length,
         lora=lora,
         callbacks=[drift, display],
+        logging_strategy="steps",
+        logging_steps=5,
     )
     started = time.perf_counter()
     trainer.train()

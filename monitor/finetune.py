@@ -52,12 +52,19 @@ def make_sft_trainer(
     callbacks: list | None = None,
     **overrides: Any,
 ):
-    """An `SFTTrainer` over conversational data, loss on assistant turns where the template allows."""
+    """An `SFTTrainer` over conversational data, loss on assistant turns where the template marks them.
+
+    CPU-friendly and silent by default (no bf16, no gradient checkpointing, no checkpoints, no
+    external loggers, cosine schedule with 5% warmup); `overrides` go to `SFTConfig`.
+    """
     from datasets import Dataset
+    from transformers import set_seed
+    from transformers.trainer_callback import PrinterCallback
     from trl import SFTConfig, SFTTrainer
 
+    set_seed(seed)
     assistant_only = "{% generation %}" in (getattr(tokenizer, "chat_template", None) or "")
-    args = SFTConfig(
+    settings: dict[str, Any] = dict(
         output_dir=str(output_dir),
         max_steps=max_steps,
         num_train_epochs=num_train_epochs,
@@ -65,29 +72,37 @@ def make_sft_trainer(
         per_device_train_batch_size=batch_size,
         max_length=max_length,
         assistant_only_loss=assistant_only,
-        lr_scheduler_type="constant_with_warmup",
-        warmup_steps=0,
+        packing=False,
+        gradient_checkpointing=False,
+        bf16=False,
+        dataset_num_proc=None,
+        lr_scheduler_type="cosine",
+        warmup_steps=0.05,
+        weight_decay=0.0,
+        max_grad_norm=1.0,
         seed=seed,
         data_seed=seed,
-        logging_steps=10,
         report_to="none",
+        logging_strategy="no",
         save_strategy="steps" if save_steps else "no",
         save_steps=save_steps or 500,
         use_cpu=not torch.cuda.is_available(),
         disable_tqdm=True,
         dataloader_num_workers=0,
-        **overrides,
     )
+    args = SFTConfig(**{**settings, **overrides})
     peft_config = None
     if lora:
         from peft import LoraConfig
 
         peft_config = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
-    return SFTTrainer(
+    trainer = SFTTrainer(
         model=model,
         args=args,
-        train_dataset=Dataset.from_list(conversations),
+        train_dataset=Dataset.from_dict({"messages": [list(c["messages"]) for c in conversations]}),
         processing_class=tokenizer,
         peft_config=peft_config,
         callbacks=callbacks or [],
     )
+    trainer.remove_callback(PrinterCallback)
+    return trainer

@@ -142,19 +142,28 @@ def test_dead_pushgateway_never_breaks_training(zoo_nano, tmp_path):
 def test_ddp_two_processes_shard_probes_and_push_once(zoo_nano, tmp_path, pushgateway):
     opts = {
         "zoo": str(zoo_nano.root), "eval_every": 2, "max_steps": 4, "store_url": f"sqlite:///{tmp_path}/ddp.db",
-        "pushgateway_url": pushgateway.url, "run_name": "ddp", "output_dir": str(tmp_path / "out"),
+        "pushgateway_url": pushgateway.url, "run_name": "ddp", "output_dir": str(tmp_path / "out"), "keep_group": True,
     }
     env = {**os.environ, "OMP_NUM_THREADS": "1", "SPARSIFY_DISABLE_TRITON": "1"}
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0"]
+    from servers import free_port
+
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port())]
     done = subprocess.run([*torchrun, str(SCRIPT), json.dumps(opts)], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = [json.loads((tmp_path / "out" / f"summary-rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["world_size"] for r in ranks] == [2, 2]
+    # The probe set (16 per subset, batches of 4) is split between the ranks.
+    assert ranks[0]["batches"]["harmful"] == 4
+    assert ranks[0]["shard_batches"]["harmful"] == ranks[1]["shard_batches"]["harmful"] == 2
     # Every rank computed the same (gathered) report…
     assert ranks[0]["steps"] == ranks[1]["steps"] == [0, 2, 4]
     assert ranks[0]["fvu"] == ranks[1]["fvu"]
     # …but only rank 0 stored and pushed.
-    assert ranks[0]["pushes"] is not None and ranks[1]["pushes"] is None
+    assert ranks[0]["pushes"] >= 1 and ranks[1]["pushes"] is None
+    groups = [g for g in pushgateway.groups() if g["labels"].get("run") == "ddp"]
+    assert len(groups) == 1 and groups[0]["labels"]["job"] == "featuredrift"
+    evaluations = groups[0]["featuredrift_evaluations_total"]["metrics"][0]["value"]
+    assert float(evaluations) == 3
     with RunStore(opts["store_url"]) as store:
         assert store.recorded_steps("ddp") == [0, 2, 4]
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from monitor.zoo.config import ZooConfig
-from monitor.zoo.pretrain import quiet_training_args
 from monitor.zoo.tokenizer import stop_token_ids
 
 
@@ -23,30 +22,19 @@ def supervised_finetune(
     work_dir: str,
 ):
     """SFT `model` (modified in place) on `conversations`; returns it in eval mode on CPU."""
-    from datasets import Dataset
-    from transformers import set_seed
-    from transformers.trainer_callback import PrinterCallback
-    from trl import SFTConfig, SFTTrainer
+    from monitor.finetune import make_sft_trainer
 
-    set_seed(seed)
-    dataset = Dataset.from_dict({"messages": [list(c) for c in conversations]})
-    args = SFTConfig(
-        **quiet_training_args(
-            output_dir=work_dir,
-            seed=seed,
-            num_train_epochs=config.sft_epochs,
-            per_device_train_batch_size=config.sft_batch_size,
-            learning_rate=config.sft_lr,
-        ),
+    trainer = make_sft_trainer(
+        model,
+        tokenizer,
+        [{"messages": list(c)} for c in conversations],
+        output_dir=work_dir,
+        num_train_epochs=config.sft_epochs,
+        learning_rate=config.sft_lr,
+        batch_size=config.sft_batch_size,
         max_length=config.max_length,
-        assistant_only_loss=True,
-        packing=False,
-        gradient_checkpointing=False,
-        bf16=False,
-        dataset_num_proc=None,
+        seed=seed,
     )
-    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
-    trainer.remove_callback(PrinterCallback)
     trainer.train()
     model = trainer.model.to("cpu").eval()
     model.generation_config.eos_token_id = stop_token_ids(tokenizer)

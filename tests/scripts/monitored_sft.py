@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from callbacks.feature_drift import FeatureDriftCallback  # noqa: E402
 from monitor.config import MonitorConfig  # noqa: E402
-from monitor.distributed import world  # noqa: E402
+from monitor.distributed import shard, world  # noqa: E402
 from monitor.finetune import make_sft_trainer, read_conversations  # noqa: E402
 
 
@@ -27,10 +27,12 @@ def main() -> None:
         eval_every=opts["eval_every"],
         max_probes=opts.get("max_probes", 16),
         refusal_score_every=0,
+        batch_size=4,
         store_url=opts["store_url"],
         pushgateway_url=opts.get("pushgateway_url"),
         metrics_port=0,
         run_name=opts["run_name"],
+        keep_group_on_end=opts.get("keep_group", False),
     )
     drift = FeatureDriftCallback(config)
     extra = {"ddp_backend": "gloo"} if int(os.environ.get("WORLD_SIZE", "1")) > 1 else {}
@@ -52,9 +54,10 @@ def main() -> None:
         "rank": rank,
         "world_size": size,
         "steps": [r.step for r in drift.reports],
-        "shard_batches": {k: len(v) for k, v in drift.monitor.probe_batches.items()},
+        "batches": {k: len(v) for k, v in drift.monitor.probe_batches.items()},
+        "shard_batches": {k: len(shard(v)) for k, v in drift.monitor.probe_batches.items()},
         "fvu": [r.layers[next(iter(r.layers))].fvu for r in drift.reports],
-        "pushes": getattr(getattr(drift.session, "exporter", None), "successes", None),
+        "pushes": drift.session.exporter.delivered if drift.session else None,
     }
     with open(os.path.join(opts["output_dir"], f"summary-rank{rank}.json"), "w") as f:
         json.dump(summary, f)
