@@ -84,17 +84,17 @@ def _one_line(report: EvaluationReport, hookpoint: str) -> str:
     rf = layer.refusal_features
     parts = [
         f"step {report.step:>4}",
-        f"FVU chat {layer.fvu.get('current/chat', math.nan):.3f}",
-        f"divergent {layer.divergent_fraction:.2f}",
+        f"FVU {layer.fvu.get('current/chat', math.nan):.3f}",
+        f"div {layer.divergent_fraction:.2f}",
         f"ER {layer.explained_ratio:.2f}",
         f"IR {layer.intersection_ratio_all:.2f}",
-        f"refusal dir cos {layer.refusal_direction_cosine:+.2f}",
+        f"cos(r,r0) {layer.refusal_direction_cosine:+.2f}",
     ]
     if rf is not None:
-        parts.append(f"refusal gap {rf.gap_current:.3f} (ref feats {rf.gap_reference_features:.3f})")
+        parts.append(f"gap {rf.gap_current:.2f}/{rf.gap_reference_features:.2f}")
     if report.refusal_rate:
-        parts.append(f"refuses {report.refusal_rate['harmful']:.0%} harmful / {report.refusal_rate['harmless']:.0%} harmless")
-    return "  ".join(parts)
+        parts.append(f"refuses {report.refusal_rate['harmful']:.0%}/{report.refusal_rate['harmless']:.0%}")
+    return " │ ".join(parts)
 
 
 def run_demo(
@@ -205,6 +205,10 @@ def print_summary(console: Console, result: DemoResult, hookpoint: str) -> None:
     for label, get in rows:
         table.add_row(label, _fmt(get(first)), _fmt(get(last)))
     console.print(table)
+    console.print(
+        "[dim]per line: FVU = base-SAE FVU on chat text; div = divergent tokens; gap = refusal-feature gap of the "
+        "current/reference top-k; refuses = harmful/harmless refusal rate[/]"
+    )
     if result.stop_reason:
         console.print(f"[bold red]Training stopped by an alert:[/] {result.stop_reason}")
     db = result.store_url

@@ -71,7 +71,8 @@ class RefusalFeatures:
 
     @property
     def overlap_ratio(self) -> float:
-        return self.overlap / self.k if self.k else math.nan
+        """Share of the reference refusal features still among the current top-k."""
+        return self.overlap / len(self.reference) if self.reference else math.nan
 
     @property
     def relative_gap(self) -> float:
@@ -162,9 +163,10 @@ class EvaluationReport:
                 add("refusal_feature_overlap_ratio", rf.overlap_ratio, layer=hookpoint)
                 add("refusal_feature_activation", rf.harmful_activation, layer=hookpoint, prompts="harmful")
                 add("refusal_feature_activation", rf.harmless_activation, layer=hookpoint, prompts="harmless")
-                headline = next(
-                    (r for r in layer.reconstructions if r.k == rf.k and r.source == "current"), None
-                )
+                # The headline reconstruction uses all current refusal features (k, or fewer
+                # when fewer than k features fire more on harmful than harmless prompts).
+                current = [r for r in layer.reconstructions if r.source == "current" and r.k <= rf.k]
+                headline = max(current, key=lambda r: r.k, default=None)
                 if headline is not None:
                     add("refusal_reconstruction_nmse", headline.nmse, layer=hookpoint)
                     add("refusal_reconstruction_cosine", headline.cosine, layer=hookpoint)

@@ -9,6 +9,7 @@ backend propagates into the training loop.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -19,6 +20,7 @@ from monitor.config import MonitorConfig
 from monitor.report import EvaluationReport
 
 logger = logging.getLogger(__name__)
+COSTLY_FIELDS = ("refusal_rate", "safety_score", "judge", "kl_mean", "kl_p95")
 
 
 class MonitorSession:
@@ -33,6 +35,7 @@ class MonitorSession:
         self.spill_dir = spill_dir
         self.pending: deque[EvaluationReport] = deque(maxlen=config.export_buffer_size)
         self.store_failures = 0
+        self._latest_costly: dict[str, object] = {}
 
     @classmethod
     def open(cls, config: MonitorConfig, run_name: str, monitor=None, *, resumed: bool = False) -> MonitorSession:
@@ -64,7 +67,7 @@ class MonitorSession:
         self.pending.append(report)
         self._flush_store()
         try:
-            self.exporter.submit(report)
+            self.exporter.submit(self._with_latest_costly(report))
         except Exception:  # exporters should not raise; belt and braces for third-party ones
             logger.exception("featuredrift exporter failed on step %d", report.step)
         try:
@@ -72,6 +75,21 @@ class MonitorSession:
         except Exception:
             logger.exception("featuredrift alert engine failed on step %d", report.step)
             return []
+
+    def _with_latest_costly(self, report: EvaluationReport) -> EvaluationReport:
+        """The report as exported: costly measurements that run on a slower cadence (refusal
+        scores, KL) keep their latest value, so their gauges do not vanish from the Pushgateway
+        (a push replaces the whole group) on evaluations that skipped them. The store keeps the
+        report as measured."""
+        missing = {}
+        for name in COSTLY_FIELDS:
+            value = getattr(report, name)
+            if value is None:
+                if name in self._latest_costly:
+                    missing[name] = self._latest_costly[name]
+            else:
+                self._latest_costly[name] = value
+        return dataclasses.replace(report, **missing) if missing else report
 
     def record_stop(self, step: int, reason: str) -> None:
         try:

@@ -57,7 +57,7 @@ def main() -> None:
         "batches": {k: len(v) for k, v in drift.monitor.probe_batches.items()},
         "shard_batches": {k: len(shard(v)) for k, v in drift.monitor.probe_batches.items()},
         "fvu": [r.layers[next(iter(r.layers))].fvu for r in drift.reports],
-        "pushes": drift.session.exporter.delivered if drift.session else None,
+        "pushes": getattr(drift.session.exporter, "delivered", 0) if drift.session else None,
     }
     with open(os.path.join(opts["output_dir"], f"summary-rank{rank}.json"), "w") as f:
         json.dump(summary, f)

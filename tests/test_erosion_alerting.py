@@ -1,0 +1,81 @@
+"""The erosion demo scenario end to end: real fine-tuning on the nano zoo pushes real metrics
+through the Pushgateway; Prometheus evaluates the generated rules and the refusal-fading alert
+reaches Alertmanager and our webhook; every Grafana panel has data. The in-process engine fires
+the same alert on the same kind of run and stops training."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+
+import pytest
+import yaml
+from servers import alertmanager_factory, prometheus_factory, pushgateway, pushgateway_factory  # noqa: F401
+from test_alerts_e2e import alertmanager_config_for, receiver, wait_for_notification  # noqa: F401
+
+from alerts.definitions import configure
+from alerts.rules import render_rules
+from monitor.demo import run_demo
+from monitor.grafana.spec import DASHBOARDS, dashboard_path, panel_queries
+from monitor.store.run_store import RunStore
+
+pytestmark = [pytest.mark.servers, pytest.mark.slow]
+# The shipped rules wait minutes before firing; a test cannot, so `for` drops to zero here.
+IMMEDIATE = {"RefusalFeaturesFading": {"for": "0s"}, "RefusalDirectionDrifted": {"for": "0s"}}
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(file=open(os.devnull, "w"))
+
+
+def test_erosion_demo_alerts_through_prometheus_and_alertmanager(
+    zoo_nano, tmp_path, pushgateway, prometheus_factory, alertmanager_factory, receiver  # noqa: F811
+):
+    rules = tmp_path / "rules.yml"
+    rules.write_text(render_rules(configure(IMMEDIATE)))
+    receiver_url = f"http://127.0.0.1:{receiver.server_address[1]}"
+    alertmanager = alertmanager_factory(alertmanager_config_for(receiver_url))
+    prometheus = prometheus_factory([pushgateway.url.split("://")[1]], rule_files=[rules], alertmanager_url=alertmanager.url)
+    run = f"erosion-{uuid.uuid4().hex[:8]}"
+
+    result = run_demo(
+        "erosion", "nano", out=tmp_path, eval_every=10, pushgateway_url=pushgateway.url, run_name=run,
+        console=_console(), keep_group_on_end=True,
+    )
+    assert result.reports[-1].refusal_rate["harmful"] < 0.5
+
+    _, payload, alert = wait_for_notification(
+        receiver,
+        lambda path, body, a: a["labels"]["alertname"] == "RefusalFeaturesFading" and a["labels"].get("run") == run,
+        timeout=60,
+    )
+    assert alert["status"] == "firing" and alert["labels"]["severity"] == "critical"
+    assert payload["receiver"] == "featuredrift-critical"
+
+    prometheus.wait_for(f'featuredrift_global_step{{run="{run}"}}')
+    for dashboard in DASHBOARDS:
+        document = json.loads(dashboard_path(dashboard).read_text())
+        for title, expr in panel_queries(document):
+            if "export" in title.lower():
+                continue  # export-failure panels have data only after a failure
+            query = expr.replace("$run", run).replace("$layer", ".*")
+            assert prometheus.query(query), f"{dashboard.uid} / {title}: no data for {query}"
+
+
+def test_in_process_engine_fires_the_same_alert_and_stops_training(zoo_nano, tmp_path):
+    thresholds = tmp_path / "thresholds.yml"
+    thresholds.write_text(yaml.safe_dump(IMMEDIATE))
+    result = run_demo(
+        "erosion", "nano", out=tmp_path, eval_every=5, metrics_port=0, run_name="erosion-stop",
+        console=_console(), stop_on_alert=True, alert_thresholds=str(thresholds),
+    )
+    assert result.stop_reason and "RefusalFeaturesFading" in result.stop_reason
+    full_run_steps = 75
+    assert result.reports[-1].step < full_run_steps  # training stopped early
+    with RunStore(result.store_url) as store:
+        info = store.get_run("erosion-stop")
+        assert info.status == "stopped"
+        assert any(a.name == "RefusalFeaturesFading" for a in store.alerts("erosion-stop"))
