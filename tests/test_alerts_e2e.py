@@ -140,7 +140,10 @@ def test_fading_refusal_features_reach_the_webhook_and_every_panel_has_data(
         delivered(calm, 1)
 
         path, payload, alert = wait_for_notification(
-            receiver, lambda p, body, a: a["labels"]["alertname"] == "RefusalFeaturesFading" and a["status"] == "firing"
+            receiver,
+            lambda p, body, a: a["labels"]["alertname"] == "RefusalFeaturesFading"
+            and a["status"] == "firing"
+            and a["labels"].get("run") == run,
         )
         assert path == "/alerts/critical"  # routed by severity
         assert payload["version"] == "4" and payload["receiver"] == "featuredrift-critical"
@@ -173,7 +176,9 @@ def test_fading_refusal_features_reach_the_webhook_and_every_panel_has_data(
         delivered(eroding, 2)
         _, resolved_payload, resolved = wait_for_notification(
             receiver,
-            lambda p, body, a: a["labels"]["alertname"] == "RefusalFeaturesFading" and a["status"] == "resolved",
+            lambda p, body, a: a["labels"]["alertname"] == "RefusalFeaturesFading"
+            and a["status"] == "resolved"
+            and a["labels"].get("run") == run,
         )
         assert resolved["labels"]["run"] == run and resolved["endsAt"] > resolved["startsAt"]
 

@@ -276,19 +276,13 @@ def test_zoo_ablating_the_refusal_direction_bypasses_refusal(zoo_refusal):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="zoo nano (format 1) chat model already 'refuses' 56% of harmless probes and adding r "
-    "(‖r‖ ≈ 0.11 vs ‖x‖ ≈ 2.9) moves that to 50%, not up; remove this marker once the zoo's chat "
-    "model discriminates harmful from harmless prompts",
-)
 def test_zoo_adding_the_refusal_direction_induces_refusal(zoo_refusal):
     setup = zoo_refusal
     chat, direction, hookpoint = setup["chat"], setup["direction"], setup["hookpoint"]
     before = _refusal(setup, setup["held_harmless"])
     after = _refusal(setup, setup["held_harmless"], lambda: activation_addition(chat, hookpoint, direction))
     print(f"zoo nano held-out harmless refusal: {before:.3f} -> {after:.3f} after adding r")
-    assert after - before >= 0.2
+    assert after - before >= 0.5
 
 
 @pytest.mark.slow

@@ -298,4 +298,4 @@ def test_zoo_sae_loads_and_reconstructs_the_zoo_model(request):
     narrow = build_model("llama", len(tokenizer))  # hidden size 32
     if narrow.config.hidden_size != base.config.hidden_size:
         with pytest.raises(SaeError, match="d_in"):
-            load_sae(zoo.sae, model=narrow, hookpoint="layers.0")
+            load_sae(zoo.sae / zoo.hookpoint, model=narrow)
