@@ -8,13 +8,11 @@ with the parallel gradient component removed, and AuxK on latents dead for a whi
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import NamedTuple
 
+import sae_store  # noqa: F401  (Triton guard before sparsify loads)
 from monitor.zoo.config import ZooConfig
-
-os.environ.setdefault("SPARSIFY_DISABLE_TRITON", "1")  # CPU builds: sparsify's Triton decoder needs a GPU
 
 AUXK_ALPHA = 1 / 32  # weight of the AuxK loss, as in the TopK SAE paper
 DEAD_AFTER_TOKENS = 50_000  # a latent that has not fired for this many tokens counts as dead
@@ -27,53 +25,18 @@ class SaeTrainingSummary(NamedTuple):
 
 
 def residual_activations(
-    model,
-    tokenizer,
-    texts: Sequence[str],
-    layer: int,
-    *,
-    batch_size: int = 32,
-    max_length: int = 128,
-    add_special_tokens: bool = True,
+    model, tokenizer, texts: Sequence[str], layer: int, *, max_length: int = 128, add_special_tokens: bool = True
 ):
     """Residual stream after decoder block `layer` for every non-special token of `texts`, as (N, d).
 
     Pass `add_special_tokens=False` for text rendered by a chat template (it already has BOS).
     """
-    import torch
+    from monitor.capture import collect_token_activations
 
-    from monitor.hookpoints import decoder_layers
-
-    special_ids = torch.tensor(sorted(set(tokenizer.all_special_ids)))
-    captured: list[torch.Tensor] = []
-    block = decoder_layers(model)[layer]
-    outputs: list[torch.Tensor] = []
-
-    def keep_output(_module, _inputs, output):
-        outputs.append(output[0] if isinstance(output, tuple) else output)
-
-    handle = block.register_forward_hook(keep_output)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for start in range(0, len(texts), batch_size):
-                batch = tokenizer(
-                    list(texts[start : start + batch_size]),
-                    return_tensors="pt",
-                    padding=True,
-                    truncation=True,
-                    max_length=max_length,
-                    add_special_tokens=add_special_tokens,
-                )
-                outputs.clear()
-                model(**batch)
-                keep = batch["attention_mask"].bool() & ~torch.isin(batch["input_ids"], special_ids)
-                captured.append(outputs[0][keep].float())
-    finally:
-        handle.remove()
-        model.train(was_training)
-    return torch.cat(captured)
+    hookpoint = f"layers.{layer}"
+    return collect_token_activations(
+        model, tokenizer, texts, [hookpoint], batch_size=32, max_length=max_length, add_special_tokens=add_special_tokens
+    ).activations[hookpoint]
 
 
 def batch_fvu(x, x_hat) -> float:
@@ -99,42 +62,23 @@ def new_sparse_coder(config: ZooConfig, d_in: int, seed: int):
 
 
 def train_base_sae(config: ZooConfig, sae, activations, seed: int) -> SaeTrainingSummary:
-    """Train `sae` in place on cached activations (N, d_in).
-
-    Uses no global random state (only its own generator), so it can run in a thread next to
-    another training job without changing either's results.
-    """
+    """Train `sae` in place on cached activations (N, d_in), with its own random generator."""
     import torch
 
-    n = activations.shape[0]
-    with torch.no_grad():
-        sae.b_dec.copy_(activations.mean(0))
-    optimizer = torch.optim.Adam(sae.parameters(), lr=config.sae_lr)
-    warmup = max(1, config.sae_steps // 20)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, (step + 1) / warmup) * max(0.05, 1 - step / config.sae_steps)
-    )
+    from sae_store.activation_training import shuffled_batches, train_on_activations
+
     generator = torch.Generator().manual_seed(seed)
-    order = torch.randperm(n, generator=generator)
-    tokens_since_fired = torch.zeros(sae.num_latents, dtype=torch.long)
-    cursor = 0
-    for _ in range(config.sae_steps):
-        if cursor + config.sae_batch_tokens > n:
-            order, cursor = torch.randperm(n, generator=generator), 0
-        batch = activations[order[cursor : cursor + config.sae_batch_tokens]]
-        cursor += config.sae_batch_tokens
-        out = sae(batch, dead_mask=tokens_since_fired > DEAD_AFTER_TOKENS)
-        loss = out.fvu + AUXK_ALPHA * out.auxk_loss
-        loss.backward()
-        sae.remove_gradient_parallel_to_decoder_directions()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        schedule.step()
-        sae.set_decoder_norm_to_unit_norm()
-        tokens_since_fired += batch.shape[0]
-        tokens_since_fired[out.latent_indices.flatten().unique()] = 0
-    sae.eval()
+    summary = train_on_activations(
+        sae,
+        shuffled_batches(activations, config.sae_batch_tokens, generator),
+        steps=config.sae_steps,
+        lr=config.sae_lr,
+        warmup_steps=max(1, config.sae_steps // 20),
+        final_lr_fraction=0.05,
+        auxk_alpha=AUXK_ALPHA,
+        dead_feature_threshold=DEAD_AFTER_TOKENS,
+    )
     with torch.no_grad():
-        fvu = float(sae(activations[: min(n, 20_000)]).fvu)
-    dead = float((tokens_since_fired > DEAD_AFTER_TOKENS).float().mean())
-    return SaeTrainingSummary(fvu=fvu, dead_fraction=dead, num_tokens=n)
+        sample = activations[: min(activations.shape[0], 20_000)]
+        fvu = float(sae(sample).fvu)
+    return SaeTrainingSummary(fvu=fvu, dead_fraction=summary.dead_fraction, num_tokens=activations.shape[0])

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-ZOO_FORMAT_VERSION = 2
+ZOO_FORMAT_VERSION = 3
 ZOO_SIZES = ("nano", "tiny")
 
 # Template markers of the zoo's chat format; bos/eos/pad are the usual Llama-style tokens.
