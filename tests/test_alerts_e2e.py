@@ -15,56 +15,21 @@ from pathlib import Path
 
 import pytest
 import yaml
+from reports import make_report
 from servers import alertmanager_factory, prometheus_factory, pushgateway, pushgateway_factory  # noqa: F401
 
 from alerts.definitions import configure
 from alerts.rules import render_rules
 from monitor.exporters.pushgateway import PushgatewayExporter
 from monitor.grafana.spec import DASHBOARDS, dashboard_path, panel_queries
-from monitor.report import EvaluationReport, LayerReport, Reconstruction, RefusalFeatures
+from monitor.report import EvaluationReport
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.servers, pytest.mark.slow]
 
 
 def report(step: int, relative_gap: float, harmful_refusal: float) -> EvaluationReport:
-    features = RefusalFeatures(
-        k=4,
-        current=[1, 2, 3, 4],
-        reference=[1, 2, 3, 5],
-        overlap=3,
-        gap_current=1.5,
-        gap_reference_features=2.0 * relative_gap,
-        gap_reference_features_at_reference=2.0,
-        harmful_activation=1.0,
-        harmless_activation=0.1,
-    )
-    layer = LayerReport(
-        hookpoint="layers.3",
-        fvu={"reference/base": 0.1, "reference/chat": 0.15, "current/base": 0.12, "current/chat": 0.2},
-        scale_reference=10.0,
-        scale_current=10.5,
-        divergent_fraction=0.1,
-        explained_ratio=0.6,
-        explained_ratio_median=0.55,
-        intersection_ratio_divergent=0.4,
-        intersection_ratio_all=0.8,
-        refusal_direction_cosine=0.95,
-        refusal_direction_norm=3.0,
-        refusal_features=features,
-        reconstructions=[Reconstruction(4, "current", [1, 2, 3, 4], [0.5, 0.2, 0.1, 0.1], 0.3, 0.85)],
-    )
-    return EvaluationReport(
-        step=step,
-        timestamp=time.time(),
-        layers={"layers.3": layer},
-        refusal_rate={"harmful": harmful_refusal, "harmless": 0.05},
-        safety_score=harmful_refusal,
-        judge="refusal",
-        kl_mean=0.1,
-        kl_p95=0.4,
-        timings={"total": 1.5},
-    )
+    return make_report(step, relative_gap=relative_gap, harmful_refusal=harmful_refusal)
 
 
 class Receiver(BaseHTTPRequestHandler):

@@ -10,60 +10,20 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from reports import make_report as shared_report
 
 from alerts.definitions import DEFAULT_DEFINITIONS, configure
 from alerts.engine import AlertEngine, FiredAlert
 from alerts.templating import render
-from monitor.report import EvaluationReport, LayerReport, MetricSample, RefusalFeatures
+from monitor.report import EvaluationReport, MetricSample
 
 T0 = 1_700_000_000.0
 
 
-def make_report(
-    step: int,
-    timestamp: float,
-    relative_gap: float = 1.0,
-    direction_cosine: float = 0.99,
-    harmful_refusal: float | None = None,
-    fvu_chat: float = 0.2,
-    layer: str = "layers.3",
-) -> EvaluationReport:
-    """A report whose refusal-feature relative gap, direction cosine, refusal rate and FVU are set."""
-    features = RefusalFeatures(
-        k=4,
-        current=[1, 2, 3, 4],
-        reference=[1, 2, 3, 5],
-        overlap=3,
-        gap_current=1.5,
-        gap_reference_features=2.0 * relative_gap,
-        gap_reference_features_at_reference=2.0,
-        harmful_activation=1.0,
-        harmless_activation=0.1,
-    )
-    layer_report = LayerReport(
-        hookpoint=layer,
-        fvu={"reference/base": 0.1, "reference/chat": 0.15, "current/base": 0.12, "current/chat": fvu_chat},
-        scale_reference=10.0,
-        scale_current=10.5,
-        divergent_fraction=0.1,
-        explained_ratio=0.6,
-        explained_ratio_median=0.55,
-        intersection_ratio_divergent=0.4,
-        intersection_ratio_all=0.8,
-        refusal_direction_cosine=direction_cosine,
-        refusal_direction_norm=3.0,
-        refusal_features=features,
-    )
-    refusal_rate = None if harmful_refusal is None else {"harmful": harmful_refusal, "harmless": 0.05}
-    return EvaluationReport(
-        step=step,
-        timestamp=timestamp,
-        layers={layer: layer_report},
-        refusal_rate=refusal_rate,
-        kl_mean=0.1,
-        kl_p95=0.4,
-        timings={"total": 1.5},
-    )
+def make_report(step: int, timestamp: float, **fields) -> EvaluationReport:
+    """A healthy report unless `fields` say otherwise; refusal scores only when given."""
+    settings = {"relative_gap": 1.0, "direction_cosine": 0.99, "harmful_refusal": None, **fields}
+    return shared_report(step, timestamp, **settings)
 
 
 def names(alerts: list[FiredAlert], status: str = "firing") -> list[str]:

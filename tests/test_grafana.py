@@ -16,6 +16,7 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from reports import make_report
 from typer.testing import CliRunner
 
 from monitor.cli import app
@@ -28,7 +29,6 @@ from monitor.grafana.spec import (
     panel_queries,
     render_json,
 )
-from monitor.report import EvaluationReport, LayerReport, Reconstruction, RefusalFeatures
 
 TOKEN = "glsa_featuredrift_test"
 EXPORTER_METRICS = {
@@ -37,36 +37,6 @@ EXPORTER_METRICS = {
     "featuredrift_evaluations_total",
     "featuredrift_export_dropped_total",
 }
-
-
-def full_report() -> EvaluationReport:
-    """A report with every optional part filled, so metric_samples() yields every metric name."""
-    layer = LayerReport(
-        hookpoint="layers.3",
-        fvu={"reference/base": 0.1, "reference/chat": 0.15, "current/base": 0.12, "current/chat": 0.2},
-        scale_reference=10.0,
-        scale_current=10.5,
-        divergent_fraction=0.1,
-        explained_ratio=0.6,
-        explained_ratio_median=0.55,
-        intersection_ratio_divergent=0.4,
-        intersection_ratio_all=0.8,
-        refusal_direction_cosine=0.95,
-        refusal_direction_norm=3.0,
-        refusal_features=RefusalFeatures(4, [1, 2, 3, 4], [1, 2, 3, 5], 3, 1.5, 1.8, 2.0, 1.0, 0.1),
-        reconstructions=[Reconstruction(4, "current", [1, 2, 3, 4], [0.5, 0.2, 0.1, 0.1], 0.3, 0.85)],
-    )
-    return EvaluationReport(
-        step=100,
-        timestamp=time.time(),
-        layers={"layers.3": layer},
-        refusal_rate={"harmful": 0.9, "harmless": 0.05},
-        safety_score=0.9,
-        judge="refusal",
-        kl_mean=0.1,
-        kl_p95=0.4,
-        timings={"total": 1.5},
-    )
 
 
 def all_dashboards() -> list[dict]:
@@ -107,7 +77,7 @@ def test_dashboards_use_the_fixed_datasource_and_template_variables():
 
 
 def test_panels_query_only_known_metrics_and_cover_the_overview():
-    known = {s.name for s in full_report().metric_samples()} | EXPORTER_METRICS | {"ALERTS"}
+    known = {s.name for s in make_report().metric_samples()} | EXPORTER_METRICS | {"ALERTS"}
     overview, refusal = all_dashboards()
     for dashboard in (overview, refusal):
         for title, expr in panel_queries(dashboard):
