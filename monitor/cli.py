@@ -81,6 +81,32 @@ def bench(
         json_out.write_text(json.dumps(results, indent=2))
 
 
+@app.command()
+def watch(
+    folder: Path = typer.Argument(..., help="A Trainer output folder with checkpoint-<step> directories."),
+    sae: str = typer.Option(..., envvar="FEATUREDRIFT_SAE", help="SAE source of the base model (dir, Hub id, zoo:<size>)."),
+    probes: str = typer.Option("default", envvar="FEATUREDRIFT_PROBES", help="Probe set: 'default', a directory or zoo:<size>."),
+    reference: str = typer.Option(None, help="The model training started from (needed for full-weight checkpoints)."),
+    hookpoint: list[str] = typer.Option(None, help="Hookpoints (layers.N); default every SAE in the source."),
+    db: str = typer.Option(None, envvar="FEATUREDRIFT_STORE_URL", help="Run store URL."),
+    pushgateway: str = typer.Option(None, envvar="FEATUREDRIFT_PUSHGATEWAY_URL", help="Pushgateway URL."),
+    run_name: str = typer.Option(None, help="Run name (default: the folder name)."),
+    interval: float = typer.Option(30.0, help="Seconds between scans for new checkpoints."),
+    once: bool = typer.Option(False, help="Evaluate what is there now and exit."),
+) -> None:
+    """Watch a training job from outside through its checkpoint folder."""
+    from monitor.config import MonitorConfig
+    from monitor.watch import watch as watch_folder
+
+    settings = {"sae": sae, "probes": probes, "hookpoints": hookpoint or None, "run_name": run_name, "pushgateway_url": pushgateway}
+    if db:
+        settings["store_url"] = db
+    watch_folder(
+        folder, MonitorConfig(**settings), reference=reference, interval_s=interval, once=once,
+        on_report=lambda r: typer.echo(f"step {r.step}: evaluated in {r.timings.get('total', 0):.2f}s"),
+    )
+
+
 def main() -> None:
     app()
 

@@ -50,7 +50,9 @@ class MonitorConfig(BaseModel):
     run_name: str | None = None
     store_url: str = Field("sqlite:///featuredrift.db", description="SQLAlchemy URL of the run store.")
     pushgateway_url: str | None = None
-    metrics_port: int | None = Field(None, description="Serve /metrics on this port (default 9464 when no Pushgateway).")
+    metrics_port: int | None = Field(
+        None, description="Serve /metrics on this port (default 9464 when no Pushgateway; 0 = any free port; -1 = none)."
+    )
     job: str = "featuredrift"
     keep_group_on_end: bool = False
     export_timeout_s: float = Field(3.0, gt=0)
