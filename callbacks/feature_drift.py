@@ -44,8 +44,11 @@ class FeatureDriftCallback(TrainerCallback):
         model, tokenizer = kwargs["model"], kwargs.get("processing_class") or kwargs.get("tokenizer")
         if tokenizer is None:
             raise ValueError("FeatureDriftCallback: expected the Trainer to have a tokenizer (processing_class), found None")
-        if self.config.eval_every is None and getattr(args, "eval_steps", None):
-            self.eval_every = int(args.eval_steps) if args.eval_steps >= 1 else DEFAULT_EVAL_EVERY
+        eval_steps = getattr(args, "eval_steps", None)
+        if self.config.eval_every is None and eval_steps:
+            # transformers reads an eval_steps below 1 as a fraction of the total steps.
+            steps = eval_steps if eval_steps >= 1 else eval_steps * state.max_steps
+            self.eval_every = max(1, int(steps))
         run_name = self.config.run_name or _default_run_name(args)
         cache = Path(args.output_dir) / "featuredrift" / f"reference-{_safe(run_name)}.safetensors"
         resuming = state.global_step > 0
