@@ -8,7 +8,9 @@ runs on every rank because under FSDP/ZeRO-3 it is a collective.
 
 from __future__ import annotations
 
+import functools
 import logging
+import time
 from pathlib import Path
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
@@ -21,6 +23,20 @@ from monitor.session import MonitorSession
 
 logger = logging.getLogger(__name__)
 DEFAULT_EVAL_EVERY = 50
+
+
+def _timed(event):
+    """Count the wall time of a Trainer event handler into `self.seconds`."""
+
+    @functools.wraps(event)
+    def wrapper(self, *args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return event(self, *args, **kwargs)
+        finally:
+            self.seconds += time.perf_counter() - started
+
+    return wrapper
 
 
 class FeatureDriftCallback(TrainerCallback):
@@ -37,9 +53,11 @@ class FeatureDriftCallback(TrainerCallback):
         self.eval_every = config.eval_every or DEFAULT_EVAL_EVERY
         self.reports: list[EvaluationReport] = []
         self.stop_reason: str | None = None
+        self.seconds = 0.0  # wall time spent inside this callback: its whole cost to training
         self._done_steps: set[int] = set()
 
     # --------------------------------------------------------------- events
+    @_timed
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
         model, tokenizer = kwargs["model"], kwargs.get("processing_class") or kwargs.get("tokenizer")
         if tokenizer is None:
@@ -63,14 +81,17 @@ class FeatureDriftCallback(TrainerCallback):
         self._done_steps = {s for s in broadcast_from_main(stored) if s <= state.global_step}
         self._evaluate(model, state, control)
 
+    @_timed
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step % self.eval_every == 0:
             self._evaluate(kwargs["model"], state, control)
 
+    @_timed
     def on_save(self, args, state, control, **kwargs):
         if self.config.eval_on_save:
             self._evaluate(kwargs["model"], state, control)
 
+    @_timed
     def on_train_end(self, args, state, control, **kwargs):
         self._evaluate(kwargs["model"], state, control, final=True)
         if self.session is not None:

@@ -68,6 +68,7 @@ def bench(
     size: str = typer.Option("tiny", help="Zoo size to measure on."),
     steps: int = typer.Option(200, help="Training steps per run."),
     eval_every: int = typer.Option(50, help="Evaluation cadence (the callback's default is 50)."),
+    repeats: int = typer.Option(2, help="Training runs per side (the fastest counts)."),
     json_out: Path = typer.Option(None, "--json", help="Also write the numbers to this JSON file."),
 ) -> None:
     """Measure the monitor's overhead on the zoo and print ratios against the targets."""
@@ -75,7 +76,7 @@ def bench(
 
     from monitor.bench import print_benchmark, run_benchmark
 
-    results = run_benchmark(size, steps, eval_every)
+    results = run_benchmark(size, steps, eval_every, repeats)
     print_benchmark(results)
     if json_out:
         json_out.write_text(json.dumps(results, indent=2))

@@ -44,6 +44,7 @@ class MonitorConfig(BaseModel):
     )
     kl_every: int = Field(1, ge=0, description="Compute KL every Nth evaluation (0 = never).")
     max_new_tokens: int = Field(24, ge=1)
+    generation_batch_size: int = Field(64, ge=1, description="Prompts per batch in refusal-score generation.")
     judge: str = Field("refusal", description="Safety judge: 'refusal' (substring proxy) or 'harmbench:<path>'.")
 
     # Where results go

@@ -394,7 +394,7 @@ class DriftMonitor:
             instructions = getattr(probes, subset)
             prompts = format_prompts(self.tokenizer, instructions, self._state.prompt_format)
             completions = gather_list(
-                generate_greedy(model, self.tokenizer, shard(prompts), max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
+                generate_greedy(model, self.tokenizer, shard(prompts), max_new_tokens=cfg.max_new_tokens, batch_size=cfg.generation_batch_size)
             )
             rates[subset] = refusal_score(completions)
             if subset == "harmful":
