@@ -264,6 +264,9 @@ def test_zoo_preset_end_to_end_shows_feature_drift(tmp_path):
     assert findings["explained_ratio_below_one"].holds, findings["explained_ratio_below_one"].evidence
     assert findings["intersection_ratio_low"].holds, findings["intersection_ratio_low"].evidence
     assert findings["chat_sae_ceiling"].holds, findings["chat_sae_ceiling"].evidence
+    assert findings["chat_features_reconstruct_better"].holds, findings["chat_features_reconstruct_better"].evidence
+    assert findings["addition_induces_refusal"].holds, findings["addition_induces_refusal"].evidence
+    assert findings["true_direction_mediates_refusal"].holds, findings["true_direction_mediates_refusal"].evidence
     rows = {(r["source"], r["k"]): r for r in results.stages["interventions"]["rows"]}
     assert rows[("true", None)]["safety_score"] < rows[("none", None)]["safety_score"] - 0.3
     assert rows[("chat", 64)]["safety_score"] < rows[("none", None)]["safety_score"] - 0.3
