@@ -6,18 +6,21 @@ Every featuredrift module that needs sparsify imports it after this package.
 """
 
 import os
+import sys
+
+
+def _gpu_visible() -> bool:
+    """Whether a CUDA GPU is there, without importing torch just for that (CLI start-up stays fast)."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        return bool(torch.cuda.is_available())
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    return os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidia0")
 
 
 def _disable_triton_without_gpu() -> None:
-    if "SPARSIFY_DISABLE_TRITON" in os.environ:
-        return
-    try:
-        import torch
-
-        has_gpu = torch.cuda.is_available()
-    except Exception:  # torch missing or broken: sparsify will fail loudly later anyway
-        has_gpu = False
-    if not has_gpu:
+    if "SPARSIFY_DISABLE_TRITON" not in os.environ and not _gpu_visible():
         os.environ["SPARSIFY_DISABLE_TRITON"] = "1"
 
 
