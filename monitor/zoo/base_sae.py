@@ -39,11 +39,6 @@ def residual_activations(
     ).activations[hookpoint]
 
 
-def batch_fvu(x, x_hat) -> float:
-    """sparsify's FVU: Σ‖x − x̂‖² / Σ‖x − mean(x)‖² over the batch."""
-    return float((x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum())
-
-
 def new_sparse_coder(config: ZooConfig, d_in: int, seed: int):
     """A fresh TopK SparseCoder with a seeded initialisation (sparsify's: decoder = encoderᵀ, unit norm)."""
     import torch

@@ -117,7 +117,8 @@ def fit_and_save_sae(config: ZooConfig, base, tokenizer, world, layer: int, sae,
     """Train one base SAE on the base corpus, save it, and measure it on held-out base text."""
     import torch
 
-    from monitor.zoo.base_sae import batch_fvu, residual_activations, train_base_sae
+    from monitor.metrics import fvu
+    from monitor.zoo.base_sae import residual_activations, train_base_sae
 
     acts = residual_activations(base, tokenizer, world.base_corpus, layer, max_length=config.max_length)
     summary = train_base_sae(config, sae, acts, seed)
@@ -126,7 +127,7 @@ def fit_and_save_sae(config: ZooConfig, base, tokenizer, world, layer: int, sae,
         base, tokenizer, world.base_text_probes, layer, max_length=config.max_length
     )
     with torch.no_grad():
-        probe_fvu = batch_fvu(probe_acts, sae(probe_acts).sae_out)
+        probe_fvu = float(fvu(probe_acts, sae(probe_acts).sae_out))
     return {
         "train_fvu": round(summary.fvu, 4),
         "base_text_fvu": round(probe_fvu, 4),

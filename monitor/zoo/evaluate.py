@@ -40,11 +40,12 @@ def sae_fvu(model, tokenizer, sae, layer: int, texts: list[str], *, rendered: bo
     """Batch-centred FVU of `sae` on `model`'s activations over every non-special token."""
     import torch
 
-    from monitor.zoo.base_sae import batch_fvu, residual_activations
+    from monitor.metrics import fvu
+    from monitor.zoo.base_sae import residual_activations
 
     acts = residual_activations(model, tokenizer, texts, layer, add_special_tokens=not rendered)
     with torch.no_grad():
-        return batch_fvu(acts, sae(acts).sae_out)
+        return float(fvu(acts, sae(acts).sae_out))
 
 
 def evaluate_zoo(paths, *, max_new_tokens: int = 24) -> ZooEvaluation:
