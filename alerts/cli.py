@@ -20,9 +20,9 @@ def generate(
     ),
 ) -> None:
     """Write the Prometheus rule file and its promtool unit tests from the alert definitions."""
-    from alerts.definitions import configure
-    from alerts.promtool_tests import TESTS_PATH, render_tests
-    from alerts.rules import RULES_PATH, render_rules
+    from featuredrift.alerts.definitions import configure
+    from featuredrift.alerts.promtool_tests import TESTS_PATH, render_tests
+    from featuredrift.alerts.rules import RULES_PATH, render_rules
 
     try:
         definitions = configure(thresholds)
@@ -47,10 +47,9 @@ def list_alerts(
     thresholds: Path | None = typer.Option(None, "--thresholds", help="YAML/JSON threshold overrides."),
 ) -> None:
     """Show every alert with its severity, PromQL expression and `for` duration."""
+    from featuredrift.alerts.definitions import configure
     from rich.console import Console
     from rich.table import Table
-
-    from alerts.definitions import configure
 
     try:
         definitions = configure(thresholds)

@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from alerts.definitions import DEFAULT_DEFINITIONS, AlertDefinition, configure
-from alerts.templating import render
-from alerts.webhook import WebhookAction
-from monitor.report import EvaluationReport, MetricSample
+from featuredrift.alerts.definitions import DEFAULT_DEFINITIONS, AlertDefinition, configure
+from featuredrift.alerts.templating import render
+from featuredrift.alerts.webhook import WebhookAction
+from featuredrift.monitor.report import EvaluationReport, MetricSample
 
 logger = logging.getLogger(__name__)
 

@@ -15,9 +15,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import yaml
-
-from alerts.definitions import AlertDefinition, parse_duration
-from alerts.templating import render
+from featuredrift.alerts.definitions import AlertDefinition, parse_duration
+from featuredrift.alerts.templating import render
 
 TESTS_PATH = Path(__file__).parent / "tests" / "rules_test.yml"
 JOB = "featuredrift"

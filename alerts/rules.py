@@ -6,9 +6,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import yaml
-
-from alerts.definitions import AlertDefinition
-from alerts.templating import check
+from featuredrift.alerts.definitions import AlertDefinition
+from featuredrift.alerts.templating import check
 
 RULES_PATH = Path(__file__).with_name("rules.yml")
 GROUP_NAME = "featuredrift"

@@ -13,13 +13,12 @@ import logging
 import time
 from pathlib import Path
 
+from featuredrift.monitor.config import MonitorConfig
+from featuredrift.monitor.distributed import broadcast_from_main, is_main_process
+from featuredrift.monitor.drift_monitor import DriftMonitor
+from featuredrift.monitor.report import EvaluationReport
+from featuredrift.monitor.session import MonitorSession
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
-
-from monitor.config import MonitorConfig
-from monitor.distributed import broadcast_from_main, is_main_process
-from monitor.drift_monitor import DriftMonitor
-from monitor.report import EvaluationReport
-from monitor.session import MonitorSession
 
 logger = logging.getLogger(__name__)
 DEFAULT_EVAL_EVERY = 50

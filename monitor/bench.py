@@ -35,13 +35,12 @@ def _train_once(size: str, steps: int, with_callback: bool, eval_every: int) -> 
     """One SFT run of the zoo base model, optionally monitored (executed in a subprocess)."""
     import tempfile
 
+    from featuredrift.callbacks.feature_drift import FeatureDriftCallback
+    from featuredrift.monitor.config import MonitorConfig
+    from featuredrift.monitor.finetune import make_sft_trainer, read_conversations
+    from featuredrift.monitor.zoo import ensure_zoo
+    from featuredrift.monitor.zoo.config import get_zoo_config
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from callbacks.feature_drift import FeatureDriftCallback
-    from monitor.config import MonitorConfig
-    from monitor.finetune import make_sft_trainer, read_conversations
-    from monitor.zoo import ensure_zoo
-    from monitor.zoo.config import get_zoo_config
 
     zoo = ensure_zoo(size, progress=False)
     zoo_config = get_zoo_config(size)
@@ -73,7 +72,7 @@ def _train_once(size: str, steps: int, with_callback: bool, eval_every: int) -> 
 
 
 def _train_in_subprocess(size: str, steps: int, with_callback: bool, eval_every: int) -> TrainingRun:
-    args = [sys.executable, "-m", "monitor.bench", size, str(steps), str(int(with_callback)), str(eval_every)]
+    args = [sys.executable, "-m", "featuredrift.monitor.bench", size, str(steps), str(int(with_callback)), str(eval_every)]
     done = subprocess.run(args, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
     if done.returncode != 0:
         raise RuntimeError(f"benchmark training run failed:\n{done.stderr[-4000:]}")
@@ -91,11 +90,10 @@ def _best_of(fn, repeats: int) -> float:
 
 def measure_evaluation(size: str, repeats: int = 3) -> dict[str, float]:
     """One evaluation (no generation) vs the bare probe forward over the same batches."""
+    from featuredrift.monitor.config import MonitorConfig
+    from featuredrift.monitor.drift_monitor import DriftMonitor
+    from featuredrift.monitor.zoo import ensure_zoo
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from monitor.config import MonitorConfig
-    from monitor.drift_monitor import DriftMonitor
-    from monitor.zoo import ensure_zoo
 
     zoo = ensure_zoo(size, progress=False)
     model = AutoModelForCausalLM.from_pretrained(zoo.chat).eval()
@@ -127,8 +125,9 @@ def measure_evaluation(size: str, repeats: int = 3) -> dict[str, float]:
 
 def measure_sae_encode(size: str, tokens: int = 8192, repeats: int = 5) -> dict[str, float]:
     """sparsify's TopK encode vs a dense matmul of the same [tokens, d] × [d, latents] shape."""
-    import sae_store
-    from monitor.zoo import ensure_zoo
+    from featuredrift.monitor.zoo import ensure_zoo
+
+    from featuredrift import sae_store
 
     zoo = ensure_zoo(size, progress=False)
     sae = sae_store.load_sae(str(zoo.sae), hookpoint=zoo.hookpoint)

@@ -16,10 +16,9 @@ from collections.abc import Iterator, Sequence
 from typing import Literal, NamedTuple
 
 import torch
+from featuredrift.monitor.hookpoints import resolve_hookpoint, unwrap_model
+from featuredrift.monitor.prompts import PromptFormat, format_prompts
 from torch import Tensor, nn
-
-from monitor.hookpoints import resolve_hookpoint, unwrap_model
-from monitor.prompts import PromptFormat, format_prompts
 
 PaddingSide = Literal["right", "left"]
 

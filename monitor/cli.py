@@ -7,14 +7,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-
-from alerts.cli import app as alerts_app
-from monitor.grafana.cli import app as grafana_app
-from monitor.replicate.cli import replicate as replicate_command
-from monitor.report_cli import report_command
-from monitor.store.cli import app as runs_app
-from monitor.zoo.cli import app as zoo_app
-from sae_store.cli import app as sae_app
+from featuredrift.alerts.cli import app as alerts_app
+from featuredrift.monitor.grafana.cli import app as grafana_app
+from featuredrift.monitor.replicate.cli import replicate as replicate_command
+from featuredrift.monitor.report_cli import report_command
+from featuredrift.monitor.store.cli import app as runs_app
+from featuredrift.monitor.zoo.cli import app as zoo_app
+from featuredrift.sae_store.cli import app as sae_app
 
 app = typer.Typer(
     name="featuredrift",
@@ -46,7 +45,7 @@ def demo(
     stop_on_alert: bool = typer.Option(False, help="Stop training when a critical alert fires."),
 ) -> None:
     """Run a monitored fine-tuning demo on the embedded model zoo."""
-    from monitor.demo import run_demo
+    from featuredrift.monitor.demo import run_demo
 
     run_demo(
         scenario,
@@ -74,7 +73,7 @@ def bench(
     """Measure the monitor's overhead on the zoo and print ratios against the targets."""
     import json
 
-    from monitor.bench import print_benchmark, run_benchmark
+    from featuredrift.monitor.bench import print_benchmark, run_benchmark
 
     results = run_benchmark(size, steps, eval_every, repeats)
     print_benchmark(results)
@@ -96,8 +95,8 @@ def watch(
     once: bool = typer.Option(False, help="Evaluate what is there now and exit."),
 ) -> None:
     """Watch a training job from outside through its checkpoint folder."""
-    from monitor.config import MonitorConfig
-    from monitor.watch import watch as watch_folder
+    from featuredrift.monitor.config import MonitorConfig
+    from featuredrift.monitor.watch import watch as watch_folder
 
     settings = {"sae": sae, "probes": probes, "hookpoints": hookpoint or None, "run_name": run_name, "pushgateway_url": pushgateway}
     if db:

@@ -13,12 +13,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from featuredrift.monitor.config import MonitorConfig
+from featuredrift.monitor.report import EvaluationReport
 from rich.console import Console
 from rich.table import Table
 from transformers import TrainerCallback
-
-from monitor.config import MonitorConfig
-from monitor.report import EvaluationReport
 
 SCENARIOS = ("align", "erosion")
 
@@ -115,12 +114,11 @@ def run_demo(
     **config_overrides,
 ) -> DemoResult:
     """Build or reuse the zoo, fine-tune with the callback attached, and summarise."""
+    from featuredrift.callbacks.feature_drift import FeatureDriftCallback
+    from featuredrift.monitor.finetune import make_sft_trainer, read_conversations
+    from featuredrift.monitor.zoo import ensure_zoo
+    from featuredrift.monitor.zoo.config import get_zoo_config
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from callbacks.feature_drift import FeatureDriftCallback
-    from monitor.finetune import make_sft_trainer, read_conversations
-    from monitor.zoo import ensure_zoo
-    from monitor.zoo.config import get_zoo_config
 
     if scenario not in SCENARIOS:
         raise ValueError(f"scenario: expected one of {SCENARIOS}, found {scenario!r}")

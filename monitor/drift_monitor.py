@@ -20,12 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
-
-import sae_store
-from monitor import kl as kl_metrics
-from monitor import metrics, refusal
-from monitor.capture import (
+from featuredrift.monitor import kl as kl_metrics
+from featuredrift.monitor import metrics, refusal
+from featuredrift.monitor.capture import (
     capture_activations,
     content_token_mask,
     encode_prompts,
@@ -33,17 +30,20 @@ from monitor.capture import (
     pad_token_lists,
     tokenize_texts,
 )
-from monitor.config import MonitorConfig
-from monitor.distributed import gather_list, gather_rows, shard, world
-from monitor.hookpoints import hidden_size, resolve_hookpoint, unwrap_model
-from monitor.probes import ProbeSet, load_probe_set
-from monitor.prompts import format_prompts, render_conversation
-from monitor.report import (
+from featuredrift.monitor.config import MonitorConfig
+from featuredrift.monitor.distributed import gather_list, gather_rows, shard, world
+from featuredrift.monitor.hookpoints import hidden_size, resolve_hookpoint, unwrap_model
+from featuredrift.monitor.probes import ProbeSet, load_probe_set
+from featuredrift.monitor.prompts import format_prompts, render_conversation
+from featuredrift.monitor.report import (
     EvaluationReport,
     LayerReport,
     Reconstruction,
     RefusalFeatures,
 )
+from torch import Tensor, nn
+
+from featuredrift import sae_store
 
 TEXT_SUBSETS = ("base", "chat")
 PROMPT_SUBSETS = ("harmful", "harmless")
@@ -383,8 +383,8 @@ class DriftMonitor:
         )
 
     def _score_refusals(self, model: nn.Module, report: EvaluationReport) -> None:
-        from monitor.generation import generate_greedy
-        from monitor.judges import get_judge, refusal_score
+        from featuredrift.monitor.generation import generate_greedy
+        from featuredrift.monitor.judges import get_judge, refusal_score
 
         probes = self._state_probes()
         cfg = self.config

@@ -16,11 +16,15 @@ from contextlib import AbstractContextManager
 from typing import NamedTuple
 
 import torch
+from featuredrift.monitor.hookpoints import (
+    decoder_layers,
+    hidden_size,
+    residual_writers,
+    resolve_hookpoint,
+)
+from featuredrift.monitor.metrics import MetricInputError, check_tensor
+from featuredrift.monitor.prompts import PromptFormat, format_prompts
 from torch import Tensor, nn
-
-from monitor.hookpoints import decoder_layers, hidden_size, residual_writers, resolve_hookpoint
-from monitor.metrics import MetricInputError, check_tensor
-from monitor.prompts import PromptFormat, format_prompts
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -151,7 +155,7 @@ class InterventionScore(NamedTuple):
 
 def refusal_judge(instructions: Sequence[str], completions: Sequence[str]) -> list[bool]:
     """Substring refusal judge (Appx. C.3): True when a completion refuses."""
-    from monitor.judges import is_refusal
+    from featuredrift.monitor.judges import is_refusal
 
     return [is_refusal(c) for c in completions]
 
@@ -175,7 +179,7 @@ def score_under(
     ``judge`` is a callable ``(instructions, completions) -> list[bool]`` or an object with a
     ``judge`` method and a ``name`` (monitor.judges' SafetyJudge); default: refusal substrings.
     """
-    from monitor.generation import generate_greedy
+    from featuredrift.monitor.generation import generate_greedy
 
     if len(instructions) == 0:
         raise MetricInputError("instructions: expected at least one instruction, found none")

@@ -143,7 +143,7 @@ class HarmBenchJudge:
 
     def answers(self, instructions: Sequence[str], completions: Sequence[str]) -> list[str]:
         """The classifier's raw one-word answers, lower-cased and stripped."""
-        from monitor.generation import generate_greedy
+        from featuredrift.monitor.generation import generate_greedy
 
         _check_lengths(instructions, completions)
         model, tokenizer = self._load()

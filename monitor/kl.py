@@ -19,11 +19,10 @@ from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
+from featuredrift.monitor.hookpoints import resolve_hookpoint
+from featuredrift.monitor.interventions import map_hidden_states
+from featuredrift.monitor.metrics import EmptySetError, MetricInputError, check_tensor, row_chunks
 from torch import Tensor, nn
-
-from monitor.hookpoints import resolve_hookpoint
-from monitor.interventions import map_hidden_states
-from monitor.metrics import EmptySetError, MetricInputError, check_tensor, row_chunks
 
 KL_CHUNK_ROWS = 1024
 

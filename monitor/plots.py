@@ -17,9 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from featuredrift.monitor.store.run_store import RunStore
     from matplotlib.figure import Figure
-
-    from monitor.store.run_store import RunStore
 
 PREFIX = "featuredrift_"
 TOP_DRIFTED = 8

@@ -218,7 +218,7 @@ def load_instructions(spec: str | Path, field: str = "instruction") -> list[str]
 
 
 def default_probe_dir() -> Path:
-    return Path(str(resources.files("monitor.data.probes")))
+    return Path(str(resources.files("featuredrift.monitor.data.probes")))
 
 
 def read_probe_dir(directory: Path | str, source: str | None = None) -> ProbeSet:
@@ -248,7 +248,7 @@ def load_probe_set(source: str, split: str = "heldout") -> ProbeSet:
     if source == "default":
         probes = read_probe_dir(default_probe_dir(), source="default")
     elif source.startswith(ZOO_PREFIX):
-        from monitor.zoo import ensure_zoo
+        from featuredrift.monitor.zoo import ensure_zoo
 
         probes = read_probe_dir(ensure_zoo(source[len(ZOO_PREFIX):]).probes, source=source)
     else:

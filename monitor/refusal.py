@@ -12,10 +12,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from scipy.optimize import nnls
-from torch import Tensor
-
-from monitor.metrics import (
+from featuredrift.monitor.metrics import (
     EmptySetError,
     MetricInputError,
     SaeCodes,
@@ -23,6 +20,8 @@ from monitor.metrics import (
     check_tensor,
     row_chunks,
 )
+from scipy.optimize import nnls
+from torch import Tensor
 
 Codes = Tensor | tuple[Tensor, Tensor] | SaeCodes
 """Dense SAE codes ``[N, M]``, a top-k pair ``(top_acts, top_indices)`` (each ``[N, k]``), or

@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-
-from monitor.store.cli import DB_HELP, default_store_url
+from featuredrift.monitor.store.cli import DB_HELP, default_store_url
 
 
 def report_command(
@@ -15,9 +14,9 @@ def report_command(
     out: Path | None = typer.Option(None, "--out", "-o", help="Output folder (default: featuredrift-out/report-<run>)."),
 ) -> None:
     """Plot every metric of a run over steps, its refusal-feature trajectories and most drifted features."""
-    from monitor.plots import write_run_report
-    from monitor.store.errors import StoreError
-    from monitor.store.run_store import RunStore
+    from featuredrift.monitor.plots import write_run_report
+    from featuredrift.monitor.store.errors import StoreError
+    from featuredrift.monitor.store.run_store import RunStore
 
     out = out or Path("featuredrift-out") / f"report-{run}"
     try:

@@ -16,8 +16,8 @@ import time
 from collections import deque
 from pathlib import Path
 
-from monitor.config import MonitorConfig
-from monitor.report import EvaluationReport
+from featuredrift.monitor.config import MonitorConfig
+from featuredrift.monitor.report import EvaluationReport
 
 logger = logging.getLogger(__name__)
 COSTLY_FIELDS = ("refusal_rate", "safety_score", "judge", "kl_mean", "kl_p95")
@@ -40,9 +40,9 @@ class MonitorSession:
     @classmethod
     def open(cls, config: MonitorConfig, run_name: str, monitor=None, *, resumed: bool = False) -> MonitorSession:
         """Open the store (errors here are configuration errors and do raise), exporter and engine."""
-        from alerts.engine import AlertEngine
-        from monitor.exporters import make_exporter
-        from monitor.store import RunStore
+        from featuredrift.alerts.engine import AlertEngine
+        from featuredrift.monitor.exporters import make_exporter
+        from featuredrift.monitor.store import RunStore
 
         store = RunStore(config.store_url)
         meta = {}

@@ -17,10 +17,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from monitor.config import MonitorConfig
-from monitor.drift_monitor import DriftMonitor, MonitorError
-from monitor.report import EvaluationReport
-from monitor.session import MonitorSession
+from featuredrift.monitor.config import MonitorConfig
+from featuredrift.monitor.drift_monitor import DriftMonitor, MonitorError
+from featuredrift.monitor.report import EvaluationReport
+from featuredrift.monitor.session import MonitorSession
 
 logger = logging.getLogger(__name__)
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")

@@ -28,20 +28,20 @@ _disable_triton_without_gpu()
 
 # Public API, imported lazily so `import sae_store` (and `featuredrift --help`) stays instant.
 _EXPORTS = {
-    "SaeError": "sae_store.validate",
-    "validate_sae_dir": "sae_store.validate",
-    "load_sae": "sae_store.load",
-    "load_saes": "sae_store.load",
-    "load_sae_dir": "sae_store.load",
-    "locate_sae_dirs": "sae_store.load",
-    "SaeRegistry": "sae_store.registry",
-    "RegistryEntry": "sae_store.registry",
-    "fingerprint_sae": "sae_store.registry",
-    "train_sae": "sae_store.train",
-    "PAPER_PRESET": "sae_store.train",
-    "SaeTrainingPreset": "sae_store.train",
-    "SaeTrainingResult": "sae_store.train",
-    "summarize_source": "sae_store.summary",
+    "SaeError": "featuredrift.sae_store.validate",
+    "validate_sae_dir": "featuredrift.sae_store.validate",
+    "load_sae": "featuredrift.sae_store.load",
+    "load_saes": "featuredrift.sae_store.load",
+    "load_sae_dir": "featuredrift.sae_store.load",
+    "locate_sae_dirs": "featuredrift.sae_store.load",
+    "SaeRegistry": "featuredrift.sae_store.registry",
+    "RegistryEntry": "featuredrift.sae_store.registry",
+    "fingerprint_sae": "featuredrift.sae_store.registry",
+    "train_sae": "featuredrift.sae_store.train",
+    "PAPER_PRESET": "featuredrift.sae_store.train",
+    "SaeTrainingPreset": "featuredrift.sae_store.train",
+    "SaeTrainingResult": "featuredrift.sae_store.train",
+    "summarize_source": "featuredrift.sae_store.summary",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -17,7 +17,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-import sae_store  # noqa: F401  (Triton guard before sparsify loads)
+from featuredrift import sae_store  # noqa: F401  (Triton guard before sparsify loads)
 
 
 class ActivationTrainingSummary(NamedTuple):

@@ -26,8 +26,8 @@ def inspect(
 
     with contextlib.redirect_stdout(sys.stderr):  # sparsify prints its decoder choice on import
         import sparsify  # noqa: F401
-    from sae_store.summary import summarize_source
-    from sae_store.validate import SaeError
+    from featuredrift.sae_store.summary import summarize_source
+    from featuredrift.sae_store.validate import SaeError
 
     try:
         summaries = summarize_source(source)
@@ -67,7 +67,7 @@ def _load_model(spec: str, device: str | None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if spec.startswith("zoo:"):
-        from monitor.zoo import ensure_zoo
+        from featuredrift.monitor.zoo import ensure_zoo
 
         spec = str(ensure_zoo(spec[len("zoo:"):]).base)
     tokenizer = AutoTokenizer.from_pretrained(spec)
@@ -104,10 +104,11 @@ def train(
     wandb: bool = typer.Option(False, "--wandb/--no-wandb", help="Log to Weights & Biases."),
 ) -> None:
     """Train TopK SAEs on a model's residual stream with sparsify's trainer."""
-    import sae_store  # noqa: F401
-    from monitor.probes import ProbeError, load_instructions
-    from sae_store.train import PAPER_PRESET, train_sae
-    from sae_store.validate import SaeError
+    from featuredrift.monitor.probes import ProbeError, load_instructions
+    from featuredrift.sae_store.train import PAPER_PRESET, train_sae
+    from featuredrift.sae_store.validate import SaeError
+
+    from featuredrift import sae_store  # noqa: F401
 
     options = dict(TRAIN_DEFAULTS)
     if paper_preset:

@@ -13,9 +13,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import sae_store  # noqa: F401  (Triton guard before sparsify loads)
-from monitor.hookpoints import HOOKPOINT_PATTERN
-from sae_store.validate import (
+from featuredrift.monitor.hookpoints import HOOKPOINT_PATTERN
+from featuredrift.sae_store.validate import (
     CFG_FILE,
     WEIGHTS_FILE,
     SaeError,
@@ -23,6 +22,8 @@ from sae_store.validate import (
     check_fits_model,
     validate_sae_dir,
 )
+
+from featuredrift import sae_store  # noqa: F401  (Triton guard before sparsify loads)
 
 ZOO_PREFIX = "zoo:"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -51,7 +52,7 @@ def _download_from_hub(repo_id: str, hookpoints: list[str] | None) -> Path:
 
 def _zoo_sae(source: str) -> tuple[Path, str]:
     size = source[len(ZOO_PREFIX):]
-    from monitor.zoo import ensure_zoo
+    from featuredrift.monitor.zoo import ensure_zoo
 
     paths = ensure_zoo(size)
     return Path(paths.sae), paths.hookpoint

@@ -15,7 +15,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from sae_store.validate import CFG_FILE, WEIGHTS_FILE, SaeError, validate_sae_dir
+from featuredrift.sae_store.validate import CFG_FILE, WEIGHTS_FILE, SaeError, validate_sae_dir
 
 REGISTRY_FILE = "sae_registry.json"
 _CHUNK_BYTES = 1 << 20

@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from sae_store.load import load_sae_dir, locate_sae_dirs
-from sae_store.registry import fingerprint_sae
-from sae_store.validate import CFG_FILE, WEIGHTS_FILE, validate_sae_dir
+from featuredrift.sae_store.load import load_sae_dir, locate_sae_dirs
+from featuredrift.sae_store.registry import fingerprint_sae
+from featuredrift.sae_store.validate import CFG_FILE, WEIGHTS_FILE, validate_sae_dir
 
 
 @dataclass(frozen=True)

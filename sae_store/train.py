@@ -15,8 +15,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-import sae_store  # noqa: F401  (Triton guard before sparsify loads)
-from sae_store.validate import CFG_FILE, WEIGHTS_FILE, SaeError
+from featuredrift.sae_store.validate import CFG_FILE, WEIGHTS_FILE, SaeError
+
+from featuredrift import sae_store  # noqa: F401  (Triton guard before sparsify loads)
 
 
 @dataclass(frozen=True)
@@ -105,8 +106,7 @@ def _fvu(sae, activations) -> float:
 def _eval_activations(model, tokenizer, chunks, hookpoints, batch_size):
     """Content-token activations of a few training chunks, for before/after FVU."""
     import torch
-
-    from monitor.capture import capture_activations, content_token_mask
+    from featuredrift.monitor.capture import capture_activations, content_token_mask
 
     ids = torch.tensor(chunks, dtype=torch.long)
     mask = torch.ones_like(ids)
@@ -155,10 +155,14 @@ def train_sae(
     the first `eval_sequences` training chunks.
     """
     import torch
+    from featuredrift.monitor.hookpoints import (
+        hidden_size,
+        resolve_hookpoint,
+        transformer_body,
+        unwrap_model,
+    )
+    from featuredrift.sae_store.load import load_sae_dir
     from sparsify import SparseCoder, SparseCoderConfig, TrainConfig, Trainer
-
-    from monitor.hookpoints import hidden_size, resolve_hookpoint, transformer_body, unwrap_model
-    from sae_store.load import load_sae_dir
 
     hookpoints = list(dict.fromkeys(hookpoints))
     if not hookpoints:

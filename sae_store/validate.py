@@ -185,7 +185,7 @@ def check_fits_model(files: SaeFiles, model, hookpoint: str | None) -> None:
     `HookpointError` from `monitor.hookpoints` is re-raised as `SaeError` (chained), so callers
     that load SAEs catch one exception type for every way an SAE can fail to fit.
     """
-    from monitor.hookpoints import HookpointError, hidden_size, resolve_hookpoint
+    from featuredrift.monitor.hookpoints import HookpointError, hidden_size, resolve_hookpoint
 
     expected = hidden_size(model)
     if files.d_in != expected:

@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import time
 
-from monitor.report import EvaluationReport, LayerReport, Reconstruction, RefusalFeatures
+from featuredrift.monitor.report import (
+    EvaluationReport,
+    LayerReport,
+    Reconstruction,
+    RefusalFeatures,
+)
 
 
 def make_report(

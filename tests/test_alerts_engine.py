@@ -10,12 +10,11 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from featuredrift.alerts.definitions import DEFAULT_DEFINITIONS, configure
+from featuredrift.alerts.engine import AlertEngine, FiredAlert
+from featuredrift.alerts.templating import render
+from featuredrift.monitor.report import EvaluationReport, MetricSample
 from reports import make_report as shared_report
-
-from alerts.definitions import DEFAULT_DEFINITIONS, configure
-from alerts.engine import AlertEngine, FiredAlert
-from alerts.templating import render
-from monitor.report import EvaluationReport, MetricSample
 
 T0 = 1_700_000_000.0
 
@@ -260,7 +259,7 @@ def test_webhook_silent_server_times_out_quickly():
 
 
 def test_engine_from_monitor_config(monkeypatch):
-    from monitor.config import MonitorConfig
+    from featuredrift.monitor.config import MonitorConfig
 
     monkeypatch.setenv("FEATUREDRIFT_STOP_ON_ALERT", "true")
     engine = AlertEngine.from_config(MonitorConfig(), thresholds={"RefusalFeaturesFading": {"for": "0s"}})

@@ -10,12 +10,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from featuredrift.alerts.definitions import DEFAULT_DEFINITIONS
+from featuredrift.alerts.promtool_tests import TESTS_PATH, render_tests
+from featuredrift.alerts.rules import RULES_PATH, render_rules
+from featuredrift.monitor.cli import app
 from typer.testing import CliRunner
-
-from alerts.definitions import DEFAULT_DEFINITIONS
-from alerts.promtool_tests import TESTS_PATH, render_tests
-from alerts.rules import RULES_PATH, render_rules
-from monitor.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
 ALERTMANAGER_CONFIG = ROOT / "alerts" / "alertmanager.yml"

@@ -21,8 +21,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
-
-from monitor.grafana.spec import DASHBOARD_DIR, DATASOURCE
+from featuredrift.monitor.grafana.spec import DASHBOARD_DIR, DATASOURCE
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"

@@ -11,17 +11,16 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-from servers import free_port
-from test_store import make_report
-
-from monitor.config import MonitorConfig
-from monitor.exporters import (
+from featuredrift.monitor.config import MonitorConfig
+from featuredrift.monitor.exporters import (
     MetricsEndpointExporter,
     NullExporter,
     PushgatewayExporter,
     make_exporter,
 )
+from prometheus_client.parser import text_string_to_metric_families
+from servers import free_port
+from test_store import make_report
 
 GAP = 'featuredrift_refusal_feature_gap{{run="{run}",layer="layers.1",features="reference"}}'
 

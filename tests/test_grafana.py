@@ -16,12 +16,9 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from reports import make_report
-from typer.testing import CliRunner
-
-from monitor.cli import app
-from monitor.grafana.push import GrafanaPushError, load_dashboards, push_dashboards
-from monitor.grafana.spec import (
+from featuredrift.monitor.cli import app
+from featuredrift.monitor.grafana.push import GrafanaPushError, load_dashboards, push_dashboards
+from featuredrift.monitor.grafana.spec import (
     DASHBOARD_DIR,
     DASHBOARDS,
     DATASOURCE,
@@ -29,6 +26,8 @@ from monitor.grafana.spec import (
     panel_queries,
     render_json,
 )
+from reports import make_report
+from typer.testing import CliRunner
 
 TOKEN = "glsa_featuredrift_test"
 EXPORTER_METRICS = {

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from featuredrift.monitor.hookpoints import decoder_layers, residual_writers, resolve_hookpoint
+from featuredrift.monitor.interventions import (
+    activation_addition,
+    directional_ablation,
+    map_hidden_states,
+)
+from featuredrift.monitor.metrics import MetricInputError
 from transformers import Gemma2Config, Gemma2ForCausalLM, LlamaConfig, LlamaForCausalLM
-
-from monitor.hookpoints import decoder_layers, residual_writers, resolve_hookpoint
-from monitor.interventions import activation_addition, directional_ablation, map_hidden_states
-from monitor.metrics import MetricInputError
 
 HIDDEN = 32
 
@@ -218,12 +221,12 @@ def test_addition_during_cached_generation_and_bad_input():
 def zoo_refusal(zoo_nano):
     """The zoo chat model, its true refusal direction (difference in means at the SAE
     hookpoint, chat template) fitted on one half of the probes, and the other half to score."""
+    from featuredrift.monitor import metrics, refusal
+    from featuredrift.monitor.capture import collect_prompt_activations
+    from featuredrift.monitor.probes import read_probe_dir
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    import sae_store
-    from monitor import metrics, refusal
-    from monitor.capture import collect_prompt_activations
-    from monitor.probes import read_probe_dir
+    from featuredrift import sae_store
 
     tokenizer = AutoTokenizer.from_pretrained(zoo_nano.chat)
     chat = AutoModelForCausalLM.from_pretrained(zoo_nano.chat).eval()
@@ -256,7 +259,7 @@ def zoo_refusal(zoo_nano):
 
 
 def _refusal(setup, instructions, intervention=None) -> float:
-    from monitor.interventions import refusal_score_under
+    from featuredrift.monitor.interventions import refusal_score_under
 
     return refusal_score_under(
         setup["chat"], setup["tokenizer"], instructions, intervention, max_new_tokens=24, batch_size=32
@@ -289,7 +292,7 @@ def test_zoo_adding_the_refusal_direction_induces_refusal(zoo_refusal):
 def test_zoo_chat_feature_reconstruction_mediates_refusal_better_than_base_features(zoo_refusal):
     """Fig. 2's shape: NNLS reconstructions of r from the chat model's top refusal features
     ablate refusal; reconstructions from the base model's top features do much less."""
-    from monitor import refusal
+    from featuredrift.monitor import refusal
 
     setup = zoo_refusal
     chat, sae, r = setup["chat"], setup["sae"], setup["direction"]
@@ -309,8 +312,8 @@ def test_zoo_chat_feature_reconstruction_mediates_refusal_better_than_base_featu
 
 @pytest.mark.slow
 def test_zoo_score_under_takes_a_judge_object_or_a_callable(zoo_refusal):
-    from monitor.interventions import refusal_score_under, score_under
-    from monitor.judges import RefusalJudge, is_refusal
+    from featuredrift.monitor.interventions import refusal_score_under, score_under
+    from featuredrift.monitor.judges import RefusalJudge, is_refusal
 
     setup = zoo_refusal
     chat, tokenizer, prompts = setup["chat"], setup["tokenizer"], setup["held_harmful"][:8]

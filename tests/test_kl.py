@@ -6,12 +6,11 @@ import math
 
 import pytest
 import torch
+from featuredrift.monitor import kl
+from featuredrift.monitor.hookpoints import resolve_hookpoint
+from featuredrift.monitor.interventions import activation_addition
+from featuredrift.monitor.metrics import EmptySetError, MetricInputError
 from transformers import LlamaConfig, LlamaForCausalLM
-
-from monitor import kl
-from monitor.hookpoints import resolve_hookpoint
-from monitor.interventions import activation_addition
-from monitor.metrics import EmptySetError, MetricInputError
 
 HIDDEN = 32
 
@@ -164,7 +163,7 @@ def test_kl_attribution_most_negative_latent_moves_the_reference_toward_current(
 def test_kl_attribution_accepts_an_sae_and_leaves_the_model_as_it_was(pair):
     from sparsify import SparseCoder, SparseCoderConfig
 
-    import sae_store  # noqa: F401
+    from featuredrift import sae_store  # noqa: F401
 
     reference, input_ids, attention_mask, logits_cur, decoder = pair
     sae = SparseCoder(HIDDEN, SparseCoderConfig(num_latents=48, k=4), dtype=torch.float64)

@@ -6,12 +6,11 @@ import base64
 import re
 
 import pytest
+from featuredrift.monitor.cli import app
+from featuredrift.monitor.plots import write_run_report
+from featuredrift.monitor.store import RunStore
 from test_store import make_report
 from typer.testing import CliRunner
-
-from monitor.cli import app
-from monitor.plots import write_run_report
-from monitor.store import RunStore
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

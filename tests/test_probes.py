@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from monitor.probes import (
+from featuredrift.monitor.probes import (
     ProbeError,
     ProbeSet,
     default_probe_dir,

@@ -6,9 +6,8 @@ import math
 
 import pytest
 import torch
-
-from monitor import refusal
-from monitor.metrics import EmptySetError, MetricInputError
+from featuredrift.monitor import refusal
+from featuredrift.monitor.metrics import EmptySetError, MetricInputError
 
 
 def t(rows, dtype=torch.float32):
@@ -125,7 +124,7 @@ def test_feature_overlap():
 
 
 def test_feature_diff_in_means_accepts_sae_codes():
-    from monitor.metrics import SaeCodes
+    from featuredrift.monitor.metrics import SaeCodes
 
     harmful = SaeCodes(t([[1.0, 3.0]]), torch.tensor([[0, 2]]), torch.zeros(1, 2))
     harmless = SaeCodes(t([[2.0, 1.0]]), torch.tensor([[2, 1]]), torch.zeros(1, 2))

@@ -9,11 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from monitor.replicate.config import ConfigError, load_config, parse_stages
-from monitor.replicate.pipeline import run_replication, stage_keys
-from monitor.replicate.preflight import preflight
-from monitor.replicate.results import validate_results
+from featuredrift.monitor.replicate.config import ConfigError, load_config, parse_stages
+from featuredrift.monitor.replicate.pipeline import run_replication, stage_keys
+from featuredrift.monitor.replicate.preflight import preflight
+from featuredrift.monitor.replicate.results import validate_results
 
 WORDS = "the cat dog sun rain tree river stone bread milk house road city light music book".split()
 
@@ -29,9 +28,8 @@ def _sentences(n: int, seed: int) -> list[str]:
 def pair(tmp_path_factory) -> dict:
     """A tiny random Llama pair (chat = base with perturbed weights), its tokenizer with a chat
     template, and data files: enough to exercise every stage's plumbing in seconds."""
+    from featuredrift.monitor.zoo.tokenizer import train_tokenizer
     from transformers import LlamaConfig, LlamaForCausalLM
-
-    from monitor.zoo.tokenizer import train_tokenizer
 
     root = tmp_path_factory.mktemp("pair")
     texts = _sentences(300, 0)
@@ -92,7 +90,7 @@ def pair_config(root: Path, **overrides) -> dict:
         "interventions": {"max_new_tokens": 4, "batch_size": 8},
         "diffsae": {"train": {**small, "num_latents": 32}, "high_kl_positions": 8, "top_latents": 2, "dashboard_rows": 2},
     }
-    from monitor.replicate.config import deep_merge
+    from featuredrift.monitor.replicate.config import deep_merge
 
     return deep_merge(config, overrides)
 
@@ -159,8 +157,8 @@ def test_missing_data_file_fails_in_preflight(pair, tmp_path):
 
 
 def test_streamed_fvu_and_drift_equal_whole_set_metrics():
-    from monitor.metrics import divergent_mask, explained_ratio, fvu
-    from monitor.replicate.streaming import DriftSum, FvuSum, MomentSum
+    from featuredrift.monitor.metrics import divergent_mask, explained_ratio, fvu
+    from featuredrift.monitor.replicate.streaming import DriftSum, FvuSum, MomentSum
 
     torch.manual_seed(0)
     x0 = torch.randn(300, 16)
@@ -249,9 +247,8 @@ def test_pipeline_all_stages_write_reports(pair, tmp_path):
 @pytest.mark.slow
 def test_zoo_preset_end_to_end_shows_feature_drift(tmp_path):
     """`--preset zoo` (nano) through every stage; the findings the zoo shows robustly hold."""
+    from featuredrift.monitor.cli import app
     from typer.testing import CliRunner
-
-    from monitor.cli import app
 
     out = tmp_path / "zoo"
     result = CliRunner().invoke(app, ["replicate", "--preset", "zoo", "--out", str(out), "--quiet"])
@@ -285,9 +282,8 @@ def test_zoo_preset_end_to_end_shows_feature_drift(tmp_path):
 
 
 def test_cli_reports_config_errors_without_traceback(tmp_path):
+    from featuredrift.monitor.cli import app
     from typer.testing import CliRunner
-
-    from monitor.cli import app
 
     result = CliRunner().invoke(app, ["replicate", "--preset", "zoo", "--out", str(tmp_path), "--stages", "nope"])
     assert result.exit_code == 2 and "unknown stage" in result.output

@@ -8,14 +8,14 @@ import struct
 
 import pytest
 import torch
+from featuredrift.sae_store.load import load_sae, load_saes, locate_sae_dirs
+from featuredrift.sae_store.registry import SaeRegistry, fingerprint_sae
+from featuredrift.sae_store.train import PAPER_PRESET, pack_token_chunks, train_sae
+from featuredrift.sae_store.validate import SaeError
 from test_capture import CORPUS, build_model, build_tokenizer
 from typer.testing import CliRunner
 
-import sae_store  # noqa: F401  (Triton guard first)
-from sae_store.load import load_sae, load_saes, locate_sae_dirs
-from sae_store.registry import SaeRegistry, fingerprint_sae
-from sae_store.train import PAPER_PRESET, pack_token_chunks, train_sae
-from sae_store.validate import SaeError
+from featuredrift import sae_store  # noqa: F401  (Triton guard first)
 
 D_IN = 32  # the tiny models' hidden size
 
@@ -240,7 +240,7 @@ def test_train_sae_rejects_bad_requests(tokenizer, llama, tmp_path):
 
 
 def test_cli_inspect(tmp_path):
-    from monitor.cli import app
+    from featuredrift.monitor.cli import app
 
     make_sae(tmp_path / "layers.0")
     make_sae(tmp_path / "layers.3", num_latents=128, k=8)
@@ -260,7 +260,7 @@ def test_cli_inspect(tmp_path):
 
 @pytest.mark.slow
 def test_cli_train(tmp_path, tokenizer, llama):
-    from monitor.cli import app
+    from featuredrift.monitor.cli import app
 
     llama.save_pretrained(tmp_path / "model")
     tokenizer.save_pretrained(tmp_path / "model")
@@ -281,10 +281,9 @@ def test_cli_train(tmp_path, tokenizer, llama):
 
 @pytest.mark.slow
 def test_zoo_sae_loads_and_reconstructs_the_zoo_model(request):
+    from featuredrift.monitor.capture import collect_token_activations
     from test_capture import TEXTS, zoo_or_skip
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from monitor.capture import collect_token_activations
 
     zoo = zoo_or_skip(request)
     base = AutoModelForCausalLM.from_pretrained(zoo.base).eval()

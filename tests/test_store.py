@@ -11,16 +11,14 @@ import sqlite3
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import text
-
-from monitor.report import (
+from featuredrift.monitor.report import (
     EvaluationReport,
     FeatureDrift,
     LayerReport,
     Reconstruction,
     RefusalFeatures,
 )
-from monitor.store import (
+from featuredrift.monitor.store import (
     CorruptStoreError,
     RunMismatchError,
     RunStore,
@@ -29,8 +27,9 @@ from monitor.store import (
     UnknownRunError,
     parse_csv_export,
 )
-from monitor.store.migrate import head_revision
-from monitor.store.models import Base
+from featuredrift.monitor.store.migrate import head_revision
+from featuredrift.monitor.store.models import Base
+from sqlalchemy import text
 
 
 def make_report(step: int, hookpoints: tuple[str, ...] = ("layers.1", "layers.3"), fade: float = 0.02) -> EvaluationReport:
@@ -206,7 +205,7 @@ def test_alerts_open_and_resolve(store):
 
 
 def test_alert_engine_transitions_are_stored_per_series(store):
-    from alerts.engine import FiredAlert
+    from featuredrift.alerts.engine import FiredAlert
 
     store.start_run("sft-f", {})
     store.record_evaluation("sft-f", make_report(8))

@@ -6,15 +6,14 @@ from __future__ import annotations
 import shutil
 
 import pytest
+from featuredrift.monitor.cli import app
+from featuredrift.monitor.config import MonitorConfig
+from featuredrift.monitor.drift_monitor import MonitorError
+from featuredrift.monitor.finetune import make_sft_trainer, read_conversations
+from featuredrift.monitor.store.run_store import RunStore
+from featuredrift.monitor.watch import completed_checkpoints, watch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from typer.testing import CliRunner
-
-from monitor.cli import app
-from monitor.config import MonitorConfig
-from monitor.drift_monitor import MonitorError
-from monitor.finetune import make_sft_trainer, read_conversations
-from monitor.store.run_store import RunStore
-from monitor.watch import completed_checkpoints, watch
 
 pytestmark = pytest.mark.slow
 

@@ -5,12 +5,11 @@ import json
 import shutil
 
 import pytest
-
-from monitor.zoo import ZOO_SIZES, ZooPaths, default_zoo_root, ensure_zoo
-from monitor.zoo.config import ZOO_CONFIGS, get_zoo_config
-from monitor.zoo.evaluate import read_jsonl
-from monitor.zoo.manifest import MANIFEST_NAME, check_zoo, identity, read_manifest
-from monitor.zoo.world import build_world
+from featuredrift.monitor.zoo import ZOO_SIZES, ZooPaths, default_zoo_root, ensure_zoo
+from featuredrift.monitor.zoo.config import ZOO_CONFIGS, get_zoo_config
+from featuredrift.monitor.zoo.evaluate import read_jsonl
+from featuredrift.monitor.zoo.manifest import MANIFEST_NAME, check_zoo, identity, read_manifest
+from featuredrift.monitor.zoo.world import build_world
 
 NANO = get_zoo_config("nano")
 
@@ -53,7 +52,7 @@ def test_held_out_probes_are_disjoint_from_training():
 
 
 def test_world_content_matches_its_roles():
-    from monitor.judges import is_refusal
+    from featuredrift.monitor.judges import is_refusal
 
     world = build_world(NANO, 0)
     assert not any(is_refusal(doc) for doc in world.base_corpus)
@@ -69,8 +68,8 @@ def test_world_content_matches_its_roles():
 
 
 def test_tokenizer_is_deterministic_and_has_template_tokens():
-    from monitor.zoo.build import tokenizer_training_texts
-    from monitor.zoo.tokenizer import train_tokenizer
+    from featuredrift.monitor.zoo.build import tokenizer_training_texts
+    from featuredrift.monitor.zoo.tokenizer import train_tokenizer
 
     texts = tokenizer_training_texts(build_world(NANO, 0))
     first, second = train_tokenizer(texts, 512), train_tokenizer(texts, 512)
@@ -115,7 +114,7 @@ def test_zoo_layout_loads_like_real_models(zoo_nano):
 
 @pytest.fixture(scope="module")
 def nano_evaluation(zoo_nano):
-    from monitor.zoo.evaluate import evaluate_zoo
+    from featuredrift.monitor.zoo.evaluate import evaluate_zoo
 
     return evaluate_zoo(zoo_nano)
 
@@ -203,7 +202,7 @@ def test_corrupted_zoo_is_rebuilt_identically(zoo_nano, tmp_path):
 
 
 def test_killed_build_leaves_no_half_zoo(tmp_path):
-    from monitor.zoo.build import build_zoo
+    from featuredrift.monitor.zoo.build import build_zoo
 
     class Killed(Exception):
         pass
@@ -227,9 +226,8 @@ def test_build_never_replaces_a_folder_that_is_not_a_zoo(tmp_path):
 
 
 def test_cli_info_without_a_zoo_says_how_to_build(tmp_path):
+    from featuredrift.monitor.cli import app
     from typer.testing import CliRunner
-
-    from monitor.cli import app
 
     result = CliRunner().invoke(app, ["zoo", "info", "--root", str(tmp_path / "none")])
     assert result.exit_code == 1
@@ -238,9 +236,8 @@ def test_cli_info_without_a_zoo_says_how_to_build(tmp_path):
 
 @pytest.mark.slow
 def test_cli_build_reuses_and_info_reports(zoo_nano):
+    from featuredrift.monitor.cli import app
     from typer.testing import CliRunner
-
-    from monitor.cli import app
 
     runner = CliRunner()
     built = runner.invoke(app, ["zoo", "build", "--size", "nano", "--out", str(zoo_nano.root)])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from monitor.report import EvaluationReport
+from featuredrift.monitor.report import EvaluationReport
 
 
 @runtime_checkable

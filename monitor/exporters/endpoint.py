@@ -11,10 +11,9 @@ import logging
 import threading
 import time
 
+from featuredrift.monitor.exporters.metrics import ExportStats, SnapshotCollector, report_families
+from featuredrift.monitor.report import EvaluationReport
 from prometheus_client import CollectorRegistry, start_http_server
-
-from monitor.exporters.metrics import ExportStats, SnapshotCollector, report_families
-from monitor.report import EvaluationReport
 
 log = logging.getLogger(__name__)
 

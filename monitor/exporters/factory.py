@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import logging
 
-from monitor.config import MonitorConfig
-from monitor.exporters.base import Exporter, NullExporter
-from monitor.exporters.endpoint import MetricsEndpointExporter
-from monitor.exporters.pushgateway import PushgatewayExporter
+from featuredrift.monitor.config import MonitorConfig
+from featuredrift.monitor.exporters.base import Exporter, NullExporter
+from featuredrift.monitor.exporters.endpoint import MetricsEndpointExporter
+from featuredrift.monitor.exporters.pushgateway import PushgatewayExporter
 
 log = logging.getLogger(__name__)
 

@@ -24,10 +24,9 @@ import urllib.request
 from collections import deque
 from collections.abc import Callable
 
+from featuredrift.monitor.exporters.metrics import ExportStats, registry_for_report
+from featuredrift.monitor.report import EvaluationReport
 from prometheus_client import delete_from_gateway, push_to_gateway
-
-from monitor.exporters.metrics import ExportStats, registry_for_report
-from monitor.report import EvaluationReport
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ def push(
     timeout: float = typer.Option(10.0, "--timeout", help="Seconds per HTTP request."),
 ) -> None:
     """Upload the featuredrift dashboards (idempotent: stable uids, overwrite)."""
-    from monitor.grafana.push import GrafanaPushError, push_dashboards
+    from featuredrift.monitor.grafana.push import GrafanaPushError, push_dashboards
 
     try:
         pushed = push_dashboards(url, token, folder=folder, timeout_s=timeout)
@@ -31,7 +31,7 @@ def push(
 @app.command()
 def generate() -> None:
     """Regenerate the dashboard JSON in monitor/grafana/dashboards from monitor/grafana/spec.py."""
-    from monitor.grafana.spec import write_all
+    from featuredrift.monitor.grafana.spec import write_all
 
     for path in write_all():
         typer.echo(f"wrote {path}")

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import NamedTuple
 
-from monitor.grafana.spec import DASHBOARD_DIR
+from featuredrift.monitor.grafana.spec import DASHBOARD_DIR
 
 
 class GrafanaPushError(RuntimeError):

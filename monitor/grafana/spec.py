@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from alerts.definitions import DEFAULT_DEFINITIONS
+from featuredrift.alerts.definitions import DEFAULT_DEFINITIONS
 
 DATASOURCE = {"type": "prometheus", "uid": "featuredrift-prometheus"}
 DASHBOARD_DIR = Path(__file__).with_name("dashboards")

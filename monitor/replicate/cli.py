@@ -18,8 +18,13 @@ def replicate(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """Reproduce Fig. 1–3 and Table 1 of the Feature Drift paper (plus the diff-SAE analysis) for a model pair."""
-    from monitor.replicate.config import ConfigError, deep_merge, load_config, parse_override
-    from monitor.replicate.config import list_presets as presets
+    from featuredrift.monitor.replicate.config import (
+        ConfigError,
+        deep_merge,
+        load_config,
+        parse_override,
+    )
+    from featuredrift.monitor.replicate.config import list_presets as presets
 
     if list_presets:
         for name in presets():
@@ -34,7 +39,7 @@ def replicate(
         for text in overrides:
             merged = deep_merge(merged, parse_override(text))
         cfg = load_config(preset or config, merged or None)
-        from monitor.replicate.pipeline import run_replication
+        from featuredrift.monitor.replicate.pipeline import run_replication
 
         results = run_replication(cfg, out, stages=stages, force=force, progress=not quiet)
     except ConfigError as error:

@@ -155,7 +155,7 @@ class ReplicateConfig(_Strict):
     @field_validator("hookpoints")
     @classmethod
     def _hookpoint_names(cls, value: list[str]) -> list[str]:
-        from monitor.hookpoints import layer_index
+        from featuredrift.monitor.hookpoints import layer_index
 
         for hookpoint in value:
             layer_index(hookpoint)  # raises naming the bad value

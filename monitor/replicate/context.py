@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from monitor.replicate.config import ReplicateConfig
-from monitor.replicate.sources import (
+from featuredrift.monitor.replicate.config import ReplicateConfig
+from featuredrift.monitor.replicate.sources import (
     instructions_of,
     load_items,
     load_model_and_tokenizer,

@@ -10,9 +10,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from monitor.replicate.cache import CODE_VERSION, StageDir, stable_hash, write_json_atomic
-from monitor.replicate.config import STAGES, ReplicateConfig, parse_stages
-from monitor.replicate.context import RunContext
+from featuredrift.monitor.replicate.cache import (
+    CODE_VERSION,
+    StageDir,
+    stable_hash,
+    write_json_atomic,
+)
+from featuredrift.monitor.replicate.config import STAGES, ReplicateConfig, parse_stages
+from featuredrift.monitor.replicate.context import RunContext
 
 DEPENDENCIES: dict[str, tuple[str, ...]] = {
     "activations": (),
@@ -101,7 +106,7 @@ class StageRecord:
 def _runner(stage: str) -> Callable:
     from importlib import import_module
 
-    return import_module(f"monitor.replicate.stage_{stage}").run
+    return import_module(f"featuredrift.monitor.replicate.stage_{stage}").run
 
 
 def run_replication(
@@ -115,8 +120,8 @@ def run_replication(
 ) -> dict:
     """Run (or load from cache) the selected stages and their dependencies; returns results.json's
     content. Selected stages recompute when `force`; dependencies are reused when cached."""
-    from monitor.replicate.preflight import preflight
-    from monitor.replicate.results import build_results
+    from featuredrift.monitor.replicate.preflight import preflight
+    from featuredrift.monitor.replicate.results import build_results
 
     out = Path(out)
     selected = parse_stages(stages) if stages is not None else list(config.stages)
@@ -157,7 +162,7 @@ def run_replication(
     results = build_results(config, identities, records, selected, time.time() - started)
     write_json_atomic(out / "results.json", results)
     if write_reports:
-        from monitor.replicate.report import write_reports as write
+        from featuredrift.monitor.replicate.report import write_reports as write
 
         write(results, out)
     return results

@@ -8,14 +8,14 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from monitor.replicate.config import ConfigError, ReplicateConfig
-from monitor.replicate.sources import ZOO_PARTS, is_local_path, split_slice, zoo_size
+from featuredrift.monitor.replicate.config import ConfigError, ReplicateConfig
+from featuredrift.monitor.replicate.sources import ZOO_PARTS, is_local_path, split_slice, zoo_size
 
 
 def model_shape(spec: str, field: str) -> tuple[int, int, int]:
     size = zoo_size(spec)
     if size is not None:
-        from monitor.zoo.config import get_zoo_config
+        from featuredrift.monitor.zoo.config import get_zoo_config
 
         try:
             zoo = get_zoo_config(size)
@@ -56,7 +56,7 @@ def identity(spec: str) -> str:
 def _zoo_identity(spec: str) -> str:
     """The zoo records its build in a manifest; hash it when the zoo is already built."""
     try:
-        from monitor.replicate.sources import zoo_paths
+        from featuredrift.monitor.replicate.sources import zoo_paths
 
         root = Path(zoo_paths(zoo_size(spec)).root)
     except Exception:  # not built yet: the spec is the identity
@@ -69,15 +69,15 @@ def check_saes(config: ReplicateConfig, hidden: int) -> None:
     source = config.sae.base
     if source is None:
         return
-    from sae_store.validate import SaeError, read_sae_config
+    from featuredrift.sae_store.validate import SaeError, read_sae_config
 
     if source.startswith("zoo:"):
-        from monitor.zoo.config import get_zoo_config
+        from featuredrift.monitor.zoo.config import get_zoo_config
 
         zoo = get_zoo_config(zoo_size(source))
         available = {zoo.hookpoint: zoo.hidden_size}
     else:
-        from sae_store.load import locate_sae_dirs
+        from featuredrift.sae_store.load import locate_sae_dirs
 
         try:
             dirs = locate_sae_dirs(source, config.hookpoints)
@@ -125,7 +125,7 @@ def preflight(config: ReplicateConfig) -> dict:
         )
     if base_vocab and chat_vocab and abs(base_vocab - chat_vocab) > 256:
         raise ConfigError(f"chat_model: expected a vocabulary like the base model's ({base_vocab}), found {chat_vocab}")
-    from monitor.hookpoints import layer_index
+    from featuredrift.monitor.hookpoints import layer_index
 
     for hookpoint in config.hookpoints:
         if layer_index(hookpoint) >= base_layers:
@@ -135,7 +135,7 @@ def preflight(config: ReplicateConfig) -> dict:
             )
     check_saes(config, base_hidden)
     check_data(config)
-    from monitor.judges import get_judge
+    from featuredrift.monitor.judges import get_judge
 
     try:
         get_judge(config.interventions.judge)

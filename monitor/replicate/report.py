@@ -7,7 +7,7 @@ import base64
 import html
 from pathlib import Path
 
-from monitor.replicate import figures
+from featuredrift.monitor.replicate import figures
 
 
 def _fmt(value, digits: int = 3) -> str:

@@ -8,9 +8,8 @@ import math
 import platform
 from typing import Any
 
+from featuredrift.monitor.replicate.config import STAGES, ReplicateConfig
 from pydantic import BaseModel, ConfigDict, Field
-
-from monitor.replicate.config import STAGES, ReplicateConfig
 
 SCHEMA_VERSION = 1
 

@@ -12,10 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import torch
+from featuredrift.monitor.replicate.config import SaeTrainConfig
+from featuredrift.sae_store.activation_training import train_on_activations
 from torch import Tensor
-
-from monitor.replicate.config import SaeTrainConfig
-from sae_store.activation_training import train_on_activations
 
 
 def train_sparse_coder(

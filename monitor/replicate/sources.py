@@ -11,7 +11,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from monitor.replicate.config import ConfigError
+from featuredrift.monitor.replicate.config import ConfigError
 
 ZOO_PARTS = ("base_corpus", "chat_sft", "base_text", "chat_text", "harmful", "harmless")
 Item = str | list[dict[str, str]]
@@ -30,7 +30,7 @@ def zoo_size(spec: str) -> str | None:
 
 
 def zoo_paths(size: str):
-    from monitor.zoo import ensure_zoo
+    from featuredrift.monitor.zoo import ensure_zoo
 
     return ensure_zoo(size)
 
@@ -107,7 +107,7 @@ def _zoo_items(spec: str, field: str) -> list[Item]:
     parts = spec.split(":")
     if len(parts) != 3 or parts[2] not in ZOO_PARTS:
         raise ConfigError(f"data.{field}: expected 'zoo:<size>:<part>' with part in {ZOO_PARTS}, found {spec!r}")
-    from monitor.replicate.zoo_data import zoo_part
+    from featuredrift.monitor.replicate.zoo_data import zoo_part
 
     return zoo_part(parts[1], parts[2])
 
@@ -158,7 +158,7 @@ def _normalise(value, where: str, field: str) -> Item:
 def render_texts(items: Sequence[Item], tokenizer) -> tuple[list[str], bool]:
     """Strings ready to tokenize, and whether they already hold their special tokens
     (conversations rendered with the chat template do)."""
-    from monitor.prompts import render_conversation
+    from featuredrift.monitor.prompts import render_conversation
 
     if all(isinstance(i, str) for i in items):
         return list(items), False

@@ -8,15 +8,14 @@ missing shard and both models' shards always pair.
 from __future__ import annotations
 
 import torch
-
-from monitor.replicate.context import RunContext
-from monitor.replicate.shards import shard_path, write_shard
+from featuredrift.monitor.replicate.context import RunContext
+from featuredrift.monitor.replicate.shards import shard_path, write_shard
 
 DATA_FIELDS = {"base": "base_text_eval", "chat": "chat_text_eval"}
 
 
 def run(ctx: RunContext, folder) -> dict:
-    from monitor.capture import collect_token_activations
+    from featuredrift.monitor.capture import collect_token_activations
 
     cfg = ctx.config
     texts_per_shard = max(1, cfg.shard_tokens // cfg.data.max_length)

@@ -11,12 +11,11 @@ from collections import Counter
 from collections.abc import Iterator
 
 import torch
+from featuredrift.monitor.replicate.context import RunContext
+from featuredrift.monitor.replicate.saes import load_stage_saes
+from featuredrift.monitor.replicate.shards import iter_paired
+from featuredrift.monitor.replicate.stage_refusal import DIRECTIONS_FILE
 from torch import Tensor
-
-from monitor.replicate.context import RunContext
-from monitor.replicate.saes import load_stage_saes
-from monitor.replicate.shards import iter_paired
-from monitor.replicate.stage_refusal import DIRECTIONS_FILE
 
 MEMORY_CACHE_BYTES = 1 << 30
 
@@ -24,7 +23,7 @@ MEMORY_CACHE_BYTES = 1 << 30
 def diff_stream(ctx: RunContext, texts: list[tuple[str, bool]], hookpoint: str) -> Iterator[Tensor]:
     """Endless shuffled batches of ``x_chat − x_base`` on the training texts; the first epoch is
     kept in memory when it fits, so later epochs cost no forward pass."""
-    from monitor.capture import collect_token_activations
+    from featuredrift.monitor.capture import collect_token_activations
 
     cfg = ctx.config
     rng = random.Random(cfg.seed)
@@ -73,8 +72,8 @@ def _training_texts(ctx: RunContext) -> list[tuple[str, bool]]:
 
 
 def _held_out_fvu(sae, folder, hookpoint: str, device) -> dict:
-    from monitor.metrics import encode_batched
-    from monitor.replicate.streaming import FvuSum, MomentSum
+    from featuredrift.monitor.metrics import encode_batched
+    from featuredrift.monitor.replicate.streaming import FvuSum, MomentSum
 
     result = {}
     for data in ("base", "chat"):
@@ -91,8 +90,8 @@ def _held_out_fvu(sae, folder, hookpoint: str, device) -> dict:
 
 def _high_kl_positions(ctx: RunContext, texts: list[str], special: bool, n: int):
     """Tokenised texts and the n highest-KL (text, position) pairs over them."""
-    from monitor.capture import capture_activations, content_token_mask, tokenize_texts
-    from monitor.kl import next_token_kl
+    from featuredrift.monitor.capture import capture_activations, content_token_mask, tokenize_texts
+    from featuredrift.monitor.kl import next_token_kl
 
     cfg = ctx.config
     hookpoint = ctx.config.hookpoints[0]
@@ -123,8 +122,8 @@ def _attribution(ctx: RunContext, tokens, positions: Tensor, decoder: Tensor, ho
     """kl_attribution over only the rows that hold a chosen position, a few rows at a time (the
     chat logits of a row are recomputed and never held for all rows). Positions in the result
     index `rows` (the returned list of text indices)."""
-    from monitor.capture import capture_activations
-    from monitor.kl import KLAttribution, kl_attribution
+    from featuredrift.monitor.capture import capture_activations
+    from featuredrift.monitor.kl import KLAttribution, kl_attribution
 
     rows = sorted(set(positions[:, 0].tolist()))
     remap = {r: i for i, r in enumerate(rows)}
@@ -156,8 +155,8 @@ def _alignment(result) -> float:
 
 
 def run(ctx: RunContext, folder) -> dict:
-    from monitor.kl import kl_dashboard, most_negative_latents
-    from monitor.replicate.sae_training import train_sparse_coder
+    from featuredrift.monitor.kl import kl_dashboard, most_negative_latents
+    from featuredrift.monitor.replicate.sae_training import train_sparse_coder
 
     cfg = ctx.config
     hookpoint = cfg.diff_hookpoint

@@ -4,15 +4,15 @@ Intersection Ratio of active base-SAE features, per hookpoint and data set."""
 
 from __future__ import annotations
 
-from monitor.replicate.context import RunContext
-from monitor.replicate.saes import load_stage_saes
-from monitor.replicate.shards import iter_model, iter_paired
-from monitor.replicate.stage_activations import DATA_FIELDS
-from monitor.replicate.streaming import DriftSum, MomentSum
+from featuredrift.monitor.replicate.context import RunContext
+from featuredrift.monitor.replicate.saes import load_stage_saes
+from featuredrift.monitor.replicate.shards import iter_model, iter_paired
+from featuredrift.monitor.replicate.stage_activations import DATA_FIELDS
+from featuredrift.monitor.replicate.streaming import DriftSum, MomentSum
 
 
 def drift_of(sae, folder, data: str, hookpoint: str, threshold: float, device) -> dict:
-    from monitor.metrics import encode_batched, intersection_ratio
+    from featuredrift.monitor.metrics import encode_batched, intersection_ratio
 
     scales = {}
     for model in ("base", "chat"):

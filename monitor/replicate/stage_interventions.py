@@ -6,20 +6,19 @@ intervention. The safety judge is named in the result."""
 
 from __future__ import annotations
 
+from featuredrift.monitor.replicate.context import RunContext
+from featuredrift.monitor.replicate.stage_refusal import DIRECTIONS_FILE, direction_key
 from safetensors.torch import load_file
-
-from monitor.replicate.context import RunContext
-from monitor.replicate.stage_refusal import DIRECTIONS_FILE, direction_key
 
 
 def run(ctx: RunContext, folder) -> dict:
-    from monitor.interventions import (
+    from featuredrift.monitor.interventions import (
         activation_addition,
         directional_ablation,
         refusal_judge,
         score_under,
     )
-    from monitor.judges import get_judge
+    from featuredrift.monitor.judges import get_judge
 
     cfg = ctx.config
     settings = cfg.interventions

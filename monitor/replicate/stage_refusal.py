@@ -7,10 +7,9 @@ the direction (NMSE, cosine) and their overlap, for every k. Directions are save
 from __future__ import annotations
 
 import torch
+from featuredrift.monitor.replicate.context import RunContext
+from featuredrift.monitor.replicate.saes import load_stage_saes
 from safetensors.torch import save_file
-
-from monitor.replicate.context import RunContext
-from monitor.replicate.saes import load_stage_saes
 
 DIRECTIONS_FILE = "directions.safetensors"
 
@@ -20,9 +19,9 @@ def direction_key(source: str, k: int | None) -> str:
 
 
 def run(ctx: RunContext, folder) -> dict:
-    from monitor.capture import collect_prompt_activations
-    from monitor.metrics import encode_batched
-    from monitor.refusal import (
+    from featuredrift.monitor.capture import collect_prompt_activations
+    from featuredrift.monitor.metrics import encode_batched
+    from featuredrift.monitor.refusal import (
         feature_diff_in_means,
         reconstruct_direction,
         refusal_direction,

@@ -11,13 +11,13 @@ import random
 from pathlib import Path
 from typing import NamedTuple
 
-from monitor.replicate.config import SaeTrainConfig
-from monitor.replicate.context import RunContext
+from featuredrift.monitor.replicate.config import SaeTrainConfig
+from featuredrift.monitor.replicate.context import RunContext
 
 
 def run(ctx: RunContext, folder: Path) -> dict:
-    from sae_store.load import locate_sae_dirs
-    from sae_store.registry import fingerprint_sae
+    from featuredrift.sae_store.load import locate_sae_dirs
+    from featuredrift.sae_store.registry import fingerprint_sae
 
     cfg = ctx.config
     result: dict = {"base": {}, "chat": {}}
@@ -40,7 +40,7 @@ def run(ctx: RunContext, folder: Path) -> dict:
 
 
 def _describe(path: Path, *, trained: bool, fingerprint, training=None) -> dict:
-    from sae_store.validate import read_sae_config
+    from featuredrift.sae_store.validate import read_sae_config
 
     sae_cfg = read_sae_config(Path(path))
     hookpoint = Path(path).name
@@ -68,7 +68,7 @@ def _train(ctx: RunContext, role: str, field_name: str, hookpoints: list[str], s
         ctx.progress.console.log(f"training {role} SAEs for {hookpoints} ({settings.steps} steps, {cfg.sae.trainer})")
     if cfg.sae.trainer == "activations":
         return _train_in_memory(ctx, role, field_name, hookpoints, settings, out)
-    from sae_store.train import train_sae
+    from featuredrift.sae_store.train import train_sae
 
     model, tokenizer = ctx.model(role)
     texts, _ = ctx.texts(field_name, cfg.data.max_train_texts)
@@ -98,9 +98,9 @@ class InMemoryTraining(NamedTuple):
 def _train_in_memory(ctx: RunContext, role: str, field_name: str, hookpoints: list[str], settings: SaeTrainConfig, out: Path):
     """One forward pass over the training texts for every hookpoint, then the Appx. A.2 loop
     of `sae_training.train_sparse_coder` on the cached activations (cycled in shuffled epochs)."""
-    from monitor.capture import collect_token_activations
-    from monitor.metrics import encode_batched, fvu
-    from monitor.replicate.sae_training import cycle_shuffled, train_sparse_coder
+    from featuredrift.monitor.capture import collect_token_activations
+    from featuredrift.monitor.metrics import encode_batched, fvu
+    from featuredrift.monitor.replicate.sae_training import cycle_shuffled, train_sparse_coder
 
     cfg = ctx.config
     model, tokenizer = ctx.model(role)

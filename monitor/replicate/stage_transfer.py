@@ -4,10 +4,10 @@ hookpoint, over the activation shards."""
 
 from __future__ import annotations
 
-from monitor.replicate.context import RunContext
-from monitor.replicate.saes import load_stage_saes
-from monitor.replicate.shards import iter_model
-from monitor.replicate.streaming import FvuSum, MomentSum
+from featuredrift.monitor.replicate.context import RunContext
+from featuredrift.monitor.replicate.saes import load_stage_saes
+from featuredrift.monitor.replicate.shards import iter_model
+from featuredrift.monitor.replicate.streaming import FvuSum, MomentSum
 
 SETTINGS = {
     "B-LLM+B-Data": ("base", "base"),
@@ -19,7 +19,7 @@ SETTINGS = {
 
 def set_fvu(sae, folder, model: str, data: str, hookpoint: str, device) -> float:
     """FVU of `sae` over every shard of (model, data), with the whole set's mean."""
-    from monitor.metrics import encode_batched
+    from featuredrift.monitor.metrics import encode_batched
 
     moments = MomentSum()
     for x in iter_model(folder, model, data, hookpoint):

@@ -73,7 +73,7 @@ class DriftSum:
     cosine_sum: float = 0.0
 
     def add(self, x_base: Tensor, x_chat: Tensor, x_chat_hat: Tensor, ir_per_token: Tensor) -> None:
-        from monitor.metrics import divergent_mask, paired_cosine
+        from featuredrift.monitor.metrics import divergent_mask, paired_cosine
 
         mask = divergent_mask(x_base, x_chat, self.threshold)
         self.cosine_sum += float(paired_cosine(x_base, x_chat).double().sum())

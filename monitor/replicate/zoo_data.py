@@ -16,7 +16,7 @@ ZOO_FILES = {
 
 
 def zoo_part(size: str, part: str) -> list:
-    from monitor.replicate.sources import _file_items, zoo_paths
+    from featuredrift.monitor.replicate.sources import _file_items, zoo_paths
 
     folder, name = ZOO_FILES[part]
     return _file_items(Path(zoo_paths(size).root) / folder / name, part)

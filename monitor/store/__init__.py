@@ -9,14 +9,14 @@ from __future__ import annotations
 from typing import Any
 
 _EXPORTS = {
-    "RunStore": "monitor.store.run_store",
-    "parse_csv_export": "monitor.store.run_store",
-    "StoreError": "monitor.store.errors",
-    "StoreUnavailableError": "monitor.store.errors",
-    "CorruptStoreError": "monitor.store.errors",
-    "SchemaTooNewError": "monitor.store.errors",
-    "UnknownRunError": "monitor.store.errors",
-    "RunMismatchError": "monitor.store.errors",
+    "RunStore": "featuredrift.monitor.store.run_store",
+    "parse_csv_export": "featuredrift.monitor.store.run_store",
+    "StoreError": "featuredrift.monitor.store.errors",
+    "StoreUnavailableError": "featuredrift.monitor.store.errors",
+    "CorruptStoreError": "featuredrift.monitor.store.errors",
+    "SchemaTooNewError": "featuredrift.monitor.store.errors",
+    "UnknownRunError": "featuredrift.monitor.store.errors",
+    "RunMismatchError": "featuredrift.monitor.store.errors",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -27,4 +27,4 @@ def __getattr__(name: str) -> Any:
         import importlib
 
         return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'monitor.store' has no attribute {name!r}")
+    raise AttributeError(f"module 'featuredrift.monitor.store' has no attribute {name!r}")

@@ -25,8 +25,8 @@ DbOption = typer.Option(None, "--db", help=DB_HELP, show_default=False)
 
 def open_store(db: str | None):
     """Open the store or exit with the store's own clear message (no traceback)."""
-    from monitor.store.errors import StoreError
-    from monitor.store.run_store import RunStore
+    from featuredrift.monitor.store.errors import StoreError
+    from featuredrift.monitor.store.run_store import RunStore
 
     try:
         return RunStore(db or default_store_url())
@@ -83,9 +83,8 @@ def list_runs(db: str | None = DbOption) -> None:
 @app.command("show")
 def show_run(run: str, db: str | None = DbOption) -> None:
     """A run's metadata, the latest value of every metric, and its alerts."""
+    from featuredrift.monitor.store.errors import StoreError
     from rich.console import Console
-
-    from monitor.store.errors import StoreError
 
     console = Console()
     with open_store(db) as store:
@@ -125,9 +124,8 @@ def show_run(run: str, db: str | None = DbOption) -> None:
 @app.command("compare")
 def compare_runs(run_a: str, run_b: str, db: str | None = DbOption) -> None:
     """Latest value of every metric in both runs, their difference, and config differences."""
+    from featuredrift.monitor.store.errors import StoreError
     from rich.console import Console
-
-    from monitor.store.errors import StoreError
 
     console = Console()
     with open_store(db) as store:
@@ -154,7 +152,7 @@ def export_run(
     db: str | None = DbOption,
 ) -> None:
     """Export a run's history for analysis elsewhere."""
-    from monitor.store.errors import StoreError
+    from featuredrift.monitor.store.errors import StoreError
 
     with open_store(db) as store:
         try:

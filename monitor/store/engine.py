@@ -10,12 +10,11 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from featuredrift.monitor.store.errors import CorruptStoreError, StoreError, StoreUnavailableError
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.pool import StaticPool
-
-from monitor.store.errors import CorruptStoreError, StoreError, StoreUnavailableError
 
 DEFAULT_URL = "sqlite:///featuredrift.db"
 POSTGRES_CONNECT_TIMEOUT_S = 5

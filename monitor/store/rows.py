@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from monitor.report import EvaluationReport, LayerReport
+from featuredrift.monitor.report import EvaluationReport, LayerReport
 
 
 def labels_key(labels: dict[str, str]) -> str:

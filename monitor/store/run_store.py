@@ -18,27 +18,23 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select
-from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlalchemy.orm import Session, sessionmaker
-
-from monitor.report import EvaluationReport
-from monitor.store import rows
-from monitor.store.engine import (
+from featuredrift.monitor.report import EvaluationReport
+from featuredrift.monitor.store import rows
+from featuredrift.monitor.store.engine import (
     make_engine,
     parse_store_url,
     translate_open_error,
     url_for_humans,
 )
-from monitor.store.errors import (
+from featuredrift.monitor.store.errors import (
     RunMismatchError,
     SchemaTooNewError,
     StoreError,
     StoreUnavailableError,
     UnknownRunError,
 )
-from monitor.store.migrate import upgrade_to_head
-from monitor.store.models import (
+from featuredrift.monitor.store.migrate import upgrade_to_head
+from featuredrift.monitor.store.models import (
     Alert,
     DriftedFeature,
     Evaluation,
@@ -47,7 +43,7 @@ from monitor.store.models import (
     Run,
     utc_now,
 )
-from monitor.store.rows import (
+from featuredrift.monitor.store.rows import (
     AlertInfo,
     DriftedFeatureRow,
     EvaluationInfo,
@@ -58,6 +54,9 @@ from monitor.store.rows import (
     SeriesPoint,
     labels_key,
 )
+from sqlalchemy import delete, func, insert, select
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
-from monitor.zoo.config import ZOO_SIZES, get_zoo_config
+from featuredrift.monitor.zoo.config import ZOO_SIZES, get_zoo_config
 
 __all__ = [
     "ZOO_SIZES",
@@ -83,8 +83,8 @@ def ensure_zoo(
     progress: bool = True,
 ) -> ZooPaths:
     """Reuse the zoo at `root` (default: `default_zoo_root(size)`) or build it."""
-    from monitor.zoo.build import build_zoo
-    from monitor.zoo.manifest import check_zoo, identity
+    from featuredrift.monitor.zoo.build import build_zoo
+    from featuredrift.monitor.zoo.manifest import check_zoo, identity
 
     config = get_zoo_config(size)
     root = Path(root).expanduser() if root is not None else default_zoo_root(size)
@@ -93,7 +93,7 @@ def ensure_zoo(
         if force or not check.ok:
             reason = "forced rebuild" if force else check.reason
             if progress:
-                from monitor.zoo.progress import build_with_progress
+                from featuredrift.monitor.zoo.progress import build_with_progress
 
                 build_with_progress(root, config, seed, all_layers=all_layers, reason=reason)
             else:

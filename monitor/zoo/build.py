@@ -23,8 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
-from monitor.zoo.config import ZooConfig
-from monitor.zoo.manifest import fingerprint_tree, identity, write_manifest
+from featuredrift.monitor.zoo.config import ZooConfig
+from featuredrift.monitor.zoo.manifest import fingerprint_tree, identity, write_manifest
 
 STAGES = ("world", "tokenizer", "base model", "chat model", "base SAE", "manifest")
 
@@ -116,9 +116,8 @@ class StageTimer:
 def fit_and_save_sae(config: ZooConfig, base, tokenizer, world, layer: int, sae, seed: int, out: Path) -> dict:
     """Train one base SAE on the base corpus, save it, and measure it on held-out base text."""
     import torch
-
-    from monitor.metrics import fvu
-    from monitor.zoo.base_sae import residual_activations, train_base_sae
+    from featuredrift.monitor.metrics import fvu
+    from featuredrift.monitor.zoo.base_sae import residual_activations, train_base_sae
 
     acts = residual_activations(base, tokenizer, world.base_corpus, layer, max_length=config.max_length)
     summary = train_base_sae(config, sae, acts, seed)
@@ -146,13 +145,12 @@ def build_into(
 ) -> dict:
     """Build every zoo part into the (new, empty) directory `out`; returns the manifest."""
     import torch
+    from featuredrift.monitor.zoo.base_sae import new_sparse_coder
+    from featuredrift.monitor.zoo.chat_sft import supervised_finetune
+    from featuredrift.monitor.zoo.pretrain import pretrain_base_model
+    from featuredrift.monitor.zoo.tokenizer import train_tokenizer
+    from featuredrift.monitor.zoo.world import build_world
     from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
-
-    from monitor.zoo.base_sae import new_sparse_coder
-    from monitor.zoo.chat_sft import supervised_finetune
-    from monitor.zoo.pretrain import pretrain_base_model
-    from monitor.zoo.tokenizer import train_tokenizer
-    from monitor.zoo.world import build_world
 
     started = time.perf_counter()
     timer = StageTimer(on_stage)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from monitor.zoo.config import ZooConfig
-from monitor.zoo.tokenizer import stop_token_ids
+from featuredrift.monitor.zoo.config import ZooConfig
+from featuredrift.monitor.zoo.tokenizer import stop_token_ids
 
 
 def supervised_finetune(
@@ -22,7 +22,7 @@ def supervised_finetune(
     work_dir: str,
 ):
     """SFT `model` (modified in place) on `conversations`; returns it in eval mode on CPU."""
-    from monitor.finetune import make_sft_trainer
+    from featuredrift.monitor.finetune import make_sft_trainer
 
     trainer = make_sft_trainer(
         model,

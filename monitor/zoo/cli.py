@@ -15,7 +15,7 @@ _SIZE_HELP = "Zoo size: nano (tests, < 1 min on 2 CPU cores) or tiny (demo, < 3 
 
 
 def _check_size(size: str) -> str:
-    from monitor.zoo.config import ZOO_SIZES
+    from featuredrift.monitor.zoo.config import ZOO_SIZES
 
     if size not in ZOO_SIZES:
         raise typer.BadParameter(f"expected one of {', '.join(ZOO_SIZES)}, found {size!r}")
@@ -33,9 +33,8 @@ def build(
     force: bool = typer.Option(False, "--force", help="Rebuild even when a matching build exists."),
 ) -> None:
     """Build the zoo (reused when the cached build matches and is intact)."""
+    from featuredrift.monitor.zoo import ensure_zoo
     from rich.console import Console
-
-    from monitor.zoo import ensure_zoo
 
     paths = ensure_zoo(size, out, seed=seed, all_layers=all_layers, force=force, progress=True)
     Console().print(f"zoo [cyan]{size}[/] ready at {paths.root}")
@@ -52,8 +51,8 @@ def info(
     as_json: bool = typer.Option(False, "--json", help="Print the manifest (and evaluation) as JSON."),
 ) -> None:
     """Summarise a built zoo from its manifest."""
-    from monitor.zoo import default_zoo_root, zoo_paths
-    from monitor.zoo.manifest import read_manifest
+    from featuredrift.monitor.zoo import default_zoo_root, zoo_paths
+    from featuredrift.monitor.zoo.manifest import read_manifest
 
     root = root or default_zoo_root(size)
     try:
@@ -63,8 +62,8 @@ def info(
         raise typer.Exit(1) from None
     evaluation = None
     if evaluate:
-        from monitor.zoo.build import quiet_libraries
-        from monitor.zoo.evaluate import evaluate_zoo
+        from featuredrift.monitor.zoo.build import quiet_libraries
+        from featuredrift.monitor.zoo.evaluate import evaluate_zoo
 
         # Libraries print notices to stdout (sparsify's Triton message); keep stdout for results.
         with contextlib.redirect_stdout(sys.stderr), quiet_libraries():
@@ -76,10 +75,9 @@ def info(
 
 
 def _print_summary(root: Path, evaluation: dict | None = None) -> None:
+    from featuredrift.monitor.zoo.manifest import read_manifest
     from rich.console import Console
     from rich.table import Table
-
-    from monitor.zoo.manifest import read_manifest
 
     manifest = read_manifest(root)
     config = manifest["config"]

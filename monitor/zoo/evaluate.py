@@ -28,9 +28,9 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def refusal_rates(model, tokenizer, instructions: list[str], prompt_format: str, max_new_tokens: int) -> float:
-    from monitor.generation import generate_greedy
-    from monitor.judges import refusal_score
-    from monitor.prompts import format_prompts
+    from featuredrift.monitor.generation import generate_greedy
+    from featuredrift.monitor.judges import refusal_score
+    from featuredrift.monitor.prompts import format_prompts
 
     prompts = format_prompts(tokenizer, instructions, prompt_format)
     return refusal_score(generate_greedy(model, tokenizer, prompts, max_new_tokens=max_new_tokens))
@@ -39,9 +39,8 @@ def refusal_rates(model, tokenizer, instructions: list[str], prompt_format: str,
 def sae_fvu(model, tokenizer, sae, layer: int, texts: list[str], *, rendered: bool) -> float:
     """Batch-centred FVU of `sae` on `model`'s activations over every non-special token."""
     import torch
-
-    from monitor.metrics import fvu
-    from monitor.zoo.base_sae import residual_activations
+    from featuredrift.monitor.metrics import fvu
+    from featuredrift.monitor.zoo.base_sae import residual_activations
 
     acts = residual_activations(model, tokenizer, texts, layer, add_special_tokens=not rendered)
     with torch.no_grad():
@@ -49,10 +48,9 @@ def sae_fvu(model, tokenizer, sae, layer: int, texts: list[str], *, rendered: bo
 
 
 def evaluate_zoo(paths, *, max_new_tokens: int = 24) -> ZooEvaluation:
+    from featuredrift.monitor.prompts import render_conversation
+    from featuredrift.monitor.zoo import load_zoo_models
     from sparsify import SparseCoder
-
-    from monitor.prompts import render_conversation
-    from monitor.zoo import load_zoo_models
 
     harmful = [r["instruction"] for r in read_jsonl(paths.probes / "harmful.jsonl")]
     harmless = [r["instruction"] for r in read_jsonl(paths.probes / "harmless.jsonl")]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from monitor.zoo.config import ZooConfig
+from featuredrift.monitor.zoo.config import ZooConfig
 
 
 def quiet_training_args(**overrides) -> dict:

@@ -9,7 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from monitor.zoo.config import ASSISTANT, BOS, END, EOS, PAD, SPECIAL_TOKENS, SYSTEM, USER
+from featuredrift.monitor.zoo.config import (
+    ASSISTANT,
+    BOS,
+    END,
+    EOS,
+    PAD,
+    SPECIAL_TOKENS,
+    SYSTEM,
+    USER,
+)
 
 CHAT_TEMPLATE = (
     "{{ bos_token }}"

@@ -14,9 +14,9 @@ import functools
 import random
 from typing import NamedTuple
 
-from monitor.judges import is_refusal
-from monitor.zoo.config import ZooConfig
-from monitor.zoo.vocabulary import (
+from featuredrift.monitor.judges import is_refusal
+from featuredrift.monitor.zoo.config import ZooConfig
+from featuredrift.monitor.zoo.vocabulary import (
     ANSWER_CLOSERS,
     BENIGN_TOPICS,
     HARMFUL_TOPICS,
