@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import yaml
+
 from featuredrift.alerts.definitions import AlertDefinition, parse_duration
 from featuredrift.alerts.templating import render
 

@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import yaml
+
 from featuredrift.alerts.definitions import AlertDefinition
 from featuredrift.alerts.templating import check
 

@@ -13,12 +13,13 @@ import logging
 import time
 from pathlib import Path
 
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
 from featuredrift.monitor.config import MonitorConfig
 from featuredrift.monitor.distributed import broadcast_from_main, is_main_process
 from featuredrift.monitor.drift_monitor import DriftMonitor
 from featuredrift.monitor.report import EvaluationReport
 from featuredrift.monitor.session import MonitorSession
-from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 logger = logging.getLogger(__name__)
 DEFAULT_EVAL_EVERY = 50
@@ -39,7 +40,17 @@ def _timed(event):
 
 
 class FeatureDriftCallback(TrainerCallback):
-    """Attach with `trainer.add_callback(FeatureDriftCallback(config))`."""
+    """Evaluate feature drift while a `transformers` Trainer (or TRL's SFTTrainer) trains.
+
+    Attach with `trainer.add_callback(FeatureDriftCallback(config))`. The model is read at train
+    begin (the reference), every `eval_every` steps and at train end; every evaluation is
+    stored, exported and checked against the alerts on the main process.
+
+    Args:
+        config: The monitor's settings (`MonitorConfig`); `sae` is required.
+        **overrides: Fields of `MonitorConfig` to set or replace, e.g.
+            `FeatureDriftCallback(sae="path/to/sae", eval_every=25)`.
+    """
 
     def __init__(self, config: MonitorConfig | None = None, **overrides):
         if config is None:

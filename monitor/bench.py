@@ -35,12 +35,13 @@ def _train_once(size: str, steps: int, with_callback: bool, eval_every: int) -> 
     """One SFT run of the zoo base model, optionally monitored (executed in a subprocess)."""
     import tempfile
 
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     from featuredrift.callbacks.feature_drift import FeatureDriftCallback
     from featuredrift.monitor.config import MonitorConfig
     from featuredrift.monitor.finetune import make_sft_trainer, read_conversations
     from featuredrift.monitor.zoo import ensure_zoo
     from featuredrift.monitor.zoo.config import get_zoo_config
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     zoo = ensure_zoo(size, progress=False)
     zoo_config = get_zoo_config(size)
@@ -90,10 +91,11 @@ def _best_of(fn, repeats: int) -> float:
 
 def measure_evaluation(size: str, repeats: int = 3) -> dict[str, float]:
     """One evaluation (no generation) vs the bare probe forward over the same batches."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     from featuredrift.monitor.config import MonitorConfig
     from featuredrift.monitor.drift_monitor import DriftMonitor
     from featuredrift.monitor.zoo import ensure_zoo
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     zoo = ensure_zoo(size, progress=False)
     model = AutoModelForCausalLM.from_pretrained(zoo.chat).eval()
@@ -125,9 +127,8 @@ def measure_evaluation(size: str, repeats: int = 3) -> dict[str, float]:
 
 def measure_sae_encode(size: str, tokens: int = 8192, repeats: int = 5) -> dict[str, float]:
     """sparsify's TopK encode vs a dense matmul of the same [tokens, d] × [d, latents] shape."""
-    from featuredrift.monitor.zoo import ensure_zoo
-
     from featuredrift import sae_store
+    from featuredrift.monitor.zoo import ensure_zoo
 
     zoo = ensure_zoo(size, progress=False)
     sae = sae_store.load_sae(str(zoo.sae), hookpoint=zoo.hookpoint)
@@ -139,11 +140,18 @@ def measure_sae_encode(size: str, tokens: int = 8192, repeats: int = 5) -> dict[
     return {"sae_encode_s": encode, "dense_matmul_s": matmul, "encode_over_matmul": encode / matmul}
 
 
-def run_benchmark(size: str = "tiny", steps: int = 200, eval_every: int = 50, repeats: int = 2) -> dict[str, dict]:
+def run_benchmark(
+    size: str = "tiny", steps: int = 200, eval_every: int = 50, repeats: int = 2, progress=lambda message: None
+) -> dict[str, dict]:
     """Alternate runs without and with the callback and keep each one's fastest, so a busy
-    machine inflates neither side; the time spent inside the callback is the steadier measure."""
-    runs = [(_train_in_subprocess(size, steps, False, eval_every), _train_in_subprocess(size, steps, True, eval_every))
-            for _ in range(repeats)]
+    machine inflates neither side; the time spent inside the callback is the steadier measure.
+    `progress(message)` is told what runs next."""
+    runs = []
+    for attempt in range(1, repeats + 1):
+        progress(f"training {steps} steps without the callback ({attempt}/{repeats})")
+        bare_run = _train_in_subprocess(size, steps, False, eval_every)
+        progress(f"training {steps} steps with the callback ({attempt}/{repeats})")
+        runs.append((bare_run, _train_in_subprocess(size, steps, True, eval_every)))
     bare = min((r[0] for r in runs), key=lambda r: r.seconds)
     monitored = min((r[1] for r in runs), key=lambda r: r.seconds)
     training = {
@@ -161,7 +169,23 @@ def run_benchmark(size: str = "tiny", steps: int = 200, eval_every: int = 50, re
     }
     if torch.cuda.is_available():
         training["peak_cuda_ratio"] = monitored.peak_cuda_mb / max(bare.peak_cuda_mb, 1e-9)
-    return {"training": training, "evaluation": measure_evaluation(size), "sae_encode": measure_sae_encode(size)}
+    progress("one evaluation against the bare probe forward")
+    evaluation = measure_evaluation(size)
+    progress("SAE encode against a dense matmul")
+    return {"training": training, "evaluation": evaluation, "sae_encode": measure_sae_encode(size)}
+
+
+# Performance targets: (results section, key, bound); a measurement meets its target when ≤ bound.
+TARGETS = {
+    "overhead_ratio": ("training", 0.03),
+    "callback_share": ("training", 0.03),
+    "evaluation_over_forward": ("evaluation", 1.3),
+}
+
+
+def target_verdicts(results: dict[str, dict]) -> dict[str, bool]:
+    """For each target, whether the measurement meets it."""
+    return {key: results[section][key] <= bound for key, (section, bound) in TARGETS.items()}
 
 
 def print_benchmark(results: dict[str, dict], console=None) -> None:
@@ -170,21 +194,28 @@ def print_benchmark(results: dict[str, dict], console=None) -> None:
 
     console = console or Console()
     t, e, s = results["training"], results["evaluation"], results["sae_encode"]
+    verdicts = target_verdicts(results)
+
+    def verdict(key: str, target: str) -> str:
+        return f"{target}  [green]met[/]" if verdicts[key] else f"{target}  [red]missed[/]"
+
     table = Table(title="featuredrift bench")
     table.add_column("measurement")
     table.add_column("value", justify="right")
     table.add_column("target", justify="right")
     table.add_row(
         f"training overhead ({t['steps']} steps, eval every {t['eval_every']}, {t['evaluations']} evaluations)",
-        f"{t['overhead_ratio']:+.1%}  ({t['with_callback_s']:.1f}s vs {t['without_callback_s']:.1f}s)", "≤ +3%",
+        f"{t['overhead_ratio']:+.1%}  ({t['with_callback_s']:.1f}s vs {t['without_callback_s']:.1f}s)",
+        verdict("overhead_ratio", "≤ +3%"),
     )
     table.add_row(
         "time inside the callback / training without it",
-        f"{t['callback_share']:.1%}  ({t['callback_s']:.2f}s)", "≤ 3%",
+        f"{t['callback_share']:.1%}  ({t['callback_s']:.2f}s)", verdict("callback_share", "≤ 3%"),
     )
     table.add_row(
         "evaluation / bare probe forward",
-        f"{e['evaluation_over_forward']:.2f}×  ({e['evaluation_s'] * 1e3:.0f} ms vs {e['bare_forward_s'] * 1e3:.0f} ms)", "≤ 1.3×",
+        f"{e['evaluation_over_forward']:.2f}×  ({e['evaluation_s'] * 1e3:.0f} ms vs {e['bare_forward_s'] * 1e3:.0f} ms)",
+        verdict("evaluation_over_forward", "≤ 1.3×"),
     )
     table.add_row(
         "metric pass alone / bare probe forward",

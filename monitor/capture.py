@@ -16,9 +16,10 @@ from collections.abc import Iterator, Sequence
 from typing import Literal, NamedTuple
 
 import torch
+from torch import Tensor, nn
+
 from featuredrift.monitor.hookpoints import resolve_hookpoint, unwrap_model
 from featuredrift.monitor.prompts import PromptFormat, format_prompts
-from torch import Tensor, nn
 
 PaddingSide = Literal["right", "left"]
 

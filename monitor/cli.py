@@ -4,9 +4,11 @@ inside their commands so that `featuredrift --help` stays instant."""
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 
 import typer
+
 from featuredrift.alerts.cli import app as alerts_app
 from featuredrift.monitor.grafana.cli import app as grafana_app
 from featuredrift.monitor.replicate.cli import replicate as replicate_command
@@ -30,10 +32,39 @@ app.command("report")(report_command)
 app.command("replicate")(replicate_command)
 
 
+class Scenario(str, Enum):
+    align = "align"
+    erosion = "erosion"
+
+
+class ZooSize(str, Enum):
+    nano = "nano"
+    tiny = "tiny"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from featuredrift import __version__
+
+        typer.echo(f"featuredrift {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Monitor how fine-tuning makes a model's sparse-autoencoder features drift."""
+
+
 @app.command()
 def demo(
-    scenario: str = typer.Option("align", help="align: base → chat, refusal features emerge; erosion: chat → harmful-compliant SFT, they fade."),
-    size: str = typer.Option("tiny", help="Zoo size: nano (fast) or tiny."),
+    scenario: Scenario = typer.Option(
+        Scenario.align, help="align: base → chat, refusal features emerge; erosion: chat → harmful-compliant SFT, they fade."
+    ),
+    size: ZooSize = typer.Option(ZooSize.tiny, help="Zoo size: nano (fast) or tiny."),
     steps: int = typer.Option(0, help="Training steps (0 = the zoo's SFT recipe)."),
     eval_every: int = typer.Option(0, help="Steps between drift evaluations (0 = about 8 per run)."),
     lora: bool = typer.Option(False, help="Fine-tune LoRA adapters; the reference is the model with adapters disabled."),
@@ -48,8 +79,8 @@ def demo(
     from featuredrift.monitor.demo import run_demo
 
     run_demo(
-        scenario,
-        size,
+        scenario.value,
+        size.value,
         out=out,
         max_steps=steps or None,
         eval_every=eval_every or None,
@@ -64,7 +95,7 @@ def demo(
 
 @app.command()
 def bench(
-    size: str = typer.Option("tiny", help="Zoo size to measure on."),
+    size: ZooSize = typer.Option(ZooSize.tiny, help="Zoo size to measure on."),
     steps: int = typer.Option(200, help="Training steps per run."),
     eval_every: int = typer.Option(50, help="Evaluation cadence (the callback's default is 50)."),
     repeats: int = typer.Option(2, help="Training runs per side (the fastest counts)."),
@@ -73,9 +104,13 @@ def bench(
     """Measure the monitor's overhead on the zoo and print ratios against the targets."""
     import json
 
+    from rich.console import Console
+
     from featuredrift.monitor.bench import print_benchmark, run_benchmark
 
-    results = run_benchmark(size, steps, eval_every, repeats)
+    console = Console(stderr=True)
+    with console.status("benchmark") as status:
+        results = run_benchmark(size.value, steps, eval_every, repeats, progress=lambda message: status.update(message))
     print_benchmark(results)
     if json_out:
         json_out.write_text(json.dumps(results, indent=2))
@@ -86,7 +121,9 @@ def watch(
     folder: Path = typer.Argument(..., help="A Trainer output folder with checkpoint-<step> directories."),
     sae: str = typer.Option(..., envvar="FEATUREDRIFT_SAE", help="SAE source of the base model (dir, Hub id, zoo:<size>)."),
     probes: str = typer.Option("default", envvar="FEATUREDRIFT_PROBES", help="Probe set: 'default', a directory or zoo:<size>."),
-    reference: str = typer.Option(None, help="The model training started from (needed for full-weight checkpoints)."),
+    reference: str = typer.Option(
+        None, help="The model training started from (required for full-weight checkpoints; LoRA adapters name their base)."
+    ),
     hookpoint: list[str] = typer.Option(None, help="Hookpoints (layers.N); default every SAE in the source."),
     db: str = typer.Option(None, envvar="FEATUREDRIFT_STORE_URL", help="Run store URL."),
     pushgateway: str = typer.Option(None, envvar="FEATUREDRIFT_PUSHGATEWAY_URL", help="Pushgateway URL."),
@@ -96,19 +133,31 @@ def watch(
 ) -> None:
     """Watch a training job from outside through its checkpoint folder."""
     from featuredrift.monitor.config import MonitorConfig
+    from featuredrift.monitor.drift_monitor import MonitorError
     from featuredrift.monitor.watch import watch as watch_folder
 
     settings = {"sae": sae, "probes": probes, "hookpoints": hookpoint or None, "run_name": run_name, "pushgateway_url": pushgateway}
     if db:
         settings["store_url"] = db
-    watch_folder(
-        folder, MonitorConfig(**settings), reference=reference, interval_s=interval, once=once,
-        on_report=lambda r: typer.echo(f"step {r.step}: evaluated in {r.timings.get('total', 0):.2f}s"),
-    )
+    try:
+        watch_folder(
+            folder, MonitorConfig(**settings), reference=reference, interval_s=interval, once=once,
+            on_report=lambda r: typer.echo(f"step {r.step}: evaluated in {r.timings.get('total', 0):.2f}s"),
+            on_warning=lambda message: typer.secho(f"warning: {message}", fg=typer.colors.YELLOW, err=True),
+        )
+    except MonitorError as error:
+        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from error
 
 
 def main() -> None:
-    app()
+    from featuredrift.monitor.extras import MissingExtraError
+
+    try:
+        app()
+    except MissingExtraError as error:
+        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

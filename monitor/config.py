@@ -1,26 +1,67 @@
 """The one configuration object shared by the callback, the CLI and the checkpoint watcher.
 
 Constructor arguments win; any field not given falls back to a `FEATUREDRIFT_<FIELD>`
-environment variable (lists as comma-separated values), then to the default here.
+environment variable (pydantic-settings; lists as comma-separated values or JSON), then to the
+default here.
 """
 
 from __future__ import annotations
 
-import os
-from typing import Any
+import json
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from featuredrift.monitor.store.engine import DEFAULT_URL
 
 ENV_PREFIX = "FEATUREDRIFT_"
 
 
-class MonitorConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+def _split_list(value: Any) -> Any:
+    """`"a,b"` or `'["a", "b"]'` (an environment variable) → a list; lists pass through."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
+
+
+class MonitorConfig(BaseSettings):
+    """What to measure, when, and where the results go: one object for the callback, the CLI
+    and the checkpoint watcher.
+
+    Args:
+        sae: Where the frozen SAE of the base model lives: a sparsify directory, a Hub id, or
+            `zoo:<size>` for the embedded zoo. Required: there is no sensible default for a
+            real model.
+        hookpoints: sparsify hookpoints (`layers.N`, the output of decoder block N); None reads
+            every SAE in the source.
+        probes: The fixed probe set: `"default"` (shipped with featuredrift), a directory of
+            JSONL/CSV files, or `zoo:<size>`.
+        probe_split: Which split of the probe set is evaluated (`"heldout"` by default, `"all"`
+            for every row).
+        reference: `"auto"`, `"initial"`, `"adapters-disabled"` or a model path.
+        eval_every: Steps between evaluations (None: the Trainer's eval_steps, else 50).
+        store_url: SQLAlchemy URL of the run store.
+        pushgateway_url: Push metrics to this Pushgateway instead of serving /metrics.
+        stop_on_alert: Stop training when a critical alert fires.
+
+    Every field can also be set as `FEATUREDRIFT_<FIELD>` in the environment.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="forbid", validate_assignment=True, validate_default=True
+    )
 
     # What to measure
-    sae: str = Field("zoo:tiny", description="SAE source: a sparsify directory, a Hub id or zoo:<size>.")
-    hookpoints: list[str] | None = Field(None, description="sparsify hookpoints (layers.N); None = every SAE in the source.")
-    probes: str = Field("zoo:tiny", description="Probe set: a directory of JSONL files, 'default' or zoo:<size>.")
+    sae: str | None = Field(None, description="SAE source: a sparsify directory, a Hub id or zoo:<size> (required to monitor).")
+    hookpoints: Annotated[list[str] | None, NoDecode] = Field(
+        None, description="sparsify hookpoints (layers.N); None = every SAE in the source."
+    )
+    probes: str = Field("default", description="Probe set: 'default', a directory of JSONL/CSV files, or zoo:<size>.")
+    probe_split: str = Field("heldout", min_length=1, description="Split of the probe set to evaluate ('all' = every row).")
     reference: str = Field(
         "auto",
         description="'initial' (model at train begin, cached), 'adapters-disabled' (PEFT), "
@@ -33,7 +74,7 @@ class MonitorConfig(BaseModel):
     kl_max_positions: int = Field(512, ge=0, description="Probe positions whose reference log-probs are cached for KL (0 = all).")
     divergence_threshold: float = Field(0.9, gt=-1.0, lt=1.0, description="τ: token pairs with cos < τ are divergent.")
     refusal_k: int = Field(32, ge=1, description="Headline number of refusal features (clipped to the SAE's latents).")
-    reconstruction_ks: list[int] = Field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])
+    reconstruction_ks: Annotated[list[int], NoDecode] = Field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])
     top_n_features: int = Field(20, ge=0, description="Most drifted features kept per evaluation.")
 
     # When to measure
@@ -49,7 +90,7 @@ class MonitorConfig(BaseModel):
 
     # Where results go
     run_name: str | None = None
-    store_url: str = Field("sqlite:///featuredrift.db", description="SQLAlchemy URL of the run store.")
+    store_url: str = Field(DEFAULT_URL, description="SQLAlchemy URL of the run store.")
     pushgateway_url: str | None = None
     metrics_port: int | None = Field(
         None, description="Serve /metrics on this port (default 9464 when no Pushgateway; 0 = any free port; -1 = none)."
@@ -66,17 +107,10 @@ class MonitorConfig(BaseModel):
 
     device: str | None = None
 
-    @model_validator(mode="before")
+    @field_validator("hookpoints", "reconstruction_ks", mode="before")
     @classmethod
-    def _fill_from_environment(cls, data: Any) -> Any:
-        data = dict(data or {})
-        for name, info in cls.model_fields.items():
-            env = os.environ.get(ENV_PREFIX + name.upper())
-            if name in data or env is None:
-                continue
-            annotation = str(info.annotation)
-            data[name] = [v.strip() for v in env.split(",") if v.strip()] if "list" in annotation else env
-        return data
+    def _lists_from_text(cls, value: Any) -> Any:
+        return _split_list(value)
 
     @field_validator("hookpoints")
     @classmethod

@@ -13,11 +13,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from featuredrift.monitor.config import MonitorConfig
-from featuredrift.monitor.report import EvaluationReport
 from rich.console import Console
 from rich.table import Table
 from transformers import TrainerCallback
+
+from featuredrift.monitor.config import MonitorConfig
+from featuredrift.monitor.report import EvaluationReport
 
 SCENARIOS = ("align", "erosion")
 
@@ -114,11 +115,12 @@ def run_demo(
     **config_overrides,
 ) -> DemoResult:
     """Build or reuse the zoo, fine-tune with the callback attached, and summarise."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     from featuredrift.callbacks.feature_drift import FeatureDriftCallback
     from featuredrift.monitor.finetune import make_sft_trainer, read_conversations
     from featuredrift.monitor.zoo import ensure_zoo
     from featuredrift.monitor.zoo.config import get_zoo_config
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if scenario not in SCENARIOS:
         raise ValueError(f"scenario: expected one of {SCENARIOS}, found {scenario!r}")

@@ -20,6 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch import Tensor, nn
+
+from featuredrift import sae_store
 from featuredrift.monitor import kl as kl_metrics
 from featuredrift.monitor import metrics, refusal
 from featuredrift.monitor.capture import (
@@ -41,9 +44,6 @@ from featuredrift.monitor.report import (
     Reconstruction,
     RefusalFeatures,
 )
-from torch import Tensor, nn
-
-from featuredrift import sae_store
 
 TEXT_SUBSETS = ("base", "chat")
 PROMPT_SUBSETS = ("harmful", "harmless")
@@ -100,10 +100,24 @@ class _State:
 
 
 class DriftMonitor:
-    """Evaluate feature drift of a model under fine-tuning against a cached reference."""
+    """Evaluate feature drift of a model under fine-tuning against a cached reference.
+
+    `start(model, tokenizer)` validates the SAE, hookpoints and probes and caches the reference
+    readings; `evaluate(model, step)` returns an `EvaluationReport`. No I/O happens here.
+
+    Args:
+        config: The monitor's settings (`MonitorConfig`); `sae` is required unless `saes` is given.
+        probes: A `ProbeSet` to use instead of loading `config.probes`.
+        saes: Already-loaded SAEs by hookpoint, instead of loading `config.sae`.
+    """
 
     def __init__(self, config: MonitorConfig | None = None, *, probes: ProbeSet | None = None, saes=None):
         self.config = config or MonitorConfig()
+        if self.config.sae is None and saes is None:
+            raise MonitorError(
+                "sae: expected the base model's SAE (a sparsify or SAELens directory, a Hub id, or zoo:<size>), "
+                "found none: pass MonitorConfig(sae=...) or set FEATUREDRIFT_SAE"
+            )
         self._probes = probes
         self._preloaded_saes = saes
         self._state: _State | None = None
@@ -143,7 +157,7 @@ class DriftMonitor:
         state = _State()
         device = _model_device(model)
         state.saes = self._load_saes(model, device)
-        probes = self._probes or load_probe_set(cfg.probes)
+        probes = self._probes or load_probe_set(cfg.probes, split=cfg.probe_split)
         if cfg.max_probes:
             probes = probes.limit(cfg.max_probes)
         _check_probes(probes)
@@ -291,7 +305,7 @@ class DriftMonitor:
         layers = {h: self._layer_report(h, sae, reading) for h, sae in state.saes.items()}
         timings["metrics"] = time.perf_counter() - t
 
-        report = EvaluationReport(step=int(step), timestamp=time.time(), layers=layers, epoch=epoch)
+        report = EvaluationReport(step=int(step), timestamp=time.time(), layers=layers, epoch=epoch, final=final)
         if do_kl:
             t = time.perf_counter()
             summary = kl_metrics.kl_summary(state.reference.kl_logprobs, reading.kl_logprobs, log_probs=True)

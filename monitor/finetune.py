@@ -7,6 +7,7 @@ chat model and the demo's monitored runs are trained the same way.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,9 @@ def make_sft_trainer(
     CPU-friendly and silent by default (no bf16, no gradient checkpointing, no checkpoints, no
     external loggers, cosine schedule with 5% warmup); `overrides` go to `SFTConfig`.
     """
+    from featuredrift.monitor.extras import require_extra
+
+    require_extra("demo", "fine-tuning with TRL's SFTTrainer")
     from datasets import Dataset
     from transformers import set_seed
     from transformers.trainer_callback import PrinterCallback
@@ -73,7 +77,6 @@ def make_sft_trainer(
         max_length=max_length,
         assistant_only_loss=assistant_only,
         packing=False,
-        gradient_checkpointing=False,
         bf16=False,
         dataset_num_proc=None,
         lr_scheduler_type="cosine",
@@ -90,6 +93,9 @@ def make_sft_trainer(
         disable_tqdm=True,
         dataloader_num_workers=0,
     )
+    # TRL turns activation (gradient) checkpointing on by default; transformers 5 renamed it.
+    names = {f.name for f in dataclasses.fields(SFTConfig)}
+    settings["activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"] = False
     args = SFTConfig(**{**settings, **overrides})
     peft_config = None
     if lora:

@@ -16,6 +16,8 @@ from contextlib import AbstractContextManager
 from typing import NamedTuple
 
 import torch
+from torch import Tensor, nn
+
 from featuredrift.monitor.hookpoints import (
     decoder_layers,
     hidden_size,
@@ -24,7 +26,6 @@ from featuredrift.monitor.hookpoints import (
 )
 from featuredrift.monitor.metrics import MetricInputError, check_tensor
 from featuredrift.monitor.prompts import PromptFormat, format_prompts
-from torch import Tensor, nn
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 

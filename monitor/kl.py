@@ -19,10 +19,11 @@ from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor, nn
+
 from featuredrift.monitor.hookpoints import resolve_hookpoint
 from featuredrift.monitor.interventions import map_hidden_states
 from featuredrift.monitor.metrics import EmptySetError, MetricInputError, check_tensor, row_chunks
-from torch import Tensor, nn
 
 KL_CHUNK_ROWS = 1024
 

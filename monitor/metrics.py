@@ -20,10 +20,10 @@ from collections.abc import Iterator, Mapping
 from typing import Literal, NamedTuple
 
 import torch
+from torch import Tensor
 
 # One row of the per-evaluation drift table: the report's own type, so no conversion is needed.
 from featuredrift.monitor.report import FeatureDrift as DriftedFeature
-from torch import Tensor
 
 DEFAULT_CHUNK_ROWS = 65_536
 DIVERGENCE_THRESHOLD = 0.9

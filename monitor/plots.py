@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from featuredrift.monitor.store.run_store import RunStore
     from matplotlib.figure import Figure
+
+    from featuredrift.monitor.store.run_store import RunStore
 
 PREFIX = "featuredrift_"
 TOP_DRIFTED = 8
@@ -204,6 +205,9 @@ def render_html(store: RunStore, run: str, plots: list[Plot]) -> str:
 
 def write_run_report(store: RunStore, run: str, out_dir: str | Path) -> ReportFiles:
     """Write every plot of `run` as PNG into `out_dir` and `index.html` embedding them all."""
+    from featuredrift.monitor.extras import require_extra
+
+    require_extra("report", "featuredrift report (plots)")
     import matplotlib
 
     matplotlib.use("Agg", force=False)

@@ -2,13 +2,15 @@
 
 A probe set holds harmful and harmless instructions (for the refusal direction and features),
 base-like text and chat-like conversations (for FVU, drift and KL). Sources: `"default"` (the
-project-written set shipped in `monitor/data/probes/`), a directory with the same four files,
-or `"zoo:<size>"`. Single instruction lists load from JSONL, CSV, plain text or a Hugging Face
-dataset (`hf:NAME:SPLIT:COLUMN`, only fetched when asked for).
+project-written set shipped in `monitor/data/probes/`), a directory with the same files, one
+CSV file with a `subset` column, or `"zoo:<size>"`. Single instruction lists load from JSONL,
+CSV, plain text or a Hugging Face dataset (`hf:NAME:SPLIT:COLUMN`, only fetched when asked for).
 
-Files: `harmful.jsonl` / `harmless.jsonl` (rows `{"instruction", "category", "split"}`; both
-required), `base_text.jsonl` (`{"text"}`) and `chat_text.jsonl` (`{"messages": [...]}`; both
-optional). A row without `"split"` belongs to every split.
+Directory files, each `.jsonl` or `.csv` (same columns): `harmful` / `harmless` (rows
+`{"instruction", "category", "split"}`; both required), `base_text` (`{"text"}`, optional) and
+`chat_text.jsonl` (`{"messages": [...]}`, optional). A row without `split` belongs to every
+split. A single CSV file holds rows `subset,instruction[,split]` with subset one of harmful,
+harmless, base_text (the text column may also be called `text`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ ZOO_PREFIX = "zoo:"
 HF_PREFIX = "hf:"
 INSTRUCTION_FILES = ("harmful.jsonl", "harmless.jsonl")
 TEXT_FILES = ("base_text.jsonl", "chat_text.jsonl")
+TABLE_SUFFIXES = (".jsonl", ".csv")
+CSV_SUBSETS = ("harmful", "harmless", "base_text")
 ALL_SPLITS = "all"
 CHAT_ROLES = ("system", "user", "assistant")
 
@@ -78,7 +82,10 @@ def _select_split(items: list[str], labels: list[str | None], name: str, where: 
     kept = [(item, label) for item, label in zip(items, labels, strict=True) if label is None or label == name]
     if not kept:
         found = sorted({label for label in labels if label is not None})
-        raise ProbeError(f"{where}: expected instructions in split {name!r}, found splits {found}")
+        raise ProbeError(
+            f"{where}: expected instructions in split {name!r}, found splits {found} "
+            f"(choose one with probe_split= / FEATUREDRIFT_PROBE_SPLIT, or 'all')"
+        )
     return [item for item, _ in kept], [label for _, label in kept]
 
 
@@ -103,6 +110,22 @@ def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
     return rows
 
 
+def _read_csv_rows(path: Path) -> list[tuple[int, dict]]:
+    if not path.is_file():
+        raise ProbeError(f"{path}: missing probe file")
+    with open(path, encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle)
+        if not reader.fieldnames:
+            raise ProbeError(f"{path}:1: expected a CSV header row, found an empty file")
+        rows = [(reader.line_num, {k: v for k, v in row.items() if k is not None and v not in (None, "")}) for row in reader]
+    return rows
+
+
+def _read_rows(path: Path) -> list[tuple[int, dict]]:
+    """(line number, row) of a JSONL or CSV file; empty CSV cells count as absent."""
+    return _read_csv_rows(path) if path.suffix.lower() == ".csv" else _read_jsonl(path)
+
+
 def _string_field(row: dict, field_name: str, where: str) -> str:
     value = row.get(field_name)
     if not isinstance(value, str) or not value.strip():
@@ -117,9 +140,9 @@ def _require_rows(rows: list, path: Path | str, what: str) -> None:
 
 
 def read_instruction_file(path: Path | str, field_name: str = "instruction") -> tuple[list[str], list[str | None]]:
-    """Instructions and their split labels from a JSONL file."""
+    """Instructions and their split labels from a JSONL or CSV file."""
     path = Path(path)
-    rows = _read_jsonl(path)
+    rows = _read_rows(path)
     _require_rows(rows, path, f"one JSON object per line with field {field_name!r}")
     instructions, splits = [], []
     for number, row in rows:
@@ -133,7 +156,7 @@ def read_instruction_file(path: Path | str, field_name: str = "instruction") -> 
 
 def read_text_file(path: Path | str) -> list[str]:
     path = Path(path)
-    rows = _read_jsonl(path)
+    rows = _read_rows(path)
     _require_rows(rows, path, "one JSON object per line with field 'text'")
     return [_string_field(row, "text", f"{path}:{number}") for number, row in rows]
 
@@ -182,6 +205,9 @@ def _read_hf(spec: str) -> list[str]:
     if len(parts) != 3 or not all(parts):
         raise ProbeError(f"{spec}: expected 'hf:NAME:SPLIT:COLUMN', found {len(parts)} part(s)")
     name, split, column = parts
+    from featuredrift.monitor.extras import require_extra
+
+    require_extra("replicate", f"reading {spec}", modules=("datasets",))
     try:
         from datasets import load_dataset
 
@@ -221,21 +247,33 @@ def default_probe_dir() -> Path:
     return Path(str(resources.files("featuredrift.monitor.data.probes")))
 
 
+def _find_table(directory: Path, stem: str) -> Path | None:
+    """`<stem>.jsonl` or `<stem>.csv` in a probe directory (both present is ambiguous)."""
+    found = [directory / f"{stem}{suffix}" for suffix in TABLE_SUFFIXES if (directory / f"{stem}{suffix}").is_file()]
+    if len(found) > 1:
+        raise ProbeError(f"{directory}: expected one of {stem}.jsonl or {stem}.csv, found both")
+    return found[0] if found else None
+
+
 def read_probe_dir(directory: Path | str, source: str | None = None) -> ProbeSet:
-    """All four files of a probe directory, every split."""
+    """All files of a probe directory (JSONL or CSV), every split."""
     directory = Path(directory)
     if not directory.is_dir():
-        raise ProbeError(f"{directory}: expected a probe directory holding {', '.join(INSTRUCTION_FILES + TEXT_FILES)}")
-    for name in INSTRUCTION_FILES:
-        if not (directory / name).is_file():
-            raise ProbeError(f"{directory / name}: missing probe file: expected {' and '.join(INSTRUCTION_FILES)}")
-    harmful, harmful_splits = read_instruction_file(directory / "harmful.jsonl")
-    harmless, harmless_splits = read_instruction_file(directory / "harmless.jsonl")
-    base_file, chat_file = (directory / name for name in TEXT_FILES)
+        raise ProbeError(
+            f"{directory}: expected a probe directory holding harmful and harmless (.jsonl or .csv), "
+            "base_text and chat_text.jsonl, or a probe CSV file"
+        )
+    tables = {stem: _find_table(directory, stem) for stem in ("harmful", "harmless", "base_text")}
+    for stem in ("harmful", "harmless"):
+        if tables[stem] is None:
+            raise ProbeError(f"{directory / (stem + '.jsonl')}: missing probe file: expected harmful and harmless (.jsonl or .csv)")
+    harmful, harmful_splits = read_instruction_file(tables["harmful"])
+    harmless, harmless_splits = read_instruction_file(tables["harmless"])
+    chat_file = directory / "chat_text.jsonl"
     return ProbeSet(
         harmful=harmful,
         harmless=harmless,
-        base_text=read_text_file(base_file) if base_file.is_file() else [],
+        base_text=read_text_file(tables["base_text"]) if tables["base_text"] else [],
         chat_text=read_conversation_file(chat_file) if chat_file.is_file() else [],
         source=source or str(directory),
         harmful_splits=harmful_splits,
@@ -243,14 +281,44 @@ def read_probe_dir(directory: Path | str, source: str | None = None) -> ProbeSet
     )
 
 
+def read_probe_csv(path: Path | str) -> ProbeSet:
+    """One CSV file: rows `subset,instruction[,split]` (or a `text` column), subset one of
+    harmful, harmless, base_text."""
+    path = Path(path)
+    collected: dict[str, list[tuple[str, str | None]]] = {name: [] for name in CSV_SUBSETS}
+    rows = _read_csv_rows(path)
+    _require_rows(rows, path, "CSV rows with columns subset and instruction (or text)")
+    for number, row in rows:
+        where = f"{path}:{number}"
+        subset = row.get("subset")
+        if subset not in collected:
+            raise ProbeError(f"{where}: expected column 'subset' to be one of {CSV_SUBSETS}, found {subset!r}")
+        column = "instruction" if "instruction" in row else "text"
+        collected[subset].append((_string_field(row, column, where), row.get("split")))
+    for subset in ("harmful", "harmless"):
+        _require_rows(collected[subset], path, f"rows with subset={subset}")
+    return ProbeSet(
+        harmful=[text for text, _ in collected["harmful"]],
+        harmless=[text for text, _ in collected["harmless"]],
+        base_text=[text for text, _ in collected["base_text"]],
+        chat_text=[],
+        source=str(path),
+        harmful_splits=[split for _, split in collected["harmful"]],
+        harmless_splits=[split for _, split in collected["harmless"]],
+    )
+
+
 def load_probe_set(source: str, split: str = "heldout") -> ProbeSet:
-    """`"default"`, `"zoo:<size>"` or a probe directory, restricted to `split` (`"all"`: every row)."""
+    """`"default"`, `"zoo:<size>"`, a probe directory or a probe CSV file, restricted to `split`
+    (`"all"`: every row)."""
     if source == "default":
         probes = read_probe_dir(default_probe_dir(), source="default")
     elif source.startswith(ZOO_PREFIX):
         from featuredrift.monitor.zoo import ensure_zoo
 
         probes = read_probe_dir(ensure_zoo(source[len(ZOO_PREFIX):]).probes, source=source)
+    elif Path(source).suffix.lower() == ".csv" and Path(source).is_file():
+        probes = read_probe_csv(source)
     else:
         probes = read_probe_dir(source)
     return probes.split(split)

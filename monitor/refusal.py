@@ -12,6 +12,9 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+from scipy.optimize import nnls
+from torch import Tensor
+
 from featuredrift.monitor.metrics import (
     EmptySetError,
     MetricInputError,
@@ -20,8 +23,6 @@ from featuredrift.monitor.metrics import (
     check_tensor,
     row_chunks,
 )
-from scipy.optimize import nnls
-from torch import Tensor
 
 Codes = Tensor | tuple[Tensor, Tensor] | SaeCodes
 """Dense SAE codes ``[N, M]``, a top-k pair ``(top_acts, top_indices)`` (each ``[N, k]``), or

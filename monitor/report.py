@@ -115,6 +115,7 @@ class EvaluationReport:
     kl_p95: float | None = None
     epoch: float | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    final: bool = False  # the run's last evaluation (train end, or the watcher's last checkpoint)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -124,13 +125,14 @@ class EvaluationReport:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EvaluationReport:
+        """Inverse of `to_dict`; also reads JSON exports, where an undefined float is null."""
         layers = {}
         for name, layer in data["layers"].items():
-            layer = dict(layer)
+            layer = _null_floats_to_nan(LayerReport, layer)
             rf = layer.get("refusal_features")
-            layer["refusal_features"] = RefusalFeatures(**rf) if rf else None
-            layer["reconstructions"] = [Reconstruction(**r) for r in layer.get("reconstructions", [])]
-            layer["drifted_features"] = [FeatureDrift(**d) for d in layer.get("drifted_features", [])]
+            layer["refusal_features"] = RefusalFeatures(**_null_floats_to_nan(RefusalFeatures, rf)) if rf else None
+            layer["reconstructions"] = [Reconstruction(**_null_floats_to_nan(Reconstruction, r)) for r in layer.get("reconstructions", [])]
+            layer["drifted_features"] = [FeatureDrift(**_null_floats_to_nan(FeatureDrift, d)) for d in layer.get("drifted_features", [])]
             layers[name] = LayerReport(**layer)
         return cls(**{**data, "layers": layers})
 
@@ -178,3 +180,9 @@ class EvaluationReport:
         add("kl_divergence_p95_nats", self.kl_p95)
         add("evaluation_duration_seconds", self.timings.get("total"))
         return out
+
+
+def _null_floats_to_nan(kind: type, data: dict[str, Any]) -> dict[str, Any]:
+    """A copy of `data` where fields that `kind` declares as plain `float` read None as NaN."""
+    floats = {f.name for f in dataclasses.fields(kind) if f.type == "float"}
+    return {k: (math.nan if v is None and k in floats else v) for k, v in data.items()}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+
 from featuredrift.monitor.store.cli import DB_HELP, default_store_url
 
 

@@ -87,14 +87,14 @@ def train(
     data: str = typer.Option(..., "--data", help="Training text: .jsonl (field 'text'), .txt, .csv or hf:NAME:SPLIT:COLUMN."),
     hookpoint: list[str] = typer.Option(..., "--hookpoint", help="layers.N (repeat for several)."),
     out: Path = typer.Option(Path("sae"), "--out", help="Output directory (sparsify layout: OUT/layers.N/)."),
-    num_latents: int | None = typer.Option(None, "--num-latents", help="Latents per SAE [default: 4096]."),
-    k: int | None = typer.Option(None, "--k", help="Active latents per token [default: 32]."),
-    batch_size: int | None = typer.Option(None, "--batch-size", help="Sequences per step [default: 8]."),
+    num_latents: int | None = typer.Option(None, "--num-latents", help="Latents per SAE \\[default: 4096]."),
+    k: int | None = typer.Option(None, "--k", help="Active latents per token \\[default: 32]."),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Sequences per step \\[default: 8]."),
     ctx_len: int = typer.Option(256, "--ctx-len", help="Tokens per sequence."),
     max_tokens: int | None = typer.Option(None, "--max-tokens", help="Stop reading data after this many tokens."),
-    lr: float | None = typer.Option(None, "--lr", help="Learning rate [default: sparsify's, scaled by latents]."),
-    optimizer: str | None = typer.Option(None, "--optimizer", help="adam, signum or muon [default: adam]."),
-    warmup: int | None = typer.Option(None, "--warmup", help="Adam warm-up steps [default: 0]."),
+    lr: float | None = typer.Option(None, "--lr", help="Learning rate \\[default: sparsify's, scaled by latents]."),
+    optimizer: str | None = typer.Option(None, "--optimizer", help="adam, signum or muon \\[default: adam]."),
+    warmup: int | None = typer.Option(None, "--warmup", help="Adam warm-up steps \\[default: 0]."),
     text_field: str = typer.Option("text", "--text-field", help="JSONL/CSV field holding the text."),
     paper_preset: bool = typer.Option(
         False, "--paper-preset", help="Paper hyperparameters (Appx. A.2); options given explicitly still win."
@@ -104,11 +104,10 @@ def train(
     wandb: bool = typer.Option(False, "--wandb/--no-wandb", help="Log to Weights & Biases."),
 ) -> None:
     """Train TopK SAEs on a model's residual stream with sparsify's trainer."""
+    from featuredrift import sae_store  # noqa: F401
     from featuredrift.monitor.probes import ProbeError, load_instructions
     from featuredrift.sae_store.train import PAPER_PRESET, train_sae
     from featuredrift.sae_store.validate import SaeError
-
-    from featuredrift import sae_store  # noqa: F401
 
     options = dict(TRAIN_DEFAULTS)
     if paper_preset:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from featuredrift import sae_store  # noqa: F401  (Triton guard before sparsify loads)
 from featuredrift.monitor.hookpoints import HOOKPOINT_PATTERN
 from featuredrift.sae_store.validate import (
     CFG_FILE,
@@ -22,8 +23,6 @@ from featuredrift.sae_store.validate import (
     check_fits_model,
     validate_sae_dir,
 )
-
-from featuredrift import sae_store  # noqa: F401  (Triton guard before sparsify loads)
 
 ZOO_PREFIX = "zoo:"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -53,7 +52,10 @@ def _download_from_hub(repo_id: str, hookpoints: list[str] | None) -> Path:
 def _zoo_sae(source: str) -> tuple[Path, str]:
     size = source[len(ZOO_PREFIX):]
     from featuredrift.monitor.zoo import ensure_zoo
+    from featuredrift.monitor.zoo.config import ZOO_SIZES
 
+    if size not in ZOO_SIZES:
+        raise SaeError(f"SAE source {source!r}: expected zoo:<size> with size one of {', '.join(ZOO_SIZES)}, found {size!r}")
     paths = ensure_zoo(size)
     return Path(paths.sae), paths.hookpoint
 

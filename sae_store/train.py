@@ -15,9 +15,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from featuredrift.sae_store.validate import CFG_FILE, WEIGHTS_FILE, SaeError
-
 from featuredrift import sae_store  # noqa: F401  (Triton guard before sparsify loads)
+from featuredrift.sae_store.validate import CFG_FILE, WEIGHTS_FILE, SaeError
 
 
 @dataclass(frozen=True)
@@ -106,6 +105,7 @@ def _fvu(sae, activations) -> float:
 def _eval_activations(model, tokenizer, chunks, hookpoints, batch_size):
     """Content-token activations of a few training chunks, for before/after FVU."""
     import torch
+
     from featuredrift.monitor.capture import capture_activations, content_token_mask
 
     ids = torch.tensor(chunks, dtype=torch.long)
@@ -155,6 +155,8 @@ def train_sae(
     the first `eval_sequences` training chunks.
     """
     import torch
+    from sparsify import SparseCoder, SparseCoderConfig, TrainConfig, Trainer
+
     from featuredrift.monitor.hookpoints import (
         hidden_size,
         resolve_hookpoint,
@@ -162,7 +164,6 @@ def train_sae(
         unwrap_model,
     )
     from featuredrift.sae_store.load import load_sae_dir
-    from sparsify import SparseCoder, SparseCoderConfig, TrainConfig, Trainer
 
     hookpoints = list(dict.fromkeys(hookpoints))
     if not hookpoints:

@@ -15,13 +15,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+from reports import make_report
+from servers import alertmanager_factory, prometheus_factory, pushgateway, pushgateway_factory  # noqa: F401
+
 from featuredrift.alerts.definitions import configure
 from featuredrift.alerts.rules import render_rules
 from featuredrift.monitor.exporters.pushgateway import PushgatewayExporter
 from featuredrift.monitor.grafana.spec import DASHBOARDS, dashboard_path, panel_queries
 from featuredrift.monitor.report import EvaluationReport
-from reports import make_report
-from servers import alertmanager_factory, prometheus_factory, pushgateway, pushgateway_factory  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.servers, pytest.mark.slow]

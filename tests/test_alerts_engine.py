@@ -10,11 +10,12 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from reports import make_report as shared_report
+
 from featuredrift.alerts.definitions import DEFAULT_DEFINITIONS, configure
 from featuredrift.alerts.engine import AlertEngine, FiredAlert
 from featuredrift.alerts.templating import render
 from featuredrift.monitor.report import EvaluationReport, MetricSample
-from reports import make_report as shared_report
 
 T0 = 1_700_000_000.0
 

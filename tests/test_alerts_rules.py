@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from typer.testing import CliRunner
+
 from featuredrift.alerts.definitions import DEFAULT_DEFINITIONS
 from featuredrift.alerts.promtool_tests import TESTS_PATH, render_tests
 from featuredrift.alerts.rules import RULES_PATH, render_rules
 from featuredrift.monitor.cli import app
-from typer.testing import CliRunner
 
 ROOT = Path(__file__).resolve().parents[1]
 ALERTMANAGER_CONFIG = ROOT / "alerts" / "alertmanager.yml"
@@ -30,10 +31,10 @@ def run(*command: str) -> subprocess.CompletedProcess:
 def test_committed_rules_match_the_definitions():
     assert RULES_PATH == ROOT / "alerts" / "rules.yml"
     assert RULES_PATH.read_text() == render_rules(DEFAULT_DEFINITIONS), (
-        "alerts/rules.yml is stale: run `featuredrift alerts generate`"
+        "alerts/rules.yml is stale: run `featuredrift alerts generate -o alerts/rules.yml --tests-output alerts/tests/rules_test.yml`"
     )
     assert TESTS_PATH.read_text() == render_tests(DEFAULT_DEFINITIONS), (
-        "alerts/tests/rules_test.yml is stale: run `featuredrift alerts generate`"
+        "alerts/tests/rules_test.yml is stale: run `featuredrift alerts generate -o alerts/rules.yml --tests-output alerts/tests/rules_test.yml`"
     )
 
 
@@ -100,9 +101,21 @@ def test_generate_with_threshold_overrides(tmp_path):
     assert "for" not in rules["RefusalFeaturesFading"]
     assert rules["MonitorStale"]["expr"].endswith("> 300")
     assert "(threshold 0.7)" in rules["RefusalFeaturesFading"]["annotations"]["description"]
-    tests_file = tmp_path / "out" / "tests" / "rules_test.yml"
+    tests_file = tmp_path / "out" / "rules_test.yml"
     check = run("promtool", "test", "rules", str(tests_file))
     assert check.returncode == 0, check.stdout + check.stderr
+    checked = CliRunner().invoke(app, ["alerts", "check", str(out)])
+    assert checked.exit_code == 0, checked.output
+    assert "SUCCESS" in checked.output
+
+
+def test_generate_writes_into_the_current_folder_not_the_package(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    before = RULES_PATH.read_text()
+    result = CliRunner().invoke(app, ["alerts", "generate"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "rules.yml").is_file() and (tmp_path / "rules_test.yml").is_file()
+    assert RULES_PATH.read_text() == before
 
 
 def test_generate_rejects_unknown_alert_names(tmp_path):

@@ -14,15 +14,15 @@ import time
 from pathlib import Path
 
 import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from featuredrift import sae_store
 from featuredrift.callbacks.feature_drift import FeatureDriftCallback
 from featuredrift.monitor.config import MonitorConfig
 from featuredrift.monitor.demo import run_demo
 from featuredrift.monitor.finetune import make_sft_trainer, read_conversations
 from featuredrift.monitor.hookpoints import HookpointError
 from featuredrift.monitor.store.run_store import RunStore
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
-from featuredrift import sae_store
 
 pytestmark = pytest.mark.slow
 SCRIPT = Path(__file__).parent / "scripts" / "monitored_sft.py"

@@ -4,17 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from featuredrift.monitor.capture import (
-    capture_activations,
-    collect_prompt_activations,
-    collect_token_activations,
-    content_token_mask,
-    encode_prompts,
-    last_prompt_positions,
-    pad_token_lists,
-    tokenize_texts,
-)
-from featuredrift.monitor.hookpoints import HookpointError, resolve_hookpoint
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
     Gemma2Config,
@@ -27,6 +16,18 @@ from transformers import (
     Qwen2Config,
     Qwen2ForCausalLM,
 )
+
+from featuredrift.monitor.capture import (
+    capture_activations,
+    collect_prompt_activations,
+    collect_token_activations,
+    content_token_mask,
+    encode_prompts,
+    last_prompt_positions,
+    pad_token_lists,
+    tokenize_texts,
+)
+from featuredrift.monitor.hookpoints import HookpointError, resolve_hookpoint
 
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<|user|>", "<|assistant|>", "<|end|>"]
 CHAT_TEMPLATE = (

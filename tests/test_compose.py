@@ -21,6 +21,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
+
 from featuredrift.monitor.grafana.spec import DASHBOARD_DIR, DATASOURCE
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,13 +11,14 @@ import uuid
 
 import pytest
 import yaml
+from servers import alertmanager_factory, prometheus_factory, pushgateway, pushgateway_factory  # noqa: F401
+from test_alerts_e2e import alertmanager_config_for, receiver, wait_for_notification  # noqa: F401
+
 from featuredrift.alerts.definitions import configure
 from featuredrift.alerts.rules import render_rules
 from featuredrift.monitor.demo import run_demo
 from featuredrift.monitor.grafana.spec import DASHBOARDS, dashboard_path, panel_queries
 from featuredrift.monitor.store.run_store import RunStore
-from servers import alertmanager_factory, prometheus_factory, pushgateway, pushgateway_factory  # noqa: F401
-from test_alerts_e2e import alertmanager_config_for, receiver, wait_for_notification  # noqa: F401
 
 pytestmark = [pytest.mark.servers, pytest.mark.slow]
 # The shipped rules wait minutes before firing; a test cannot, so `for` drops to zero here.

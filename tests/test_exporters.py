@@ -11,6 +11,10 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from servers import free_port
+from test_store import make_report
+
 from featuredrift.monitor.config import MonitorConfig
 from featuredrift.monitor.exporters import (
     MetricsEndpointExporter,
@@ -18,9 +22,6 @@ from featuredrift.monitor.exporters import (
     PushgatewayExporter,
     make_exporter,
 )
-from prometheus_client.parser import text_string_to_metric_families
-from servers import free_port
-from test_store import make_report
 
 GAP = 'featuredrift_refusal_feature_gap{{run="{run}",layer="layers.1",features="reference"}}'
 

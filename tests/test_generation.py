@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from featuredrift.monitor.generation import generate_greedy, left_pad
 from featuredrift.monitor.judges import (
     REFUSAL_SUBSTRINGS,
@@ -88,8 +89,9 @@ def test_harmbench_prompt_format():
 @pytest.fixture(scope="module")
 def tiny_lm(tmp_path_factory):
     """A random-initialised Llama with a real BPE tokenizer (the zoo's), saved like a real model."""
-    from featuredrift.monitor.zoo.tokenizer import train_tokenizer
     from transformers import LlamaConfig, LlamaForCausalLM
+
+    from featuredrift.monitor.zoo.tokenizer import train_tokenizer
 
     texts = [f"How do I plant tomato number {i}?\nSure! Water the roots." for i in range(200)]
     tokenizer = train_tokenizer(texts, vocab_size=300)

@@ -16,6 +16,9 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from reports import make_report
+from typer.testing import CliRunner
+
 from featuredrift.monitor.cli import app
 from featuredrift.monitor.grafana.push import GrafanaPushError, load_dashboards, push_dashboards
 from featuredrift.monitor.grafana.spec import (
@@ -26,8 +29,6 @@ from featuredrift.monitor.grafana.spec import (
     panel_queries,
     render_json,
 )
-from reports import make_report
-from typer.testing import CliRunner
 
 TOKEN = "glsa_featuredrift_test"
 EXPORTER_METRICS = {
@@ -45,7 +46,7 @@ def all_dashboards() -> list[dict]:
 def test_committed_dashboards_match_the_spec():
     for dashboard in DASHBOARDS:
         assert dashboard_path(dashboard).read_text() == render_json(dashboard), (
-            f"{dashboard_path(dashboard)} is stale: run `featuredrift grafana generate`"
+            f"{dashboard_path(dashboard)} is stale: run `featuredrift grafana generate -o monitor/grafana/dashboards`"
         )
     assert sorted(p.name for p in DASHBOARD_DIR.glob("*.json")) == sorted(
         dashboard_path(d).name for d in DASHBOARDS

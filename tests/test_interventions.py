@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from transformers import Gemma2Config, Gemma2ForCausalLM, LlamaConfig, LlamaForCausalLM
+
 from featuredrift.monitor.hookpoints import decoder_layers, residual_writers, resolve_hookpoint
 from featuredrift.monitor.interventions import (
     activation_addition,
@@ -11,7 +13,6 @@ from featuredrift.monitor.interventions import (
     map_hidden_states,
 )
 from featuredrift.monitor.metrics import MetricInputError
-from transformers import Gemma2Config, Gemma2ForCausalLM, LlamaConfig, LlamaForCausalLM
 
 HIDDEN = 32
 
@@ -221,12 +222,12 @@ def test_addition_during_cached_generation_and_bad_input():
 def zoo_refusal(zoo_nano):
     """The zoo chat model, its true refusal direction (difference in means at the SAE
     hookpoint, chat template) fitted on one half of the probes, and the other half to score."""
-    from featuredrift.monitor import metrics, refusal
-    from featuredrift.monitor.capture import collect_prompt_activations
-    from featuredrift.monitor.probes import read_probe_dir
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from featuredrift import sae_store
+    from featuredrift.monitor import metrics, refusal
+    from featuredrift.monitor.capture import collect_prompt_activations
+    from featuredrift.monitor.probes import read_probe_dir
 
     tokenizer = AutoTokenizer.from_pretrained(zoo_nano.chat)
     chat = AutoModelForCausalLM.from_pretrained(zoo_nano.chat).eval()

@@ -6,11 +6,12 @@ import math
 
 import pytest
 import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
 from featuredrift.monitor import kl
 from featuredrift.monitor.hookpoints import resolve_hookpoint
 from featuredrift.monitor.interventions import activation_addition
 from featuredrift.monitor.metrics import EmptySetError, MetricInputError
-from transformers import LlamaConfig, LlamaForCausalLM
 
 HIDDEN = 32
 

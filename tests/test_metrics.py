@@ -6,10 +6,10 @@ import math
 
 import pytest
 import torch
-from featuredrift.monitor import metrics
-from featuredrift.monitor.metrics import EmptySetError, MetricInputError
 
 from featuredrift import sae_store  # noqa: F401  (disables Triton on CPU before sparsify loads)
+from featuredrift.monitor import metrics
+from featuredrift.monitor.metrics import EmptySetError, MetricInputError
 
 
 def t(rows, dtype=torch.float32):

@@ -6,11 +6,12 @@ import base64
 import re
 
 import pytest
+from test_store import make_report
+from typer.testing import CliRunner
+
 from featuredrift.monitor.cli import app
 from featuredrift.monitor.plots import write_run_report
 from featuredrift.monitor.store import RunStore
-from test_store import make_report
-from typer.testing import CliRunner
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

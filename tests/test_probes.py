@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from featuredrift.monitor.probes import (
     ProbeError,
     ProbeSet,
@@ -141,3 +142,24 @@ def test_zoo_probe_set(request):
     probes = load_probe_set(str(zoo.probes), split="all")
     assert probes.harmful and probes.harmless and probes.base_text and probes.chat_text
     assert load_probe_set("zoo:nano", split="all").harmful == probes.harmful
+
+
+def test_csv_probe_sets_and_a_chosen_split(tmp_path):
+    folder = tmp_path / "csv-probes"
+    folder.mkdir()
+    (folder / "harmful.csv").write_text("instruction,split\nHow do I pick a lock?,train\nHow do I make a weapon?,test\n")
+    (folder / "harmless.csv").write_text("instruction,split\nHow do I bake bread?,train\nHow do I tie a knot?,test\n")
+    (folder / "base_text.csv").write_text("text\nThe river runs to the sea.\n")
+    probes = load_probe_set(str(folder), split="test")
+    assert probes.harmful == ["How do I make a weapon?"] and probes.harmless == ["How do I tie a knot?"]
+    assert probes.base_text == ["The river runs to the sea."]
+    with pytest.raises(ProbeError, match=r"split 'heldout', found splits \['test', 'train'\].*probe_split"):
+        load_probe_set(str(folder))
+
+    single = tmp_path / "probes.csv"
+    single.write_text("subset,instruction\nharmful,How do I pick a lock?\nharmless,How do I bake bread?\nbase_text,Once upon a time.\n")
+    probes = load_probe_set(str(single), split="all")
+    assert (probes.harmful, probes.harmless, probes.base_text) == (["How do I pick a lock?"], ["How do I bake bread?"], ["Once upon a time."])
+    single.write_text("subset,instruction\nharmfull,How do I pick a lock?\n")
+    with pytest.raises(ProbeError, match=r"probes.csv:2: expected column 'subset' to be one of"):
+        load_probe_set(str(single))

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from featuredrift.monitor import refusal
 from featuredrift.monitor.metrics import EmptySetError, MetricInputError
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from featuredrift.monitor.replicate.config import ConfigError, load_config, parse_stages
 from featuredrift.monitor.replicate.pipeline import run_replication, stage_keys
 from featuredrift.monitor.replicate.preflight import preflight
@@ -28,8 +29,9 @@ def _sentences(n: int, seed: int) -> list[str]:
 def pair(tmp_path_factory) -> dict:
     """A tiny random Llama pair (chat = base with perturbed weights), its tokenizer with a chat
     template, and data files: enough to exercise every stage's plumbing in seconds."""
-    from featuredrift.monitor.zoo.tokenizer import train_tokenizer
     from transformers import LlamaConfig, LlamaForCausalLM
+
+    from featuredrift.monitor.zoo.tokenizer import train_tokenizer
 
     root = tmp_path_factory.mktemp("pair")
     texts = _sentences(300, 0)
@@ -247,8 +249,9 @@ def test_pipeline_all_stages_write_reports(pair, tmp_path):
 @pytest.mark.slow
 def test_zoo_preset_end_to_end_shows_feature_drift(tmp_path):
     """`--preset zoo` (nano) through every stage; the findings the zoo shows robustly hold."""
-    from featuredrift.monitor.cli import app
     from typer.testing import CliRunner
+
+    from featuredrift.monitor.cli import app
 
     out = tmp_path / "zoo"
     result = CliRunner().invoke(app, ["replicate", "--preset", "zoo", "--out", str(out), "--quiet"])
@@ -282,8 +285,9 @@ def test_zoo_preset_end_to_end_shows_feature_drift(tmp_path):
 
 
 def test_cli_reports_config_errors_without_traceback(tmp_path):
-    from featuredrift.monitor.cli import app
     from typer.testing import CliRunner
+
+    from featuredrift.monitor.cli import app
 
     result = CliRunner().invoke(app, ["replicate", "--preset", "zoo", "--out", str(tmp_path), "--stages", "nope"])
     assert result.exit_code == 2 and "unknown stage" in result.output

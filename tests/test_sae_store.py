@@ -8,14 +8,14 @@ import struct
 
 import pytest
 import torch
-from featuredrift.sae_store.load import load_sae, load_saes, locate_sae_dirs
-from featuredrift.sae_store.registry import SaeRegistry, fingerprint_sae
-from featuredrift.sae_store.train import PAPER_PRESET, pack_token_chunks, train_sae
-from featuredrift.sae_store.validate import SaeError
 from test_capture import CORPUS, build_model, build_tokenizer
 from typer.testing import CliRunner
 
 from featuredrift import sae_store  # noqa: F401  (Triton guard first)
+from featuredrift.sae_store.load import load_sae, load_saes, locate_sae_dirs
+from featuredrift.sae_store.registry import SaeRegistry, fingerprint_sae
+from featuredrift.sae_store.train import PAPER_PRESET, pack_token_chunks, train_sae
+from featuredrift.sae_store.validate import SaeError
 
 D_IN = 32  # the tiny models' hidden size
 
@@ -281,9 +281,10 @@ def test_cli_train(tmp_path, tokenizer, llama):
 
 @pytest.mark.slow
 def test_zoo_sae_loads_and_reconstructs_the_zoo_model(request):
-    from featuredrift.monitor.capture import collect_token_activations
     from test_capture import TEXTS, zoo_or_skip
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from featuredrift.monitor.capture import collect_token_activations
 
     zoo = zoo_or_skip(request)
     base = AutoModelForCausalLM.from_pretrained(zoo.base).eval()

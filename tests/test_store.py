@@ -11,6 +11,8 @@ import sqlite3
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from sqlalchemy import text
+
 from featuredrift.monitor.report import (
     EvaluationReport,
     FeatureDrift,
@@ -29,7 +31,6 @@ from featuredrift.monitor.store import (
 )
 from featuredrift.monitor.store.migrate import head_revision
 from featuredrift.monitor.store.models import Base
-from sqlalchemy import text
 
 
 def make_report(step: int, hookpoints: tuple[str, ...] = ("layers.1", "layers.3"), fade: float = 0.02) -> EvaluationReport:

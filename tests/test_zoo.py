@@ -5,6 +5,7 @@ import json
 import shutil
 
 import pytest
+
 from featuredrift.monitor.zoo import ZOO_SIZES, ZooPaths, default_zoo_root, ensure_zoo
 from featuredrift.monitor.zoo.config import ZOO_CONFIGS, get_zoo_config
 from featuredrift.monitor.zoo.evaluate import read_jsonl
@@ -226,8 +227,9 @@ def test_build_never_replaces_a_folder_that_is_not_a_zoo(tmp_path):
 
 
 def test_cli_info_without_a_zoo_says_how_to_build(tmp_path):
-    from featuredrift.monitor.cli import app
     from typer.testing import CliRunner
+
+    from featuredrift.monitor.cli import app
 
     result = CliRunner().invoke(app, ["zoo", "info", "--root", str(tmp_path / "none")])
     assert result.exit_code == 1
@@ -236,8 +238,9 @@ def test_cli_info_without_a_zoo_says_how_to_build(tmp_path):
 
 @pytest.mark.slow
 def test_cli_build_reuses_and_info_reports(zoo_nano):
-    from featuredrift.monitor.cli import app
     from typer.testing import CliRunner
+
+    from featuredrift.monitor.cli import app
 
     runner = CliRunner()
     built = runner.invoke(app, ["zoo", "build", "--size", "nano", "--out", str(zoo_nano.root)])

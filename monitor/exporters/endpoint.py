@@ -11,9 +11,10 @@ import logging
 import threading
 import time
 
+from prometheus_client import CollectorRegistry, start_http_server
+
 from featuredrift.monitor.exporters.metrics import ExportStats, SnapshotCollector, report_families
 from featuredrift.monitor.report import EvaluationReport
-from prometheus_client import CollectorRegistry, start_http_server
 
 log = logging.getLogger(__name__)
 

@@ -12,10 +12,11 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from featuredrift.monitor.report import PREFIX, EvaluationReport
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from featuredrift.monitor.report import PREFIX, EvaluationReport
 
 EVALUATIONS_TOTAL = PREFIX + "evaluations_total"
 EXPORT_FAILURES_TOTAL = PREFIX + "export_failures_total"

@@ -24,9 +24,10 @@ import urllib.request
 from collections import deque
 from collections.abc import Callable
 
+from prometheus_client import delete_from_gateway, push_to_gateway
+
 from featuredrift.monitor.exporters.metrics import ExportStats, registry_for_report
 from featuredrift.monitor.report import EvaluationReport
-from prometheus_client import delete_from_gateway, push_to_gateway
 
 log = logging.getLogger(__name__)
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
-app = typer.Typer(help="Upload featuredrift dashboards to Grafana.", no_args_is_help=True)
+app = typer.Typer(help="Write featuredrift's Grafana dashboards, or upload them to Grafana.", no_args_is_help=True)
 
 
 @app.command()
@@ -29,9 +31,11 @@ def push(
 
 
 @app.command()
-def generate() -> None:
-    """Regenerate the dashboard JSON in monitor/grafana/dashboards from monitor/grafana/spec.py."""
+def generate(
+    out: Path = typer.Option(Path("."), "--out", "-o", help="Folder to write the dashboard JSON files into."),
+) -> None:
+    """Write the dashboard JSON files (the ones Grafana provisioning and `push` use) into a folder."""
     from featuredrift.monitor.grafana.spec import write_all
 
-    for path in write_all():
+    for path in write_all(out):
         typer.echo(f"wrote {path}")

@@ -56,6 +56,9 @@ def push_dashboards(
     dashboards: list[dict] | None = None,
 ) -> list[PushedDashboard]:
     """Create `folder` if missing and upload every dashboard into it (overwrite=True)."""
+    from featuredrift.monitor.extras import require_extra
+
+    require_extra("grafana", "featuredrift grafana push")
     from grafana_client import GrafanaApi
     from grafana_client.client import GrafanaException, GrafanaUnauthorizedError
 

@@ -8,8 +8,9 @@ import math
 import platform
 from typing import Any
 
-from featuredrift.monitor.replicate.config import STAGES, ReplicateConfig
 from pydantic import BaseModel, ConfigDict, Field
+
+from featuredrift.monitor.replicate.config import STAGES, ReplicateConfig
 
 SCHEMA_VERSION = 1
 

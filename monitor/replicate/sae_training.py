@@ -12,9 +12,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import torch
+from torch import Tensor
+
 from featuredrift.monitor.replicate.config import SaeTrainConfig
 from featuredrift.sae_store.activation_training import train_on_activations
-from torch import Tensor
 
 
 def train_sparse_coder(

@@ -122,6 +122,9 @@ def _hub_items(spec: str, field: str, limit: int | None) -> list[Item]:
     name, _, subset = name.partition("@")
     from itertools import islice
 
+    from featuredrift.monitor.extras import require_extra
+
+    require_extra("replicate", f"reading {spec}", modules=("datasets",))
     from datasets import load_dataset
 
     dataset = load_dataset(name, subset or None, split=split, streaming=True)

@@ -8,6 +8,7 @@ missing shard and both models' shards always pair.
 from __future__ import annotations
 
 import torch
+
 from featuredrift.monitor.replicate.context import RunContext
 from featuredrift.monitor.replicate.shards import shard_path, write_shard
 

@@ -11,11 +11,12 @@ from collections import Counter
 from collections.abc import Iterator
 
 import torch
+from torch import Tensor
+
 from featuredrift.monitor.replicate.context import RunContext
 from featuredrift.monitor.replicate.saes import load_stage_saes
 from featuredrift.monitor.replicate.shards import iter_paired
 from featuredrift.monitor.replicate.stage_refusal import DIRECTIONS_FILE
-from torch import Tensor
 
 MEMORY_CACHE_BYTES = 1 << 30
 

@@ -6,9 +6,10 @@ intervention. The safety judge is named in the result."""
 
 from __future__ import annotations
 
+from safetensors.torch import load_file
+
 from featuredrift.monitor.replicate.context import RunContext
 from featuredrift.monitor.replicate.stage_refusal import DIRECTIONS_FILE, direction_key
-from safetensors.torch import load_file
 
 
 def run(ctx: RunContext, folder) -> dict:

@@ -7,9 +7,10 @@ the direction (NMSE, cosine) and their overlap, for every k. Directions are save
 from __future__ import annotations
 
 import torch
+from safetensors.torch import save_file
+
 from featuredrift.monitor.replicate.context import RunContext
 from featuredrift.monitor.replicate.saes import load_stage_saes
-from safetensors.torch import save_file
 
 DIRECTIONS_FILE = "directions.safetensors"
 

@@ -11,13 +11,15 @@ from pathlib import Path
 
 import typer
 
+from featuredrift.monitor.store.engine import DEFAULT_URL
+
 app = typer.Typer(help="Inspect, compare and export stored runs.", no_args_is_help=True)
 
-DB_HELP = "Run store URL (default: $FEATUREDRIFT_STORE_URL or sqlite:///featuredrift.db)."
+DB_HELP = f"Run store URL (default: $FEATUREDRIFT_STORE_URL or {DEFAULT_URL})."
 
 
 def default_store_url() -> str:
-    return os.environ.get("FEATUREDRIFT_STORE_URL") or "sqlite:///featuredrift.db"
+    return os.environ.get("FEATUREDRIFT_STORE_URL") or DEFAULT_URL
 
 
 DbOption = typer.Option(None, "--db", help=DB_HELP, show_default=False)
@@ -83,8 +85,9 @@ def list_runs(db: str | None = DbOption) -> None:
 @app.command("show")
 def show_run(run: str, db: str | None = DbOption) -> None:
     """A run's metadata, the latest value of every metric, and its alerts."""
-    from featuredrift.monitor.store.errors import StoreError
     from rich.console import Console
+
+    from featuredrift.monitor.store.errors import StoreError
 
     console = Console()
     with open_store(db) as store:
@@ -124,8 +127,9 @@ def show_run(run: str, db: str | None = DbOption) -> None:
 @app.command("compare")
 def compare_runs(run_a: str, run_b: str, db: str | None = DbOption) -> None:
     """Latest value of every metric in both runs, their difference, and config differences."""
-    from featuredrift.monitor.store.errors import StoreError
     from rich.console import Console
+
+    from featuredrift.monitor.store.errors import StoreError
 
     console = Console()
     with open_store(db) as store:

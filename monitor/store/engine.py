@@ -10,13 +10,15 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from featuredrift.monitor.store.errors import CorruptStoreError, StoreError, StoreUnavailableError
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.pool import StaticPool
 
-DEFAULT_URL = "sqlite:///featuredrift.db"
+from featuredrift.monitor.store.errors import CorruptStoreError, StoreError, StoreUnavailableError
+
+# The one default run store: the demo, the callback and the read-only commands all use it.
+DEFAULT_URL = "sqlite:///featuredrift-out/featuredrift.db"
 POSTGRES_CONNECT_TIMEOUT_S = 5
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
@@ -79,7 +81,7 @@ def make_engine(url: URL) -> Engine:
         connect_args = {"connect_timeout": POSTGRES_CONNECT_TIMEOUT_S} if backend == "postgresql" else {}
         return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
     except (NoSuchModuleError, ModuleNotFoundError) as error:
-        hint = " (pip install 'featuredrift[postgres]')" if backend == "postgresql" else ""
+        hint = " (pip install 'featuredrift[postgres]')" if backend == "postgresql" else ""  # see monitor.extras
         raise StoreError(
             f"run store {url_for_humans(url)}: no driver for {url.drivername!r}{hint}: {error}"
         ) from error

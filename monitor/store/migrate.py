@@ -13,8 +13,9 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
-from featuredrift.monitor.store.errors import SchemaTooNewError
 from sqlalchemy.engine import Connection, Engine
+
+from featuredrift.monitor.store.errors import SchemaTooNewError
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 

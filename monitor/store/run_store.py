@@ -12,11 +12,16 @@ import csv
 import io
 import json
 import logging
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from sqlalchemy import delete, func, insert, select
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
 
 from featuredrift.monitor.report import EvaluationReport
 from featuredrift.monitor.store import rows
@@ -54,9 +59,6 @@ from featuredrift.monitor.store.rows import (
     SeriesPoint,
     labels_key,
 )
-from sqlalchemy import delete, func, insert, select
-from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlalchemy.orm import Session, sessionmaker
 
 log = logging.getLogger(__name__)
 
@@ -470,7 +472,8 @@ class RunStore:
     def export(self, run_name: str, format: str = "csv", out: str | Path | None = None) -> str:
         """The run as CSV (one row per metric sample) or JSON (run, full reports, alerts).
 
-        JSON keeps NaN as the `NaN` token (Python's json default) so reports round-trip exactly.
+        JSON is standard: an undefined value (NaN, e.g. ER with no divergent token) is `null`,
+        and `import_json` reads it back as NaN.
         """
         if format not in EXPORT_FORMATS:
             raise ValueError(f"export format: expected one of {EXPORT_FORMATS}, found {format!r}")
@@ -523,7 +526,7 @@ class RunStore:
                 for a in self.alerts(run_name)
             ],
         }
-        return json.dumps(document, indent=1, allow_nan=True)
+        return json.dumps(_nan_to_null(document), indent=1, allow_nan=False)
 
     def import_json(self, text: str, name: str | None = None) -> RunInfo:
         """Load a JSON export (from this or another store) as run `name` (default: its own name)."""
@@ -615,3 +618,14 @@ def parse_csv_export(text: str) -> list[dict[str, Any]]:
         }
         for row in reader
     ]
+
+
+def _nan_to_null(value):
+    """Replace non-finite floats by None, recursively (JSON has no NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _nan_to_null(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_nan_to_null(v) for v in value]
+    return value

@@ -91,6 +91,9 @@ def ensure_zoo(
     with build_lock(root):
         check = check_zoo(root, identity(config.to_dict(), seed, all_layers))
         if force or not check.ok:
+            from featuredrift.monitor.extras import require_extra
+
+            require_extra("demo", f"building the model zoo ({size})")
             reason = "forced rebuild" if force else check.reason
             if progress:
                 from featuredrift.monitor.zoo.progress import build_with_progress

@@ -11,9 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from featuredrift.monitor.zoo.config import ZooConfig
-
 from featuredrift import sae_store  # noqa: F401  (Triton guard before sparsify loads)
+from featuredrift.monitor.zoo.config import ZooConfig
 
 AUXK_ALPHA = 1 / 32  # weight of the AuxK loss, as in the TopK SAE paper
 DEAD_AFTER_TOKENS = 50_000  # a latent that has not fired for this many tokens counts as dead
@@ -60,6 +59,7 @@ def new_sparse_coder(config: ZooConfig, d_in: int, seed: int):
 def train_base_sae(config: ZooConfig, sae, activations, seed: int) -> SaeTrainingSummary:
     """Train `sae` in place on cached activations (N, d_in), with its own random generator."""
     import torch
+
     from featuredrift.sae_store.activation_training import shuffled_batches, train_on_activations
 
     generator = torch.Generator().manual_seed(seed)

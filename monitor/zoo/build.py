@@ -116,6 +116,7 @@ class StageTimer:
 def fit_and_save_sae(config: ZooConfig, base, tokenizer, world, layer: int, sae, seed: int, out: Path) -> dict:
     """Train one base SAE on the base corpus, save it, and measure it on held-out base text."""
     import torch
+
     from featuredrift.monitor.metrics import fvu
     from featuredrift.monitor.zoo.base_sae import residual_activations, train_base_sae
 
@@ -145,12 +146,13 @@ def build_into(
 ) -> dict:
     """Build every zoo part into the (new, empty) directory `out`; returns the manifest."""
     import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+
     from featuredrift.monitor.zoo.base_sae import new_sparse_coder
     from featuredrift.monitor.zoo.chat_sft import supervised_finetune
     from featuredrift.monitor.zoo.pretrain import pretrain_base_model
     from featuredrift.monitor.zoo.tokenizer import train_tokenizer
     from featuredrift.monitor.zoo.world import build_world
-    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 
     started = time.perf_counter()
     timer = StageTimer(on_stage)

@@ -33,8 +33,9 @@ def build(
     force: bool = typer.Option(False, "--force", help="Rebuild even when a matching build exists."),
 ) -> None:
     """Build the zoo (reused when the cached build matches and is intact)."""
-    from featuredrift.monitor.zoo import ensure_zoo
     from rich.console import Console
+
+    from featuredrift.monitor.zoo import ensure_zoo
 
     paths = ensure_zoo(size, out, seed=seed, all_layers=all_layers, force=force, progress=True)
     Console().print(f"zoo [cyan]{size}[/] ready at {paths.root}")
@@ -75,9 +76,10 @@ def info(
 
 
 def _print_summary(root: Path, evaluation: dict | None = None) -> None:
-    from featuredrift.monitor.zoo.manifest import read_manifest
     from rich.console import Console
     from rich.table import Table
+
+    from featuredrift.monitor.zoo.manifest import read_manifest
 
     manifest = read_manifest(root)
     config = manifest["config"]

@@ -39,6 +39,7 @@ def refusal_rates(model, tokenizer, instructions: list[str], prompt_format: str,
 def sae_fvu(model, tokenizer, sae, layer: int, texts: list[str], *, rendered: bool) -> float:
     """Batch-centred FVU of `sae` on `model`'s activations over every non-special token."""
     import torch
+
     from featuredrift.monitor.metrics import fvu
     from featuredrift.monitor.zoo.base_sae import residual_activations
 
@@ -48,9 +49,10 @@ def sae_fvu(model, tokenizer, sae, layer: int, texts: list[str], *, rendered: bo
 
 
 def evaluate_zoo(paths, *, max_new_tokens: int = 24) -> ZooEvaluation:
+    from sparsify import SparseCoder
+
     from featuredrift.monitor.prompts import render_conversation
     from featuredrift.monitor.zoo import load_zoo_models
-    from sparsify import SparseCoder
 
     harmful = [r["instruction"] for r in read_jsonl(paths.probes / "harmful.jsonl")]
     harmless = [r["instruction"] for r in read_jsonl(paths.probes / "harmless.jsonl")]

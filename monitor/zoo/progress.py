@@ -10,9 +10,10 @@ from featuredrift.monitor.zoo.config import ZooConfig
 def build_with_progress(
     root: Path, config: ZooConfig, seed: int, *, all_layers: bool = False, reason: str = ""
 ) -> dict:
-    from featuredrift.monitor.zoo.build import STAGES, build_zoo
     from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from featuredrift.monitor.zoo.build import STAGES, build_zoo
 
     console = Console(stderr=True)
     console.print(f"[bold]Building zoo[/] [cyan]{config.size}[/] (seed {seed}) at {root}")

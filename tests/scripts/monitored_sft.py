@@ -7,11 +7,12 @@ import sys
 
 os.environ.setdefault("SPARSIFY_DISABLE_TRITON", "1")
 
+from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+
 from featuredrift.callbacks.feature_drift import FeatureDriftCallback  # noqa: E402
 from featuredrift.monitor.config import MonitorConfig  # noqa: E402
 from featuredrift.monitor.distributed import shard, world  # noqa: E402
 from featuredrift.monitor.finetune import make_sft_trainer, read_conversations  # noqa: E402
-from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 
 def main() -> None:

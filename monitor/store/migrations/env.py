@@ -7,8 +7,9 @@ running `alembic` by hand works too with `-x url=<sqlalchemy url>`.
 from __future__ import annotations
 
 from alembic import context
-from featuredrift.monitor.store.models import Base
 from sqlalchemy import create_engine
+
+from featuredrift.monitor.store.models import Base
 
 config = context.config
 target_metadata = Base.metadata
