@@ -10,8 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
@@ -74,23 +72,22 @@ def alertmanager_payload(
 
 
 def post_json(url: str, payload: dict, timeout_s: float = 2.0) -> bool:
-    """POST JSON; True on a 2xx answer. Logs and returns False on any failure, never raises."""
+    """POST JSON within a deadline for the whole request (a trickling receiver cannot hold it);
+    True on a 2xx answer. Logs (with the URL's secret parts masked) and returns False on any
+    failure, never raises."""
+    from featuredrift.monitor.config import mask_url
+    from featuredrift.monitor.exporters import http
+
     body = json.dumps(payload).encode()
-    request = urllib.request.Request(
-        url, data=body, method="POST", headers={"Content-Type": "application/json"}
-    )
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
-            ok = 200 <= response.status < 300
-    except urllib.error.HTTPError as exc:
-        logger.warning("alert webhook %s answered HTTP %s", url, exc.code)
+        http.request(url, "POST", body, {"Content-Type": "application/json"}, deadline_s=timeout_s)
+    except http.HttpError as exc:
+        logger.warning("alert webhook %s answered HTTP %s", mask_url(url), exc.status)
         return False
     except Exception as exc:  # any transport failure must stay out of training
-        logger.warning("alert webhook %s unreachable: %s", url, exc)
+        logger.warning("alert webhook %s unreachable: %s", mask_url(url), type(exc).__name__)
         return False
-    if not ok:
-        logger.warning("alert webhook %s answered HTTP %s", url, response.status)
-    return ok
+    return True
 
 
 class WebhookAction:

@@ -9,20 +9,24 @@ runs on every rank because under FSDP/ZeRO-3 it is a collective.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import time
+import uuid
 from pathlib import Path
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from featuredrift.monitor.config import MonitorConfig
 from featuredrift.monitor.distributed import broadcast_from_main, is_main_process
-from featuredrift.monitor.drift_monitor import DriftMonitor
+from featuredrift.monitor.drift_monitor import DriftMonitor, MonitorError
+from featuredrift.monitor.journal import safe_file_name
 from featuredrift.monitor.report import EvaluationReport
 from featuredrift.monitor.session import MonitorSession
 
 logger = logging.getLogger(__name__)
 DEFAULT_EVAL_EVERY = 50
+STATE_FILE = "featuredrift_state.json"  # in each checkpoint folder: which run it belongs to
 
 
 def _timed(event):
@@ -64,6 +68,8 @@ class FeatureDriftCallback(TrainerCallback):
         self.reports: list[EvaluationReport] = []
         self.stop_reason: str | None = None
         self.seconds = 0.0  # wall time spent inside this callback: its whole cost to training
+        self.run_id: str | None = None
+        self.max_steps = 0
         self._done_steps: set[int] = set()
 
     # --------------------------------------------------------------- events
@@ -77,29 +83,50 @@ class FeatureDriftCallback(TrainerCallback):
             # transformers reads an eval_steps below 1 as a fraction of the total steps.
             steps = eval_steps if eval_steps >= 1 else eval_steps * state.max_steps
             self.eval_every = max(1, int(steps))
-        run_name = self.config.run_name or _default_run_name(args)
-        cache = Path(args.output_dir) / "featuredrift" / f"reference-{_safe(run_name)}.safetensors"
+        self.max_steps = state.max_steps
+        display_name = self.config.run_name or _default_run_name(args)
         resuming = state.global_step > 0
+        saved = read_checkpoint_state(args, state) if resuming else None
+        if resuming and saved is None:
+            logger.warning("featuredrift: resuming at step %d from a checkpoint without %s; this is a new run",
+                           state.global_step, STATE_FILE)
+        # Every fresh train() is a new run; only a resumed checkpoint continues one.
+        # Rank 0 names the run, so every rank journals, caches and resumes under the same id.
+        self.run_id = broadcast_from_main(saved["run_id"] if saved else new_run_id(display_name))
+        folder = Path(args.output_dir) / "featuredrift"
+        cache = folder / f"reference-{safe_file_name(self.run_id)}.safetensors"
         self.monitor.start(model, tokenizer, reference_cache=cache, require_cache=resuming)
-        stored: set[int] = set()
+        if saved:
+            check_same_inputs(saved, self.monitor.provenance(), self.run_id)
+            self.monitor.evaluations = int(saved.get("evaluations", 0))
         if is_main_process():
-            self.session = MonitorSession.open(self.config, run_name, self.monitor, resumed=resuming)
-            stored = self.session.stored_steps()
+            self.session = MonitorSession.open(
+                self.config, self.run_id, self.monitor, journal_dir=folder, display_name=display_name
+            )
         # Evaluations up to the resumed step are kept; later ones belong to the trajectory that
         # was abandoned at the kill and are replaced as the resumed run reaches them. Every rank
         # must agree on this, since each evaluation is a collective.
+        stored = set(saved.get("evaluated_steps", [])) if saved else set()
         self._done_steps = {s for s in broadcast_from_main(stored) if s <= state.global_step}
         self._evaluate(model, state, control)
 
     @_timed
     def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step % self.eval_every == 0:
+        # The last step is left to on_train_end, whose evaluation is the complete, final one.
+        if state.global_step % self.eval_every == 0 and state.global_step < state.max_steps:
             self._evaluate(kwargs["model"], state, control)
 
     @_timed
     def on_save(self, args, state, control, **kwargs):
         if self.config.eval_on_save:
             self._evaluate(kwargs["model"], state, control)
+        if is_main_process() and self.run_id is not None:
+            write_checkpoint_state(args, state, {
+                "run_id": self.run_id,
+                "evaluated_steps": sorted(s for s in self._done_steps if s <= state.global_step),
+                "evaluations": self.monitor.evaluations,
+                **{k: v for k, v in self.monitor.provenance().items() if k.endswith("_fingerprint")},
+            })
 
     @_timed
     def on_train_end(self, args, state, control, **kwargs):
@@ -143,5 +170,46 @@ def _default_run_name(args: TrainingArguments) -> str:
     return Path(args.output_dir).resolve().name
 
 
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+def new_run_id(display_name: str) -> str:
+    """A unique run id that starts with the (possibly repeated) display name."""
+    return f"{display_name}-{uuid.uuid4().hex[:8]}"
+
+
+def _checkpoint_dir(args: TrainingArguments, state: TrainerState) -> Path:
+    resumed = getattr(args, "resume_from_checkpoint", None)
+    if isinstance(resumed, str) and Path(resumed, "trainer_state.json").is_file():
+        return Path(resumed)
+    return Path(args.output_dir) / f"checkpoint-{state.global_step}"
+
+
+def read_checkpoint_state(args: TrainingArguments, state: TrainerState) -> dict | None:
+    """The run this checkpoint belongs to (written by `on_save`), or None."""
+    path = _checkpoint_dir(args, state) / STATE_FILE
+    if not path.is_file():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise MonitorError(f"{path}: expected featuredrift's checkpoint state (JSON), found an unreadable file ({error})") from error
+    if not isinstance(saved, dict) or not isinstance(saved.get("run_id"), str):
+        raise MonitorError(f"{path}: expected a JSON object with a 'run_id', found {str(saved)[:120]!r}")
+    return saved
+
+
+def write_checkpoint_state(args: TrainingArguments, state: TrainerState, data: dict) -> None:
+    folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+    if not folder.is_dir():
+        return  # a save that wrote no checkpoint folder (e.g. save_strategy="no" with eval_on_save)
+    tmp = folder / (STATE_FILE + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(folder / STATE_FILE)
+
+
+def check_same_inputs(saved: dict, provenance: dict, run_id: str) -> None:
+    """A resumed run must be measured with the SAE and probes it started with."""
+    for key, what in (("sae_fingerprint", "SAE"), ("probe_fingerprint", "probe set")):
+        if saved.get(key) and provenance.get(key) and saved[key] != provenance[key]:
+            raise MonitorError(
+                f"resuming run {run_id}: expected the {what} the run started with ({key} {saved[key][:12]}…), "
+                f"found a different one ({provenance[key][:12]}…); start a new run to use another {what}"
+            )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -52,7 +53,8 @@ class MonitorConfig(BaseSettings):
     """
 
     model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, extra="forbid", validate_assignment=True, validate_default=True
+        env_prefix=ENV_PREFIX, extra="forbid", validate_assignment=True, validate_default=True,
+        hide_input_in_errors=True,  # a webhook URL or password must not end up in a log
     )
 
     # What to measure
@@ -90,22 +92,33 @@ class MonitorConfig(BaseSettings):
 
     # Where results go
     run_name: str | None = None
-    store_url: str = Field(DEFAULT_URL, description="SQLAlchemy URL of the run store.")
-    pushgateway_url: str | None = None
+    store_url: str = Field(DEFAULT_URL, repr=False, description="SQLAlchemy URL of the run store.")
+    pushgateway_url: str | None = Field(None, repr=False, description="Pushgateway base URL (http or https).")
     metrics_port: int | None = Field(
         None, description="Serve /metrics on this port (default 9464 when no Pushgateway; 0 = any free port; -1 = none)."
     )
     job: str = "featuredrift"
     keep_group_on_end: bool = False
-    export_timeout_s: float = Field(3.0, gt=0)
-    export_buffer_size: int = Field(256, ge=1)
+    export_timeout_s: float = Field(3.0, gt=0, description="Deadline of one whole HTTP request (push, webhook).")
+    export_buffer_size: int = Field(256, ge=1, description="Reports the exporter buffers while Prometheus is down (newest kept).")
+    telemetry_budget_s: float = Field(
+        0.25, gt=0, description="Longest the training thread may spend handing one evaluation to telemetry (warned past it)."
+    )
+    close_timeout_s: float = Field(
+        5.0, ge=0, description="At train end, how long to wait for the store, exporter and webhook; the rest stays in the journal."
+    )
+    strict_store: bool = Field(False, description="Fail at attach time when the run store is unreachable (default: warn, keep journaling).")
 
     # Alerts
     stop_on_alert: bool = False
-    alert_webhook_url: str | None = None
+    alert_webhook_url: str | None = Field(None, repr=False, description="Alertmanager-compatible webhook (a secret: never stored).")
     alert_thresholds: str | None = Field(None, description="YAML/JSON file overriding alert thresholds (see `featuredrift alerts list`).")
 
     device: str | None = None
+    prompt_format: str = Field(
+        "chat", pattern="^(chat|base)$",
+        description="How prompts are written: 'chat' (the tokenizer's chat template, required) or 'base' ('{instruction}\\n').",
+    )
 
     @field_validator("hookpoints", "reconstruction_ks", mode="before")
     @classmethod
@@ -118,3 +131,41 @@ class MonitorConfig(BaseSettings):
         if value is not None and not value:
             raise ValueError("hookpoints: expected at least one hookpoint such as 'layers.3' or None, found []")
         return value
+
+    @field_validator("pushgateway_url", "alert_webhook_url")
+    @classmethod
+    def _http_url(cls, value: str | None, info) -> str | None:
+        if value is None:
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{info.field_name}: expected an http(s)://host[:port]/… URL, found {mask_url(value)!r}")
+        return value
+
+    def public_dump(self) -> dict[str, Any]:
+        """The settings as stored and shown: no password, token or webhook path (secrets stay in memory)."""
+        data = self.model_dump(mode="json")
+        for name in SECRET_URL_FIELDS:
+            if data.get(name):
+                data[name] = mask_url(data[name])
+        return data
+
+
+SECRET_URL_FIELDS = ("store_url", "pushgateway_url", "alert_webhook_url")
+
+
+def mask_url(url: str) -> str:
+    """Scheme, host and port only; credentials, path and query (where tokens live) become ***."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "***"
+    if not parts.scheme:
+        return "***"
+    if parts.scheme.startswith("sqlite"):
+        return url  # a local file path holds no secret
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    user = "***@" if parts.username or parts.password else ""
+    rest = "/***" if parts.path.strip("/") or parts.query else ""
+    return f"{parts.scheme}://{user}{host}{port}{rest}"

@@ -18,6 +18,7 @@ from rich.table import Table
 from transformers import TrainerCallback
 
 from featuredrift.monitor.config import MonitorConfig
+from featuredrift.monitor.journal import safe_file_name
 from featuredrift.monitor.report import EvaluationReport
 
 SCENARIOS = ("align", "erosion")
@@ -162,7 +163,7 @@ def run_demo(
         model,
         tokenizer,
         conversations,
-        output_dir=out / run_name,
+        output_dir=out / safe_file_name(run_name),
         max_steps=max_steps,
         learning_rate=zoo_config.sft_lr if not lora else zoo_config.sft_lr * 5,
         batch_size=zoo_config.sft_batch_size,
@@ -176,7 +177,7 @@ def run_demo(
     trainer.train()
     seconds = time.perf_counter() - started
     metrics_url = getattr(drift.session.exporter, "url", None) if drift.session else None
-    result = DemoResult(run_name, store_url, metrics_url, drift.reports, seconds, drift.stop_reason)
+    result = DemoResult(drift.run_id or run_name, store_url, metrics_url, drift.reports, seconds, drift.stop_reason)
     print_summary(console, result, zoo.hookpoint)
     return result
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ from featuredrift.monitor.report import (
     RefusalFeatures,
 )
 
+logger = logging.getLogger(__name__)
 TEXT_SUBSETS = ("base", "chat")
 PROMPT_SUBSETS = ("harmful", "harmless")
 
@@ -96,7 +98,9 @@ class _State:
     prompt_format: str = "chat"
     evaluations: int = 0
     probes: ProbeSet | None = None
-    fingerprint: str = ""
+    fingerprint: str = ""  # probe tokens + hookpoints + SAE: what a cached reference is valid for
+    sae_fingerprint: str = ""
+    model_fingerprint: str = ""  # architecture and weights of the reference model
 
 
 class DriftMonitor:
@@ -133,6 +137,15 @@ class DriftMonitor:
         return list(self._require_started().saes)
 
     @property
+    def evaluations(self) -> int:
+        """Evaluations done so far: the cadence of the costly parts counts from it (kept across a resume)."""
+        return self._require_started().evaluations
+
+    @evaluations.setter
+    def evaluations(self, count: int) -> None:
+        self._require_started().evaluations = int(count)
+
+    @property
     def probe_batches(self) -> dict[str, list[ProbeBatch]]:
         """The tokenised probe set, by subset (base, chat, harmful, harmless)."""
         return self._require_started().batches
@@ -162,27 +175,34 @@ class DriftMonitor:
             probes = probes.limit(cfg.max_probes)
         _check_probes(probes)
         self.tokenizer = tokenizer
-        state.prompt_format = "chat" if getattr(tokenizer, "chat_template", None) else "base"
+        state.prompt_format = _prompt_format(tokenizer, cfg.prompt_format)
         state.batches = self._tokenise(tokenizer, probes, state.prompt_format)
         state.probes = probes
+        state.sae_fingerprint = _sae_fingerprint(state.saes)
         state.fingerprint = _fingerprint(state)
         self._state = state
 
         cached = _load_reading(reference_cache, state.fingerprint) if reference_cache else None
         if cached is not None:
-            state.reference = cached.to(device)
+            state.reference = cached.reading.to(device)
+            state.model_fingerprint = cached.model_fingerprint
         else:
             policy_needs_cache = reference_model is None and self.config.reference in ("initial", "auto") and not _is_peft(model)
             if require_cache and policy_needs_cache:
+                found = "a cache made for other probes, hookpoints or SAE" if reference_cache and Path(reference_cache).exists() else "nothing"
                 raise MonitorError(
                     f"resuming with reference policy {self.config.reference!r}: expected the cached step-0 reference at "
-                    f"{reference_cache}, found {'a stale file' if reference_cache and Path(reference_cache).exists() else 'nothing'}; "
-                    "pass reference=<base model path> to recompute it from the base model"
+                    f"{reference_cache}, found {found}; pass reference=<base model path> to recompute it from the base model"
                 )
             with self._reference_source(model, reference_model) as reference:
+                state.model_fingerprint = model_fingerprint(reference)
                 state.reference = self._read(reference, kl=cfg.kl_every > 0)
             if reference_cache:
-                _save_reading(reference_cache, state.reference, state.fingerprint)
+                try:
+                    _save_reading(reference_cache, state.reference, state.fingerprint, state.model_fingerprint)
+                except Exception as error:  # noqa: BLE001 - a full disk must not stop training; only a resume needs the cache
+                    logger.warning("featuredrift could not cache the reference readings at %s (%s); a resumed run "
+                                   "will need reference=<base model path>", reference_cache, error)
         for hookpoint, sae in state.saes.items():
             state.layer_reference[hookpoint] = self._summarise_reference(hookpoint, sae, state.reference)
 
@@ -216,7 +236,7 @@ class DriftMonitor:
     def _tokenise(self, tokenizer, probes: ProbeSet, prompt_format: str) -> dict[str, list[ProbeBatch]]:
         cfg = self.config
         texts = {"base": list(probes.base_text)}
-        if probes.chat_text and getattr(tokenizer, "chat_template", None):
+        if probes.chat_text and prompt_format == "chat":
             texts["chat"] = [render_conversation(tokenizer, m) for m in probes.chat_text]
         batches: dict[str, list[ProbeBatch]] = {}
         for subset, items in texts.items():
@@ -423,6 +443,8 @@ class DriftMonitor:
         """What this monitor measures with, for the run store."""
         state = self._require_started()
         return {
+            "model_fingerprint": state.model_fingerprint,
+            "sae_fingerprint": state.sae_fingerprint,
             "probe_fingerprint": state.fingerprint,
             "hookpoints": list(state.saes),
             "sae_source": self.config.sae,
@@ -511,6 +533,47 @@ def _is_peft(model: nn.Module) -> bool:
     return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
 
 
+def _prompt_format(tokenizer, wanted: str) -> str:
+    """'chat' needs a chat template (an error otherwise); 'base' is accepted with a warning."""
+    if wanted == "chat" and not getattr(tokenizer, "chat_template", None):
+        raise MonitorError(
+            f"tokenizer {getattr(tokenizer, 'name_or_path', type(tokenizer).__name__)!r}: expected a chat template "
+            "(prompt_format='chat'), found none; set prompt_format='base' to monitor a base model with "
+            "'{instruction}\\n' prompts and no chat-data series"
+        )
+    if wanted == "base":
+        logger.warning("featuredrift: prompt_format='base': prompts are '{instruction}\\n' and the chat-data series is off")
+    return wanted
+
+
+def model_fingerprint(model: nn.Module, sample: int = 4096) -> str:
+    """Architecture plus a strided sample of every parameter: tells models apart in milliseconds,
+    without hashing gigabytes of weights."""
+    digest = hashlib.sha256()
+    base = unwrap_model(model)
+    config = getattr(base, "config", None)
+    if config is not None:
+        digest.update(repr((config.model_type, getattr(config, "hidden_size", None), getattr(config, "num_hidden_layers", None),
+                            getattr(config, "vocab_size", None))).encode())
+    with torch.no_grad():
+        for name, parameter in base.named_parameters():
+            flat = parameter.detach().reshape(-1)
+            stride = max(1, flat.numel() // sample)
+            digest.update(name.encode())
+            digest.update(repr(tuple(parameter.shape)).encode())
+            digest.update(flat[::stride][:sample].float().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _sae_fingerprint(saes: dict[str, nn.Module]) -> str:
+    digest = hashlib.sha256()
+    for hookpoint, sae in sorted(saes.items()):
+        digest.update(hookpoint.encode())
+        digest.update(repr((sae.d_in, sae.num_latents, getattr(sae.cfg, "k", None))).encode())
+        digest.update(sae.W_dec.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def _fingerprint(state: _State) -> str:
     """Identify (probe tokens, hookpoints, SAE weights): a cached reference is valid only for these."""
     digest = hashlib.sha256()
@@ -519,14 +582,25 @@ def _fingerprint(state: _State) -> str:
         for batch in state.batches[subset]:
             digest.update(batch.input_ids.numpy().tobytes())
             digest.update(batch.read_mask.numpy().tobytes())
-    for hookpoint, sae in sorted(state.saes.items()):
-        digest.update(hookpoint.encode())
-        digest.update(repr((sae.d_in, sae.num_latents, sae.cfg.k)).encode())
-        digest.update(repr(float(sae.W_dec.double().sum())).encode())
+    digest.update(state.sae_fingerprint.encode())
     return digest.hexdigest()
 
 
-def _save_reading(path: str | Path, reading: ModelReading, fingerprint: str) -> None:
+@dataclass
+class CachedReference:
+    reading: ModelReading
+    model_fingerprint: str
+
+
+def _tensor_checksum(tensors: dict[str, Tensor]) -> str:
+    digest = hashlib.sha256()
+    for key in sorted(tensors):
+        digest.update(key.encode())
+        digest.update(tensors[key].contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _save_reading(path: str | Path, reading: ModelReading, fingerprint: str, model_fp: str) -> None:
     from safetensors.torch import save_file
 
     tensors = {f"act/{s}/{h}": x.contiguous().cpu() for s, per in reading.activations.items() for h, x in per.items()}
@@ -535,12 +609,19 @@ def _save_reading(path: str | Path, reading: ModelReading, fingerprint: str) -> 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    save_file(tensors, str(tmp), metadata={"fingerprint": fingerprint, "format": "featuredrift-reference-1"})
+    tmp.unlink(missing_ok=True)
+    metadata = {"fingerprint": fingerprint, "format": "featuredrift-reference-2", "model_fingerprint": model_fp,
+                "checksum": _tensor_checksum(tensors)}
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     tmp.replace(path)
 
 
-def _load_reading(path: str | Path, fingerprint: str) -> ModelReading | None:
-    """The cached reference readings, or None when absent, stale or unreadable."""
+def _load_reading(path: str | Path, fingerprint: str) -> CachedReference | None:
+    """The cached reference readings; None when absent or made for other inputs; an error when corrupt."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -548,16 +629,19 @@ def _load_reading(path: str | Path, fingerprint: str) -> ModelReading | None:
         return None
     try:
         with safe_open(str(path), framework="pt") as f:
-            if (f.metadata() or {}).get("fingerprint") != fingerprint:
+            metadata = f.metadata() or {}
+            if metadata.get("fingerprint") != fingerprint:
                 return None
-            activations: dict[str, dict[str, Tensor]] = {}
-            logprobs = None
-            for key in f.keys():
-                if key == "kl_logprobs":
-                    logprobs = f.get_tensor(key)
-                else:
-                    _, subset, hookpoint = key.split("/", 2)
-                    activations.setdefault(subset, {})[hookpoint] = f.get_tensor(key)
-    except Exception:  # a corrupt cache is recomputed, never trusted
-        return None
-    return ModelReading(activations, logprobs)
+            tensors = {key: f.get_tensor(key) for key in f.keys()}
+    except Exception as error:
+        raise MonitorError(f"reference cache {path}: expected a safetensors file, found an unreadable one ({error}); "
+                           "delete it to recompute the reference") from error
+    if metadata.get("checksum") != _tensor_checksum(tensors):
+        raise MonitorError(f"reference cache {path}: corrupt (its data does not match the checksum written with it); "
+                           "delete it and pass reference=<base model path> to recompute the reference")
+    activations: dict[str, dict[str, Tensor]] = {}
+    for key, tensor in tensors.items():
+        if key != "kl_logprobs":
+            _, subset, hookpoint = key.split("/", 2)
+            activations.setdefault(subset, {})[hookpoint] = tensor
+    return CachedReference(ModelReading(activations, tensors.get("kl_logprobs")), metadata.get("model_fingerprint", ""))

@@ -21,7 +21,7 @@ def report_command(
 
     out = out or Path("featuredrift-out") / f"report-{run}"
     try:
-        with RunStore(db or default_store_url()) as store:
+        with RunStore(db or default_store_url(), read_only=True) as store:
             files = write_run_report(store, run, out)
     except (StoreError, ValueError) as error:
         typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)

@@ -1,80 +1,383 @@
 """MonitorSession: where a run's reports go, on the main process.
 
-Order matters for "no data lost": each report is committed to the run store *before* it is
-handed to the exporter and the alert engine. Telemetry never hurts training: a store that is
-down keeps reports in a bounded pending list (retried on the next publish, and spilled to a
-JSONL file at close if still down), exporters run on their own thread, and no error from any
-backend propagates into the training loop.
+The training thread only hands a report over: it is appended (and fsync-ed) to the run's local
+journal, the alert engine judges it (pure computation), and the exporter and the store sync
+take it from there on their own threads. Nothing on the training thread waits for a network
+or a database, so a down, frozen, locked or trickling backend never stalls a step; `close()`
+waits for them at most `close_timeout_s`, and whatever is not stored by then stays in the
+journal, replayed by the next process of the run or `featuredrift runs import`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
+import threading
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 from featuredrift.monitor.config import MonitorConfig
+from featuredrift.monitor.journal import JournalEvent, RunJournal, read_journal
 from featuredrift.monitor.report import EvaluationReport
 
 logger = logging.getLogger(__name__)
 COSTLY_FIELDS = ("refusal_rate", "safety_score", "judge", "kl_mean", "kl_p95")
+FALLBACK_JOURNAL_DIR = Path.home() / ".cache" / "featuredrift" / "journals"
+
+
+def apply_event(store, event: JournalEvent) -> None:
+    """Write one journal event into a run store (idempotent for evaluations)."""
+    data = event.data
+    if event.kind == "run":
+        store.start_run(event.run, data.get("config") or {}, **(data.get("provenance") or {}))
+    elif event.kind == "evaluation":
+        store.record_evaluation(event.run, EvaluationReport.from_dict(data))
+    elif event.kind == "alert":
+        store.record_alert(event.run, SimpleNamespace(**data))
+    elif event.kind == "stop":
+        store.record_stop(event.run, data["step"], data["reason"])
+    elif event.kind == "finish":
+        store.finish_run(event.run, data["status"])
+
+
+def store_event(store, event: JournalEvent) -> None:
+    """Apply an event and remember it as applied, so no later replay repeats it."""
+    apply_event(store, event)
+    store.mark_synced(event.run, event.seq)
+
+
+class StoreSync:
+    """Applies journal events to the run store on a background thread, in order.
+
+    It opens the store itself (an unreachable store at attach time is a warning, not a crash),
+    first replays events an earlier process journaled but never stored, retries with backoff
+    while the store is down, and remembers in the store which event it applied last.
+    """
+
+    def __init__(self, url: str, run: str, journal_path: Path, *, backoff_initial_s: float = 0.5, backoff_max_s: float = 30.0):
+        self.url = url
+        self.run = run
+        self.journal_path = journal_path
+        self.failures = 0
+        self.applied = 0
+        self.backoff_initial_s = backoff_initial_s
+        self.backoff_max_s = backoff_max_s
+        self._backlog = read_journal(journal_path) if journal_path.exists() else []
+        self._pending: deque[tuple[JournalEvent, bool]] = deque()  # (event, durable in the journal)
+        self._condition = threading.Condition()
+        self._closing = threading.Event()
+        self._deadline = float("inf")
+        self._store = None
+        self._failing_since: float | None = None
+        self._worker = threading.Thread(target=self._run, name=f"featuredrift-store-{run}", daemon=True)
+        self._worker.start()
+
+    @property
+    def pending(self) -> list[tuple[JournalEvent, bool]]:
+        with self._condition:
+            return list(self._pending)
+
+    def submit(self, event: JournalEvent, durable: bool) -> None:
+        with self._condition:
+            self._pending.append((event, durable))
+            self._condition.notify()
+
+    def close(self, timeout_s: float) -> list[tuple[JournalEvent, bool]]:
+        """Stop after what can be stored within `timeout_s`; return what was not stored."""
+        with self._condition:
+            self._deadline = time.monotonic() + max(0.0, timeout_s)
+            self._closing.set()
+            self._condition.notify_all()
+        self._worker.join(timeout=max(0.0, timeout_s) + 0.1)
+        left = self.pending
+        if not self._worker.is_alive() and self._store is not None:
+            self._store.close()
+        return left
+
+    def _remaining(self) -> float:
+        return self._deadline - time.monotonic()
+
+    def _abandoned(self) -> bool:
+        """Past the close deadline: what is left belongs to the journal (and to whoever imports
+        it), so this worker must not write any more, even when a blocked call returns late."""
+        return self._closing.is_set() and self._remaining() <= 0
+
+    def _run(self) -> None:
+        backoff = self.backoff_initial_s
+        while True:
+            with self._condition:
+                while not self._pending and not self._backlog and not self._closing.is_set():
+                    self._condition.wait()
+                if self._abandoned() or (self._closing.is_set() and not (self._pending or self._backlog)):
+                    return
+            try:
+                self._sync_once()
+                backoff = self.backoff_initial_s
+            except Exception as error:  # noqa: BLE001 - any store failure is counted and retried
+                self._note_failure(error)
+                if self._closing.is_set():
+                    time.sleep(min(backoff, max(0.0, self._remaining())))
+                else:
+                    self._closing.wait(backoff)
+                backoff = min(backoff * 2, self.backoff_max_s)
+
+    def _sync_once(self) -> None:
+        if self._store is None:
+            from featuredrift.monitor.store import RunStore
+
+            self._store = RunStore(self.url)
+            synced = self._store.synced_sequence(self.run)
+            self._backlog = [event for event in self._backlog if event.seq > synced]
+            if self._backlog:
+                logger.info("featuredrift replays %d journal event(s) of run %s into %s",
+                            len(self._backlog), self.run, self._store.display_url)
+        while self._backlog and not self._abandoned():
+            self._apply(self._backlog[0])
+            self._backlog.pop(0)
+        while True:
+            with self._condition:
+                if not self._pending or self._abandoned():
+                    return
+                event, _ = self._pending[0]
+            self._apply(event)
+            with self._condition:
+                self._pending.popleft()
+
+    def _apply(self, event: JournalEvent) -> None:
+        store_event(self._store, event)
+        self.applied += 1
+        if self._failing_since is not None:
+            logger.info("featuredrift run store is back after %.1fs", time.time() - self._failing_since)
+            self._failing_since = None
+
+    def _note_failure(self, error: Exception) -> None:
+        self.failures += 1
+        if self._failing_since is None:
+            self._failing_since = time.time()
+            logger.warning("featuredrift run store %s unavailable (%s); evaluations are safe in %s and will be stored "
+                           "when it is back", self.url_for_humans, error, self.journal_path)
+        from featuredrift.monitor.store import StoreUnavailableError
+
+        if self._store is not None and not isinstance(error, StoreUnavailableError):
+            # A half-open connection can wedge; start over with a fresh engine on the next try.
+            self._store.close()
+            self._store = None
+
+    @property
+    def url_for_humans(self) -> str:
+        from featuredrift.monitor.store.engine import parse_store_url, url_for_humans
+
+        try:
+            return url_for_humans(parse_store_url(self.url))
+        except Exception:  # noqa: BLE001
+            return "(unparsable URL)"
+
+
+class BackgroundActions:
+    """Runs alert actions (webhooks) on a thread of their own: a hanging receiver cannot stall training."""
+
+    def __init__(self, actions: Sequence[Callable[[Sequence[Any]], Any]]) -> None:
+        self.actions = list(actions)
+        self._queue: deque[list] = deque()
+        self._condition = threading.Condition()
+        self._closing = False
+        self._worker = threading.Thread(target=self._run, name="featuredrift-alert-actions", daemon=True)
+        self._worker.start()
+
+    def __call__(self, alerts: Sequence[Any]) -> None:
+        with self._condition:
+            self._queue.append(list(alerts))
+            self._condition.notify()
+
+    def close(self, timeout_s: float) -> None:
+        with self._condition:
+            self._closing = True
+            self._condition.notify_all()
+        self._worker.join(timeout=max(0.0, timeout_s))
+        if self._worker.is_alive():
+            logger.warning("featuredrift alert delivery did not finish within %.1fs; %d batch(es) undelivered",
+                           timeout_s, len(self._queue))
+
+    def _run(self) -> None:
+        while True:
+            with self._condition:
+                while not self._queue and not self._closing:
+                    self._condition.wait()
+                if not self._queue:
+                    return
+                alerts = self._queue.popleft()
+            for action in self.actions:
+                try:
+                    action(alerts)
+                except Exception:  # noqa: BLE001
+                    logger.exception("featuredrift alert action failed")
 
 
 class MonitorSession:
-    """Store, exporter and alert engine for one run."""
+    """Journal, store sync, exporter and alert engine for one run."""
 
-    def __init__(self, config: MonitorConfig, run_name: str, store, exporter, engine, spill_dir: Path):
+    def __init__(self, config: MonitorConfig, run_name: str, journal: RunJournal, sync: StoreSync, exporter, engine,
+                 deliveries: BackgroundActions | None = None):
         self.config = config
         self.run_name = run_name
-        self.store = store
+        self.journal = journal
+        self.sync = sync
         self.exporter = exporter
         self.engine = engine
-        self.spill_dir = spill_dir
-        self.pending: deque[EvaluationReport] = deque(maxlen=config.export_buffer_size)
-        self.store_failures = 0
+        self.deliveries = deliveries
+        self.handoff_seconds: list[float] = []  # training-thread time of each publish: the stall telemetry costs
         self._latest_costly: dict[str, object] = {}
+        self._journal_broken = False
 
     @classmethod
-    def open(cls, config: MonitorConfig, run_name: str, monitor=None, *, resumed: bool = False) -> MonitorSession:
-        """Open the store (errors here are configuration errors and do raise), exporter and engine."""
-        from featuredrift.alerts.engine import AlertEngine
+    def open(cls, config: MonitorConfig, run_name: str, monitor=None, *, journal_dir: str | Path | None = None,
+             display_name: str | None = None) -> MonitorSession:
+        """Start the run's journal and its background writers.
+
+        Nothing here touches the store on the calling thread unless `config.strict_store` asks
+        for it, in which case an unreachable store raises now.
+        """
+        from featuredrift.alerts.engine import AlertEngine, log_action
+        from featuredrift.alerts.webhook import WebhookAction
         from featuredrift.monitor.exporters import make_exporter
-        from featuredrift.monitor.store import RunStore
 
-        store = RunStore(config.store_url)
-        meta = {}
-        if monitor is not None and monitor.started:
-            meta = monitor.provenance()
-        store.start_run(run_name, config.model_dump(mode="json"), **meta)
+        journal_dir = Path(journal_dir) if journal_dir is not None else default_journal_dir(config)
+        journal = RunJournal.for_run(journal_dir, run_name)
+        if config.strict_store:
+            from featuredrift.monitor.store import RunStore
+
+            RunStore(config.store_url).close()  # raises StoreError naming the database
+        sync = StoreSync(config.store_url, run_name, journal.path)
         exporter = make_exporter(config, run_name)
-        engine = AlertEngine.from_config(
-            config,
-            on_fire=lambda alert: _record_alert(store, run_name, alert),
-            on_resolve=lambda alert: _record_alert(store, run_name, alert),
+        deliveries = None
+        actions: list = [log_action]
+        if config.alert_webhook_url:
+            deliveries = BackgroundActions([WebhookAction(config.alert_webhook_url, config.export_timeout_s)])
+            actions.append(deliveries)
+        session = cls(config, run_name, journal, sync, exporter, None, deliveries)
+        session.engine = AlertEngine.from_config(
+            config, webhook_url=None, actions=actions, on_fire=session._journal_alert, on_resolve=session._journal_alert
         )
-        spill_dir = Path(config.store_url.split("///")[-1]).parent if config.store_url.startswith("sqlite") else Path(".")
-        return cls(config, run_name, store, exporter, engine, spill_dir)
+        provenance = monitor.provenance() if monitor is not None and monitor.started else {}
+        provenance["display_name"] = display_name or run_name
+        session._record("run", {"config": config.public_dump(), "provenance": provenance})
+        return session
 
-    def stored_steps(self) -> set[int]:
-        """Steps this run already has in the store (a resumed run skips them)."""
-        return set(self.store.recorded_steps(self.run_name))
+    def evaluated_steps(self) -> set[int]:
+        """Steps this run has evaluated: in its journal or in the store (read here; for the
+        watcher, which is not a training loop). A store that cannot be read counts as empty."""
+        steps = {int(e.data["step"]) for e in read_journal(self.journal.path) if e.kind == "evaluation"} if self.journal.path.exists() else set()
+        try:
+            from featuredrift.monitor.store import RunStore, UnknownRunError
+
+            with RunStore(self.config.store_url) as store:
+                try:
+                    steps |= set(store.recorded_steps(self.run_name))
+                except UnknownRunError:
+                    pass
+        except Exception as error:  # noqa: BLE001
+            logger.warning("featuredrift could not read run %s from the store (%s); using its journal", self.run_name, error)
+        return steps
+
+    # ---- the training thread's side: hand over and return -----------------------------
 
     def publish(self, report: EvaluationReport) -> list:
-        """Store, then export and alert. Returns the alerts that fired; never raises."""
-        self.pending.append(report)
-        self._flush_store()
+        """Journal, then export and alert. Returns the alerts that fired; never raises."""
+        started = time.perf_counter()
         try:
-            self.exporter.submit(self._with_latest_costly(report))
-        except Exception:  # exporters should not raise; belt and braces for third-party ones
-            logger.exception("featuredrift exporter failed on step %d", report.step)
+            self._record("evaluation", report.to_dict())
+            try:
+                self.exporter.submit(self._with_latest_costly(report))
+            except Exception:  # exporters should not raise; belt and braces for third-party ones
+                logger.exception("featuredrift exporter failed on step %d", report.step)
+            try:
+                return list(self.engine.evaluate(report, run=self.run_name))
+            except Exception:
+                logger.exception("featuredrift alert engine failed on step %d", report.step)
+                return []
+        finally:
+            self._note_handoff(time.perf_counter() - started, f"step {report.step}")
+
+    def record_stop(self, step: int, reason: str) -> None:
+        self._record("stop", {"step": int(step), "reason": reason})
+
+    def close(self, status: str = "finished") -> None:
+        """Resolve alerts, finish the run and give the writers at most `close_timeout_s`."""
+        started = time.perf_counter()
+        budget = self.config.close_timeout_s
         try:
-            return list(self.engine.evaluate(report, run=self.run_name))
+            self.engine.resolve_run(self.run_name, time.time())
         except Exception:
-            logger.exception("featuredrift alert engine failed on step %d", report.step)
-            return []
+            logger.exception("featuredrift could not resolve the run's alerts")
+        self._record("finish", {"status": status})
+        deadline = time.monotonic() + budget
+        left = self.sync.close(budget)
+        for closer in (self.exporter.close, getattr(self.deliveries, "close", None)):
+            if closer is None:
+                continue
+            try:
+                closer(max(0.0, deadline - time.monotonic()))
+            except Exception:
+                logger.exception("featuredrift could not close a telemetry writer")
+        if left:
+            self._report_unstored(left)
+        self._note_handoff(time.perf_counter() - started, "close", budget=budget + 0.5)
+
+    # ---- helpers ------------------------------------------------------------------------
+
+    def _record(self, kind: str, data: dict) -> None:
+        """Journal an event durably, then hand it to the store sync (in memory if the disk refuses)."""
+        try:
+            event = self.journal.append(kind, data)
+            durable = True
+        except OSError as error:
+            event = JournalEvent(self.journal.next_sequence(), kind, self.run_name, data)
+            durable = False
+            if not self._journal_broken:
+                self._journal_broken = True
+                logger.error("featuredrift cannot write the run journal %s (%s); evaluations are kept in memory "
+                             "until the store takes them", self.journal.path, error)
+        self.sync.submit(event, durable)
+
+    def _journal_alert(self, alert) -> None:
+        self._record("alert", dataclasses.asdict(alert) if dataclasses.is_dataclass(alert) else dict(vars(alert)))
+
+    def _note_handoff(self, seconds: float, what: str, budget: float | None = None) -> None:
+        self.handoff_seconds.append(seconds)
+        budget = self.config.telemetry_budget_s if budget is None else budget
+        if seconds > budget:
+            logger.warning("featuredrift telemetry held the training thread %.3fs at %s (budget %.3fs)", seconds, what, budget)
+
+    def _report_unstored(self, left: list[tuple[JournalEvent, bool]]) -> None:
+        durable = [event for event, ok in left if ok]
+        volatile = [event for event, ok in left if not ok]
+        evaluations = sum(1 for event in durable if event.kind == "evaluation")
+        if durable:
+            logger.warning(
+                "featuredrift: %d event(s) (%d evaluation(s)) of run %s are not in the run store %s yet; they are in %s "
+                "and will be stored when the run resumes, or now with `featuredrift runs import %s`",
+                len(durable), evaluations, self.run_name, self.sync.url_for_humans, self.journal.path, self.journal.path,
+            )
+        if volatile:
+            self._rescue(volatile)
+
+    def _rescue(self, events: list[JournalEvent]) -> None:
+        """Write events that neither the journal nor the store took to a fallback journal."""
+        fallback = RunJournal.for_run(FALLBACK_JOURNAL_DIR, self.run_name)
+        try:
+            for event in events:
+                fallback.append(event.kind, event.data)
+        except OSError as error:
+            logger.error("featuredrift LOST %d event(s) (%d evaluation(s)) of run %s: neither the journal %s, the store "
+                         "%s nor %s could take them (%s)", len(events), sum(e.kind == "evaluation" for e in events),
+                         self.run_name, self.journal.path, self.sync.url_for_humans, fallback.path, error)
+            return
+        logger.error("featuredrift wrote %d event(s) of run %s that the journal and the store refused to %s; "
+                     "load them with `featuredrift runs import %s`", len(events), self.run_name, fallback.path, fallback.path)
 
     def _with_latest_costly(self, report: EvaluationReport) -> EvaluationReport:
         """The report as exported: costly measurements that run on a slower cadence (refusal
@@ -91,56 +394,10 @@ class MonitorSession:
                 self._latest_costly[name] = value
         return dataclasses.replace(report, **missing) if missing else report
 
-    def record_stop(self, step: int, reason: str) -> None:
-        try:
-            self.store.record_stop(self.run_name, step, reason)
-        except Exception:
-            logger.exception("featuredrift could not record the stop reason")
 
-    def close(self, status: str = "finished") -> None:
-        try:
-            self.engine.resolve_run(self.run_name, time.time())
-        except Exception:
-            logger.exception("featuredrift could not resolve the run's alerts")
-        self._flush_store()
-        if self.pending:
-            self._spill()
-        try:
-            self.exporter.close(timeout=self.config.export_timeout_s)
-        except Exception:
-            logger.exception("featuredrift exporter failed to close")
-        try:
-            self.store.finish_run(self.run_name, status)
-        except Exception:
-            logger.exception("featuredrift could not mark run %s %s", self.run_name, status)
-
-    def _flush_store(self) -> None:
-        while self.pending:
-            report = self.pending[0]
-            try:
-                self.store.record_evaluation(self.run_name, report)
-            except Exception as error:
-                self.store_failures += 1
-                logger.warning(
-                    "featuredrift run store unavailable (%s); %d evaluation(s) pending", error, len(self.pending)
-                )
-                return
-            self.pending.popleft()
-
-    def _spill(self) -> None:
-        path = self.spill_dir / f"featuredrift-pending-{self.run_name}.jsonl"
-        try:
-            with path.open("a") as f:
-                for report in self.pending:
-                    f.write(json.dumps({"run": self.run_name, "report": report.to_dict()}) + "\n")
-            logger.warning("featuredrift wrote %d unstored evaluation(s) to %s", len(self.pending), path)
-            self.pending.clear()
-        except OSError:
-            logger.exception("featuredrift could not spill pending evaluations")
-
-
-def _record_alert(store, run_name: str, alert) -> None:
-    try:
-        store.record_alert(run_name, alert)
-    except Exception:
-        logger.exception("featuredrift could not store alert %s", getattr(alert, "name", alert))
+def default_journal_dir(config: MonitorConfig) -> Path:
+    """Next to a SQLite store, else `featuredrift-out/journals` in the current folder."""
+    url = config.store_url
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        return Path(url[len("sqlite:///"):]).expanduser().parent / "journals"
+    return Path("featuredrift-out") / "journals"

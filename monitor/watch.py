@@ -123,11 +123,11 @@ def watch(
                 monitor = DriftMonitor(config.model_copy(update={"reference": "initial", "run_name": run_name}))
                 monitor.start(base, tokenizer)
                 session = MonitorSession.open(monitor.config, run_name, monitor)
-                if 0 not in session.stored_steps():
+                if 0 not in session.evaluated_steps():
                     # Step 0 is the reference itself: the point every curve starts from.
                     _publish(session, monitor.evaluate(base, 0), reports, on_report)
                 del base
-            done = session.stored_steps() if session else set()
+            done = session.evaluated_steps() if session else set()
             todo = [(step, path) for step, path in checkpoints if step not in done]
             for index, (step, path) in enumerate(todo):
                 model = load_checkpoint(path, reference).eval()

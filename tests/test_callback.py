@@ -22,6 +22,7 @@ from featuredrift.monitor.config import MonitorConfig
 from featuredrift.monitor.demo import run_demo
 from featuredrift.monitor.finetune import make_sft_trainer, read_conversations
 from featuredrift.monitor.hookpoints import HookpointError
+from featuredrift.monitor.journal import read_journal
 from featuredrift.monitor.store.run_store import RunStore
 
 pytestmark = pytest.mark.slow
@@ -160,7 +161,8 @@ def test_ddp_two_processes_shard_probes_and_push_once(zoo_nano, tmp_path, pushga
     assert ranks[0]["fvu"] == ranks[1]["fvu"]
     # …but only rank 0 stored and pushed.
     assert ranks[0]["pushes"] >= 1 and ranks[1]["pushes"] is None
-    groups = [g for g in pushgateway.groups() if g["labels"].get("run") == "ddp"]
+    assert ranks[0]["run_id"] == ranks[1]["run_id"] and ranks[0]["run_id"].startswith("ddp-")
+    groups = [g for g in pushgateway.groups() if g["labels"].get("run") == ranks[0]["run_id"]]
     assert len(groups) == 1 and groups[0]["labels"]["job"] == "featuredrift"
     evaluations = groups[0]["featuredrift_evaluations_total"]["metrics"][0]["value"]
     assert float(evaluations) == 3
@@ -183,8 +185,9 @@ def test_kill_and_resume_continues_the_same_run(zoo_nano, tmp_path):
         time.sleep(0.2)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    with RunStore(opts["store_url"]) as store:
-        before = store.recorded_steps("resume")
+    # The journal holds every evaluation durably, whether or not the store had caught up.
+    (journal,) = (out / "featuredrift").glob("journal-resume-*.jsonl")
+    before = sorted({e.data["step"] for e in read_journal(journal) if e.kind == "evaluation"})
     assert before[:5] == [0, 2, 4, 6, 8]
 
     killed_at = time.time()

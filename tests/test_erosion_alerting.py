@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 
 import pytest
 import yaml
@@ -39,12 +38,12 @@ def test_erosion_demo_alerts_through_prometheus_and_alertmanager(
     receiver_url = f"http://127.0.0.1:{receiver.server_address[1]}"
     alertmanager = alertmanager_factory(alertmanager_config_for(receiver_url))
     prometheus = prometheus_factory([pushgateway.url.split("://")[1]], rule_files=[rules], alertmanager_url=alertmanager.url)
-    run = f"erosion-{uuid.uuid4().hex[:8]}"
-
     result = run_demo(
-        "erosion", "nano", out=tmp_path, eval_every=10, pushgateway_url=pushgateway.url, run_name=run,
+        "erosion", "nano", out=tmp_path, eval_every=10, pushgateway_url=pushgateway.url, run_name="erosion",
         console=_console(), keep_group_on_end=True,
     )
+    run = result.run_name  # the run's unique id, the `run` label of every series
+    assert run.startswith("erosion-")
     assert result.reports[-1].refusal_rate["harmful"] < 0.5
 
     _, payload, alert = wait_for_notification(

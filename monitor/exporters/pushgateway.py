@@ -20,12 +20,13 @@ import os
 import ssl
 import threading
 import time
-import urllib.request
 from collections import deque
 from collections.abc import Callable
 
 from prometheus_client import delete_from_gateway, push_to_gateway
 
+from featuredrift.monitor.config import mask_url
+from featuredrift.monitor.exporters import http
 from featuredrift.monitor.exporters.metrics import ExportStats, registry_for_report
 from featuredrift.monitor.report import EvaluationReport
 
@@ -62,22 +63,17 @@ def make_http_handler(
         if insecure:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
-    handlers = [urllib.request.HTTPSHandler(context=context)] if context is not None else []
-    opener = urllib.request.build_opener(*handlers)
     authorization = None
     if username is not None and password is not None:
         authorization = "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
 
     def handler(url: str, method: str, timeout: float | None, headers: list, data: bytes) -> Callable[[], None]:
         def handle() -> None:
-            request = urllib.request.Request(url, data=data, method=method)
-            for key, value in headers:
-                request.add_header(key, value)
+            sent = dict(headers)
             if authorization:
-                request.add_header("Authorization", authorization)
-            with opener.open(request, timeout=timeout) as response:
-                if response.status >= 400:
-                    raise OSError(f"pushgateway {url}: HTTP {response.status} {response.reason}")
+                sent["Authorization"] = authorization
+            # The whole request must end within `timeout`: a trickling gateway cannot hold the worker.
+            http.request(url, method, data, sent, deadline_s=timeout or 3.0, ssl_context=context)
 
         return handle
 
@@ -110,6 +106,7 @@ class PushgatewayExporter:
         if timeout_s <= 0:
             raise ValueError(f"timeout_s: expected > 0, found {timeout_s}")
         self.url = url
+        self.shown_url = mask_url(url)  # for logs: no credentials
         self.job = job
         self.run = run
         self.timeout_s = timeout_s
@@ -225,8 +222,12 @@ class PushgatewayExporter:
                         self._pending.popleft()
                 backoff = self.backoff_initial_s
             else:
-                wait = backoff if not self._closing.is_set() else min(backoff, max(0.0, self._remaining()))
-                self._closing.wait(wait)
+                # Back off, during close too (the closing event is already set there, so waiting
+                # on it would return at once and retry in a tight loop).
+                if self._closing.is_set():
+                    time.sleep(min(backoff, max(0.0, self._remaining())))
+                else:
+                    self._closing.wait(backoff)
                 backoff = min(backoff * 2, self.backoff_max_s)
         if not self._keep_group and self._remaining() > 0:
             self._delete_group()
@@ -242,13 +243,14 @@ class PushgatewayExporter:
             self._failures += 1
             if self._failing_since is None:
                 self._failing_since = now
-                log.warning("pushgateway %s unreachable (%s); buffering evaluations and retrying", self.url, error)
+                what = "answered with an error" if isinstance(error, http.HttpError) else "unreachable"
+                log.warning("pushgateway %s %s (%s); buffering evaluations and retrying", self.shown_url, what, error)
             return False
         self._delivered += 1
         self._last_success = now
         if self._failing_since is not None:
             log.info("pushgateway %s is back after %.1fs; replaying %d buffered evaluation(s)",
-                     self.url, now - self._failing_since, len(self._pending))
+                     self.shown_url, now - self._failing_since, len(self._pending))
             self._failing_since = None
         return True
 
@@ -258,4 +260,4 @@ class PushgatewayExporter:
                                 timeout=self._push_timeout(), handler=self._handler)
         except Exception as error:  # noqa: BLE001
             self._failures += 1
-            log.warning("pushgateway %s: could not delete group job=%s run=%s (%s)", self.url, self.job, self.run, error)
+            log.warning("pushgateway %s: could not delete group job=%s run=%s (%s)", self.shown_url, self.job, self.run, error)

@@ -25,13 +25,13 @@ def default_store_url() -> str:
 DbOption = typer.Option(None, "--db", help=DB_HELP, show_default=False)
 
 
-def open_store(db: str | None):
+def open_store(db: str | None, *, read_only: bool = True):
     """Open the store or exit with the store's own clear message (no traceback)."""
     from featuredrift.monitor.store.errors import StoreError
     from featuredrift.monitor.store.run_store import RunStore
 
     try:
-        return RunStore(db or default_store_url())
+        return RunStore(db or default_store_url(), read_only=read_only)
     except StoreError as error:
         typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from error
@@ -167,3 +167,48 @@ def export_run(
         typer.echo(text, nl=False)
     else:
         typer.echo(f"wrote {out}", err=True)
+
+
+@app.command("import")
+def import_runs(
+    paths: list[Path] = typer.Argument(..., help="Run journals (journal-*.jsonl, written beside every run) or JSON exports."),
+    name: str | None = typer.Option(None, "--name", help="Store a JSON export under this run name."),
+    db: str | None = DbOption,
+) -> None:
+    """Load journals or JSON exports into the store: what a run could not store while it ran."""
+    from featuredrift.monitor.journal import JOURNAL_FORMAT
+    from featuredrift.monitor.store.errors import StoreError
+
+    with open_store(db, read_only=False) as store:
+        for path in paths:
+            if not path.is_file():
+                fail(FileNotFoundError(f"{path}: expected a journal or a JSON export, found no file"))
+            try:
+                with open(path, encoding="utf-8") as handle:
+                    first_line = handle.readline()
+                if JOURNAL_FORMAT in first_line:
+                    applied, run = import_journal(store, path)
+                    typer.echo(f"{path}: {applied} event(s) of run {run} stored")
+                else:
+                    info = store.import_json(path.read_text(encoding="utf-8"), name=name)
+                    typer.echo(f"{path}: run {info.name} with {info.evaluation_count} evaluation(s) stored")
+            except (StoreError, ValueError, KeyError) as error:
+                fail(error)
+
+
+def import_journal(store, path: Path) -> tuple[int, str]:
+    """Apply the events of a journal that the store does not have yet; (count, run id)."""
+    from featuredrift.monitor.journal import read_journal
+    from featuredrift.monitor.session import store_event
+
+    events = read_journal(path)
+    if not events:
+        raise ValueError(f"{path}: expected journal events, found none")
+    run = events[0].run
+    synced = store.synced_sequence(run)
+    applied = 0
+    for event in events:
+        if event.seq > synced:
+            store_event(store, event)
+            applied += 1
+    return applied, run

@@ -20,6 +20,7 @@ from featuredrift.monitor.store.errors import CorruptStoreError, StoreError, Sto
 # The one default run store: the demo, the callback and the read-only commands all use it.
 DEFAULT_URL = "sqlite:///featuredrift-out/featuredrift.db"
 POSTGRES_CONNECT_TIMEOUT_S = 5
+POSTGRES_STATEMENT_TIMEOUT_MS = 10_000
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
 
@@ -58,7 +59,13 @@ def _enable_sqlite_pragmas(engine: Engine, wal: bool) -> None:
             cursor.close()
 
 
-def make_engine(url: URL) -> Engine:
+def require_existing_store(url: URL, display_url: str) -> None:
+    """Refuse to open a SQLite store that does not exist (read-only commands create nothing)."""
+    if url.get_backend_name() == "sqlite" and not is_sqlite_memory(url) and not Path(url.database).expanduser().is_file():
+        raise StoreUnavailableError(f"run store {display_url}: expected an existing database file, found no file at {url.database}")
+
+
+def make_engine(url: URL, *, create_folder: bool = True) -> Engine:
     backend = url.get_backend_name()
     try:
         if backend == "sqlite":
@@ -70,7 +77,8 @@ def make_engine(url: URL) -> Engine:
                 return engine
             folder = Path(url.database).expanduser().parent
             try:
-                folder.mkdir(parents=True, exist_ok=True)
+                if create_folder:
+                    folder.mkdir(parents=True, exist_ok=True)
             except OSError as error:
                 raise StoreUnavailableError(
                     f"cannot open run store {url_for_humans(url)}: cannot create folder {str(folder)!r} ({error})"
@@ -78,7 +86,13 @@ def make_engine(url: URL) -> Engine:
             engine = create_engine(url, pool_pre_ping=True)
             _enable_sqlite_pragmas(engine, wal=True)
             return engine
-        connect_args = {"connect_timeout": POSTGRES_CONNECT_TIMEOUT_S} if backend == "postgresql" else {}
+        # A frozen server must not hold a writer forever: connect, statement and TCP timeouts.
+        connect_args = {
+            "connect_timeout": POSTGRES_CONNECT_TIMEOUT_S,
+            "options": f"-c statement_timeout={POSTGRES_STATEMENT_TIMEOUT_MS} -c lock_timeout={POSTGRES_STATEMENT_TIMEOUT_MS}",
+            "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 2,
+            "tcp_user_timeout": POSTGRES_STATEMENT_TIMEOUT_MS,
+        } if backend == "postgresql" else {}
         return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
     except (NoSuchModuleError, ModuleNotFoundError) as error:
         hint = " (pip install 'featuredrift[postgres]')" if backend == "postgresql" else ""  # see monitor.extras

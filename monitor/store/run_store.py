@@ -26,8 +26,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from featuredrift.monitor.report import EvaluationReport
 from featuredrift.monitor.store import rows
 from featuredrift.monitor.store.engine import (
+    DEFAULT_URL,
     make_engine,
     parse_store_url,
+    require_existing_store,
     translate_open_error,
     url_for_humans,
 )
@@ -38,7 +40,7 @@ from featuredrift.monitor.store.errors import (
     StoreUnavailableError,
     UnknownRunError,
 )
-from featuredrift.monitor.store.migrate import upgrade_to_head
+from featuredrift.monitor.store.migrate import require_current_schema, upgrade_to_head
 from featuredrift.monitor.store.models import (
     Alert,
     DriftedFeature,
@@ -72,12 +74,18 @@ CSV_COLUMNS = ("run", "step", "timestamp", "epoch", "metric", "labels", "value")
 class RunStore:
     """Open (and migrate to head) the run store at `url`."""
 
-    def __init__(self, url: str = "sqlite:///featuredrift.db") -> None:
+    def __init__(self, url: str = DEFAULT_URL, *, read_only: bool = False) -> None:
+        """`read_only` (the `runs` and `report` commands) never creates or migrates a database."""
         self.url = parse_store_url(url)
         self.display_url = url_for_humans(self.url)
-        self.engine = make_engine(self.url)
+        if read_only:
+            require_existing_store(self.url, self.display_url)
+        self.engine = make_engine(self.url, create_folder=not read_only)
         try:
-            upgrade_to_head(self.engine, self.display_url)
+            if read_only:
+                require_current_schema(self.engine, self.display_url)
+            else:
+                upgrade_to_head(self.engine, self.display_url)
         except (SchemaTooNewError, StoreError):
             self.engine.dispose()
             raise
@@ -416,6 +424,18 @@ class RunStore:
             session.flush()
             return record.id
 
+    def synced_sequence(self, run_name: str) -> int:
+        """The last journal event applied to this run (0: none, or the run does not exist yet)."""
+        with self._transaction() as session:
+            run = session.scalar(select(Run).where(Run.name == run_name))
+            return int((run.extra or {}).get("journal_sequence", 0)) if run is not None else 0
+
+    def mark_synced(self, run_name: str, sequence: int) -> None:
+        """Remember that journal events up to `sequence` are in the store."""
+        with self._transaction() as session:
+            run = self._require_run(session, run_name)
+            run.extra = {**(run.extra or {}), "journal_sequence": int(sequence)}
+
     def record_stop(self, run_name: str, step: int, reason: str) -> RunInfo:
         """Note that training was stopped on purpose (an alert with stop_on_alert) and why."""
         with self._transaction() as session:
@@ -559,7 +579,18 @@ class RunStore:
     # ---- helpers ----------------------------------------------------------------------
 
     def _require_run(self, session: Session, name: str) -> Run:
+        """The run with id `name`, or the one run whose display name is `name`."""
         run = session.scalar(select(Run).where(Run.name == name))
+        if run is None:
+            candidates = session.scalars(
+                select(Run).where(Run.name.like(f"{name}-%")).order_by(Run.created_at, Run.id)
+            ).all()
+            candidates = [r for r in candidates if (r.extra or {}).get("display_name") == name]
+            if len(candidates) == 1:
+                return candidates[0]
+            if candidates:
+                listing = ", ".join(f"{r.name} (created {r.created_at:%Y-%m-%d %H:%M:%S})" for r in candidates)
+                raise UnknownRunError(f"run name {name!r} names {len(candidates)} runs in {self.display_url}: {listing}; pass the run id")
         if run is None:
             known = session.scalars(select(Run.name).order_by(Run.name).limit(21)).all()
             listing = ", ".join(known[:20]) + (", …" if len(known) > 20 else "") if known else "none yet"

@@ -52,6 +52,7 @@ def main() -> None:
     rank, size = world()
     summary = {
         "rank": rank,
+        "run_id": drift.run_id,
         "world_size": size,
         "steps": [r.step for r in drift.reports],
         "batches": {k: len(v) for k, v in drift.monitor.probe_batches.items()},
