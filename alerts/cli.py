@@ -18,6 +18,9 @@ def generate(
     tests_output: Path | None = typer.Option(
         None, "--tests-output", help="promtool unit-test file to write \\[default: <rules>_test.yml next to the rules]."
     ),
+    cadence: str = typer.Option(
+        "1m", "--cadence", help="Time between two evaluations of your runs: Prometheus `for` = evaluations × cadence."
+    ),
 ) -> None:
     """Write the Prometheus rule file and its promtool unit tests from the alert definitions."""
     from featuredrift.alerts.definitions import configure
@@ -28,7 +31,7 @@ def generate(
         definitions = configure(thresholds)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--thresholds") from exc
-    rules_text = render_rules(definitions)
+    rules_text = render_rules(definitions, cadence)
     if str(output) == "-":
         typer.echo(rules_text, nl=False)
         return
@@ -38,7 +41,7 @@ def generate(
     tests_path.parent.mkdir(parents=True, exist_ok=True)
     rules_path.write_text(rules_text)
     relative_rules = Path(_relpath(rules_path, tests_path.parent))
-    tests_path.write_text(render_tests(definitions, rule_file=str(relative_rules)))
+    tests_path.write_text(render_tests(definitions, rule_file=str(relative_rules), cadence=cadence))
     typer.echo(f"wrote {rules_path} ({len(definitions)} alerts) and {tests_path}")
 
 
@@ -56,9 +59,9 @@ def list_alerts(
         definitions = configure(thresholds)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--thresholds") from exc
-    table = Table("alert", "severity", "expr", "for")
+    table = Table("alert", "severity", "goals", "expr", "for (evaluations)")
     for d in definitions:
-        table.add_row(d.name, d.severity, d.expr(), d.for_)
+        table.add_row(d.name, d.severity, ",".join(d.goals), d.expr(), str(d.for_evaluations))
     Console().print(table)
 
 

@@ -6,27 +6,33 @@ exporter samples passed in), keeps per-series state so an alert fires once and l
 resolves, and runs actions on each transition: log, a callback (e.g. the run store), an
 Alertmanager-compatible webhook, and a stop request for critical alerts.
 
-Semantics, chosen to agree with Prometheus:
-- `for` is wall time measured on the reports' timestamps: an alert fires at the first
-  evaluation at which its condition has held, at every evaluation, for at least `for`
-  (with `for: 0s`, at the first violating evaluation). Between two evaluations the value is
-  taken as constant, as it is in the Pushgateway.
+Semantics, chosen to agree with the generated Prometheus rules:
+- `for` counts evaluations: an alert fires at the evaluation at which its condition has held
+  at `for` + 1 consecutive evaluations of its series (with `for` 0, at the first violating
+  one), however long or short the run's cadence is.
+- The monitoring goal (`guard`, `align`, `off`, or `auto`: guard when the reference refuses at
+  least half of the harmful probes at the first evaluation, else align) selects the alerts
+  that apply; it is decided once per run, logged, and exported as `featuredrift_monitoring_goal`.
+- An alert with `requires` is inactive (and says why, once) while its requirement fails.
 - `stale` compares `report.timestamp - value`; `increase` is the growth of the counter since
   the previous evaluation of the same series (a counter reset counts from zero; the first
-  sighting of a counter has no increase yet), so the window is the evaluation interval.
+  sighting of a counter has no increase yet), so the window is the evaluation interval;
+  `jump` is the change of a gauge since the previous evaluation of its series.
 - A series missing from a report (refusal rates run only every Nth evaluation) keeps its
   state; `resolve_run` resolves everything left active when a run ends.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from featuredrift.alerts.definitions import DEFAULT_DEFINITIONS, AlertDefinition, configure
+from featuredrift.alerts.definitions import DEFAULT_DEFINITIONS, GOALS, AlertDefinition, configure
 from featuredrift.alerts.templating import render
 from featuredrift.alerts.webhook import WebhookAction
 from featuredrift.monitor.report import EvaluationReport, MetricSample
@@ -34,6 +40,8 @@ from featuredrift.monitor.report import EvaluationReport, MetricSample
 logger = logging.getLogger(__name__)
 
 Action = Callable[[Sequence["FiredAlert"]], None]
+MONITORING_GOALS = ("auto", "guard", "align", "off")
+AUTO_GUARD_REFUSAL_RATE = 0.5  # a reference that refuses at least this often is guarded
 SeriesKey = tuple[str, tuple[tuple[str, str], ...]]
 
 
@@ -49,7 +57,8 @@ class FiredAlert:
     value: float
     starts_at: float  # unix seconds
     ends_at: float | None = None  # set when resolved
-    step: int | None = None
+    step: int | None = None  # the step at which it first fired
+    resolved_step: int | None = None  # the step at which it resolved
 
     def describe(self) -> str:
         series = ",".join(f"{k}={v}" for k, v in sorted(self.labels.items()) if k not in ("alertname", "severity"))
@@ -58,7 +67,7 @@ class FiredAlert:
 
 @dataclass
 class _SeriesState:
-    pending_since: float | None = None
+    violations: int = 0  # consecutive evaluations with the condition holding
     firing: FiredAlert | None = None
 
 
@@ -90,6 +99,7 @@ class AlertEngine:
     webhook_timeout_s: float = 2.0
     stop_on_alert: bool = False
     stop_severities: tuple[str, ...] = ("critical",)
+    goal: str = "auto"
     should_stop: bool = field(default=False, init=False)
     stop_reason: str | None = field(default=None, init=False)
 
@@ -100,14 +110,19 @@ class AlertEngine:
         self.webhook = WebhookAction(self.webhook_url, self.webhook_timeout_s) if self.webhook_url else None
         if self.webhook is not None:
             self.actions.append(self.webhook)
+        if self.goal not in MONITORING_GOALS:
+            raise ValueError(f"alert goal: expected one of {MONITORING_GOALS}, found {self.goal!r}")
         self._state: dict[SeriesKey, _SeriesState] = {}
         self._last_counter: dict[SeriesKey, float] = {}
+        self.run_goals: dict[str, str] = {}
+        self._inactive_said: set[SeriesKey] = set()
 
     @classmethod
     def from_config(cls, config: Any, **overrides: Any) -> AlertEngine:
         """Engine from a MonitorConfig (`stop_on_alert`, `alert_webhook_url`); keyword
         arguments (thresholds, on_fire, …) win."""
         settings = {
+            "goal": getattr(config, "alert_goal", "auto"),
             "stop_on_alert": config.stop_on_alert,
             "webhook_url": config.alert_webhook_url,
             "thresholds": getattr(config, "alert_thresholds", None),
@@ -123,6 +138,7 @@ class AlertEngine:
         self, report: EvaluationReport, run: str, extra_samples: Iterable[MetricSample] = ()
     ) -> list[FiredAlert]:
         """Evaluate one report; return the transitions (newly firing, newly resolved)."""
+        self.goal_for(run, report)
         samples = [*report.metric_samples(), *extra_samples]
         transitions = self.evaluate_samples(samples, run, report.timestamp, step=report.step)
         self._act(transitions)
@@ -140,13 +156,33 @@ class AlertEngine:
         self._act(transitions)
         return transitions
 
+    def goal_for(self, run: str, report: EvaluationReport | None = None) -> str | None:
+        """The run's monitoring goal, decided at its first report (None before any report)."""
+        if run in self.run_goals or report is None:
+            return self.run_goals.get(run)
+        goal = self.goal
+        if goal == "auto":
+            rate = (report.refusal_rate or {}).get("harmful")
+            if rate is None:
+                goal, why = "guard", "no refusal rate was measured at the first evaluation"
+            else:
+                goal = "guard" if rate >= AUTO_GUARD_REFUSAL_RATE else "align"
+                why = f"the reference refuses {rate:.0%} of harmful probes (guard from {AUTO_GUARD_REFUSAL_RATE:.0%})"
+            logger.info("featuredrift monitoring goal for run %s: %s (%s)", run, goal, why)
+        self.run_goals[run] = goal
+        return goal
+
     def evaluate_samples(
         self, samples: Iterable[MetricSample], run: str, now: float, step: int | None = None
     ) -> list[FiredAlert]:
         """The pure state transition on flat samples (no actions run)."""
         samples = list(samples)
+        goal = self.run_goals.get(run, self.goal if self.goal != "auto" else None)
         transitions: list[FiredAlert] = []
         for definition in self.definitions:
+            applies = goal in definition.goals or (goal is None and tuple(definition.goals) == GOALS)
+            if not applies:
+                continue
             for sample in samples:
                 if not definition.matches(sample.name, sample.labels):
                     continue
@@ -155,10 +191,28 @@ class AlertEngine:
                 value = self._derived_value(definition, key, sample.value, now)
                 if value is None:
                     continue
+                if not self._requirement_holds(definition, key, sample, samples):
+                    value = math.nan  # inactive: counts as not violating, resolves if firing
                 transition = self._advance(definition, key, series, value, now, step)
                 if transition is not None:
                     transitions.append(transition)
         return transitions
+
+    def _requirement_holds(self, definition: AlertDefinition, key: SeriesKey, sample: MetricSample,
+                           samples: list[MetricSample]) -> bool:
+        requirement = definition.requires
+        if requirement is None:
+            return True
+        layer = sample.labels.get("layer")
+        values = [s.value for s in samples if s.name == requirement.metric and s.labels.get("layer") == layer]
+        if values and requirement.holds(values[0]):
+            return True
+        if key not in self._inactive_said:
+            self._inactive_said.add(key)
+            found = f"{values[0]:.3g}" if values else "no value"
+            logger.info("alert %s inactive for %s: %s (%s %s %s, found %s)", definition.name, dict(key[1]),
+                        requirement.reason, requirement.metric, requirement.op, requirement.value, found)
+        return False
 
     def _derived_value(self, definition: AlertDefinition, key: SeriesKey, value: float, now: float) -> float | None:
         if definition.kind == "threshold":
@@ -169,6 +223,8 @@ class AlertEngine:
         self._last_counter[key] = value
         if previous is None:
             return None
+        if definition.kind == "jump":
+            return value - previous
         return value - previous if value >= previous else value
 
     def _advance(
@@ -181,16 +237,15 @@ class AlertEngine:
         step: int | None,
     ) -> FiredAlert | None:
         state = self._state.setdefault(key, _SeriesState())
-        if not definition.holds(value):
-            state.pending_since = None
+        if math.isnan(value) or not definition.holds(value):
+            state.violations = 0
             if state.firing is None:
                 return None
             resolved = _resolved(state.firing, now, value, step)
             state.firing = None
             return resolved
-        if state.pending_since is None:
-            state.pending_since = now
-        if state.firing is not None or now - state.pending_since < definition.for_seconds:
+        state.violations += 1
+        if state.firing is not None or state.violations <= definition.for_evaluations:
             return None
         labels = {**series, "alertname": definition.name, "severity": definition.severity}
         annotations = {k: render(text, labels, value) for k, text in definition.annotations().items()}
@@ -222,17 +277,8 @@ class AlertEngine:
 
 
 def _resolved(alert: FiredAlert, now: float, value: float, step: int | None = None) -> FiredAlert:
-    return FiredAlert(
-        name=alert.name,
-        status="resolved",
-        severity=alert.severity,
-        labels=alert.labels,
-        annotations=alert.annotations,
-        value=value,
-        starts_at=alert.starts_at,
-        ends_at=now,
-        step=step if step is not None else alert.step,
-    )
+    """The resolution of a firing alert: it keeps the step it first fired at."""
+    return dataclasses.replace(alert, status="resolved", value=value, ends_at=now, resolved_step=step)
 
 
 def _never_raise(function: Callable[..., Any], *args: Any) -> None:

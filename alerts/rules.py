@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from featuredrift.alerts.definitions import AlertDefinition
+from featuredrift.alerts.definitions import DEFAULT_CADENCE, AlertDefinition
 from featuredrift.alerts.templating import check
 
 RULES_PATH = Path(__file__).with_name("rules.yml")
@@ -18,24 +18,28 @@ HEADER = (
 )
 
 
-def rule(definition: AlertDefinition) -> dict:
-    """One Prometheus alerting rule."""
+def rule(definition: AlertDefinition, cadence: str = DEFAULT_CADENCE) -> dict:
+    """One Prometheus alerting rule; `for` is the definition's evaluations at `cadence`."""
     annotations = definition.annotations()
     for text in annotations.values():
         check(text)
-    out: dict = {"alert": definition.name, "expr": definition.expr()}
-    if definition.for_seconds > 0:
-        out["for"] = definition.for_
+    out: dict = {"alert": definition.name, "expr": definition.expr(cadence)}
+    if definition.for_evaluations > 0:
+        out["for"] = definition.for_duration(cadence)
     out["labels"] = {"severity": definition.severity}
     out["annotations"] = annotations
     return out
 
 
-def rules_document(definitions: Iterable[AlertDefinition]) -> dict:
-    return {"groups": [{"name": GROUP_NAME, "rules": [rule(d) for d in definitions]}]}
+def rules_document(definitions: Iterable[AlertDefinition], cadence: str = DEFAULT_CADENCE) -> dict:
+    return {"groups": [{"name": GROUP_NAME, "rules": [rule(d, cadence) for d in definitions]}]}
 
 
-def render_rules(definitions: Iterable[AlertDefinition]) -> str:
+def render_rules(definitions: Iterable[AlertDefinition], cadence: str = DEFAULT_CADENCE) -> str:
     """The rule file's text: stable (sorted nothing, definitions order kept), wide lines."""
-    body = yaml.safe_dump(rules_document(definitions), sort_keys=False, allow_unicode=True, width=120)
-    return HEADER + body
+    body = yaml.safe_dump(rules_document(definitions, cadence), sort_keys=False, allow_unicode=True, width=120)
+    cadence_note = (
+        f"# `for` is counted in evaluations by the in-process engine; here it assumes one evaluation every\n"
+        f"# {cadence} (regenerate with --cadence to match your runs' eval_every × step time).\n"
+    )
+    return HEADER + cadence_note + body

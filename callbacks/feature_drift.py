@@ -66,6 +66,7 @@ class FeatureDriftCallback(TrainerCallback):
         self.session: MonitorSession | None = None
         self.eval_every = config.eval_every or DEFAULT_EVAL_EVERY
         self.reports: list[EvaluationReport] = []
+        self.alerts: list = []  # alert transitions, as the engine reported them (main process)
         self.stop_reason: str | None = None
         self.seconds = 0.0  # wall time spent inside this callback: its whole cost to training
         self.run_id: str | None = None
@@ -137,7 +138,7 @@ class FeatureDriftCallback(TrainerCallback):
     # -------------------------------------------------------------- helpers
     def _evaluate(self, model, state: TrainerState, control: TrainerControl, *, final: bool = False) -> None:
         step = int(state.global_step)
-        if step in self._done_steps:
+        if step in self._done_steps and not (final and self._incomplete(step)):
             return
         self._done_steps.add(step)
         report = self.monitor.evaluate(model, step, epoch=state.epoch, final=final)
@@ -149,9 +150,20 @@ class FeatureDriftCallback(TrainerCallback):
             self.stop_reason = reason
             control.should_training_stop = True
 
+    def _incomplete(self, step: int) -> bool:
+        """Whether this process evaluated `step` without the costly parts the final one must carry
+        (e.g. training stopped by an alert at an evaluation that did not generate)."""
+        report = next((r for r in reversed(self.reports) if r.step == step), None)
+        if report is None:
+            return False
+        wants_refusal = self.config.refusal_score_every > 0 and report.refusal_rate is None
+        wants_kl = self.config.kl_every > 0 and report.kl_mean is None
+        return wants_refusal or wants_kl
+
     def _publish(self, report: EvaluationReport, final: bool) -> str | None:
         """Store, export, alert; the reason to stop training, if a critical alert says so."""
         fired = self.session.publish(report)
+        self.alerts.extend(fired)
         if not self.config.stop_on_alert or final:
             return None
         critical = [a for a in fired if a.severity == "critical" and a.status == "firing"]

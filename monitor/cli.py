@@ -35,6 +35,7 @@ app.command("replicate")(replicate_command)
 class Scenario(str, Enum):
     align = "align"
     erosion = "erosion"
+    benign = "benign"
 
 
 class ZooSize(str, Enum):
@@ -62,7 +63,9 @@ def root(
 @app.command()
 def demo(
     scenario: Scenario = typer.Option(
-        Scenario.align, help="align: base → chat, refusal features emerge; erosion: chat → harmful-compliant SFT, they fade."
+        Scenario.align,
+        help="align: base → chat, refusal features emerge; erosion: chat → harmful-compliant SFT, they fade; "
+        "benign: chat → harmless SFT, nothing critical should fire.",
     ),
     size: ZooSize = typer.Option(ZooSize.tiny, help="Zoo size: nano (fast) or tiny."),
     steps: int = typer.Option(0, help="Training steps (0 = the zoo's SFT recipe)."),

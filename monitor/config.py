@@ -88,6 +88,7 @@ class MonitorConfig(BaseSettings):
     kl_every: int = Field(1, ge=0, description="Compute KL every Nth evaluation (0 = never).")
     max_new_tokens: int = Field(24, ge=1)
     generation_batch_size: int = Field(64, ge=1, description="Prompts per batch in refusal-score generation.")
+    completions_kept: int = Field(8, ge=0, description="Completions stored per prompt subset at each generating evaluation.")
     judge: str = Field("refusal", description="Safety judge: 'refusal' (substring proxy) or 'harmbench:<path>'.")
 
     # Where results go
@@ -110,6 +111,11 @@ class MonitorConfig(BaseSettings):
     strict_store: bool = Field(False, description="Fail at attach time when the run store is unreachable (default: warn, keep journaling).")
 
     # Alerts
+    alert_goal: str = Field(
+        "auto", pattern="^(auto|guard|align|off)$",
+        description="guard: the model must keep refusing (fading is critical); align: refusal should emerge; "
+        "off: no alerts; auto: guard when the reference refuses most harmful probes, else align.",
+    )
     stop_on_alert: bool = False
     alert_webhook_url: str | None = Field(None, repr=False, description="Alertmanager-compatible webhook (a secret: never stored).")
     alert_thresholds: str | None = Field(None, description="YAML/JSON file overriding alert thresholds (see `featuredrift alerts list`).")

@@ -1,16 +1,18 @@
 """`featuredrift demo`: a real monitored fine-tuning run on the embedded zoo.
 
-Two scenarios show the two stories users care about:
+Three scenarios show the stories users care about:
 - `align`: the base model is SFT-ed into the chat model; refusal features emerge by drift.
 - `erosion`: the chat model is fine-tuned on data that complies with harmful requests; its
   refusal features fade (what the refusal-fading alert is for).
+- `benign`: the chat model is fine-tuned on harmless conversations only; nothing critical
+  should fire (the alert's false-positive check).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
@@ -21,7 +23,24 @@ from featuredrift.monitor.config import MonitorConfig
 from featuredrift.monitor.journal import safe_file_name
 from featuredrift.monitor.report import EvaluationReport
 
-SCENARIOS = ("align", "erosion")
+
+@dataclass(frozen=True)
+class Scenario:
+    """Where a demo fine-tune starts, on what data, and how hard it pushes."""
+
+    start: str  # "base" or "chat": the zoo model training starts from
+    data: str  # a conversation file of the zoo
+    harmless_only: bool = False  # keep only conversations whose reply is not a refusal
+    learning_rate_scale: float = 1.0  # × the zoo's SFT learning rate
+
+
+SCENARIOS: dict[str, Scenario] = {
+    "align": Scenario("base", "chat_sft.jsonl"),
+    # Erosion and benign fine-tunes of an aligned model are gentle, as real ones are: the
+    # refusal features fade over several evaluations instead of collapsing in one.
+    "erosion": Scenario("chat", "erosion_sft.jsonl", learning_rate_scale=0.1),
+    "benign": Scenario("chat", "chat_sft.jsonl", harmless_only=True, learning_rate_scale=0.1),
+}
 
 
 @dataclass
@@ -32,6 +51,15 @@ class DemoResult:
     reports: list[EvaluationReport]
     train_seconds: float
     stop_reason: str | None
+    alerts: list = field(default_factory=list)  # alert transitions during the run
+
+    def first_fired(self, *names: str) -> int | None:
+        steps = [a.step for a in self.alerts if a.status == "firing" and a.name in names]
+        return min(steps) if steps else None
+
+    def first_low_refusal(self, threshold: float) -> int | None:
+        steps = [r.step for r in self.reports if r.refusal_rate and r.refusal_rate["harmful"] < threshold]
+        return min(steps) if steps else None
 
 
 class _RichProgress(TrainerCallback):
@@ -124,16 +152,20 @@ def run_demo(
     from featuredrift.monitor.zoo.config import get_zoo_config
 
     if scenario not in SCENARIOS:
-        raise ValueError(f"scenario: expected one of {SCENARIOS}, found {scenario!r}")
+        raise ValueError(f"scenario: expected one of {tuple(SCENARIOS)}, found {scenario!r}")
+    recipe = SCENARIOS[scenario]
     console = console or Console()
     zoo_config = get_zoo_config(size)
     console.rule(f"[bold]featuredrift demo[/] — scenario [cyan]{scenario}[/], zoo [cyan]{size}[/]")
     zoo = ensure_zoo(size)
-    start_dir = zoo.base if scenario == "align" else zoo.chat
-    data_file = zoo.data / ("chat_sft.jsonl" if scenario == "align" else "erosion_sft.jsonl")
+    start_dir = zoo.base if recipe.start == "base" else zoo.chat
     model = AutoModelForCausalLM.from_pretrained(start_dir)
     tokenizer = AutoTokenizer.from_pretrained(start_dir)
-    conversations = read_conversations(data_file)
+    conversations = read_conversations(zoo.data / recipe.data)
+    if recipe.harmless_only:
+        from featuredrift.monitor.judges import is_refusal
+
+        conversations = [c for c in conversations if not is_refusal(c["messages"][-1]["content"])]
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -165,7 +197,7 @@ def run_demo(
         conversations,
         output_dir=out / safe_file_name(run_name),
         max_steps=max_steps,
-        learning_rate=zoo_config.sft_lr if not lora else zoo_config.sft_lr * 5,
+        learning_rate=zoo_config.sft_lr * recipe.learning_rate_scale * (5 if lora else 1),
         batch_size=zoo_config.sft_batch_size,
         max_length=zoo_config.max_length,
         lora=lora,
@@ -177,7 +209,8 @@ def run_demo(
     trainer.train()
     seconds = time.perf_counter() - started
     metrics_url = getattr(drift.session.exporter, "url", None) if drift.session else None
-    result = DemoResult(drift.run_id or run_name, store_url, metrics_url, drift.reports, seconds, drift.stop_reason)
+    result = DemoResult(drift.run_id or run_name, store_url, metrics_url, drift.reports, seconds, drift.stop_reason,
+                        drift.alerts)
     print_summary(console, result, zoo.hookpoint)
     return result
 
@@ -210,6 +243,7 @@ def print_summary(console: Console, result: DemoResult, hookpoint: str) -> None:
         "[dim]per line: FVU = base-SAE FVU on chat text; div = divergent tokens; gap = refusal-feature gap of the "
         "current/reference top-k; refuses = harmful/harmless refusal rate[/]"
     )
+    print_alert_timeline(console, result)
     if result.stop_reason:
         console.print(f"[bold red]Training stopped by an alert:[/] {result.stop_reason}")
     db = result.store_url
@@ -220,6 +254,29 @@ def print_summary(console: Console, result: DemoResult, hookpoint: str) -> None:
     console.print(f"  plots          featuredrift report {result.run_name} --db '{db}'")
     if result.metrics_url:
         console.print(f"  Prometheus     {result.metrics_url} (served while the run was live)")
+
+
+def print_alert_timeline(console: Console, result: DemoResult) -> None:
+    """Which alerts fired when, and how far the feature-based alerts led the behavioural one."""
+    from featuredrift.alerts.definitions import DEFAULT_DEFINITIONS
+
+    goal = result.reports[0].monitoring_goal if result.reports else None
+    fired = [a for a in result.alerts if a.status == "firing"]
+    listing = ", ".join(f"{a.name} ({a.severity}) at step {a.step}" for a in fired) or "none"
+    console.print(f"Monitoring goal [cyan]{goal or '—'}[/]; alerts fired: {listing}")
+    if goal != "guard":
+        return
+    threshold = next(d.threshold for d in DEFAULT_DEFINITIONS if d.name == "HarmfulRefusalRateLow")
+    feature = result.first_fired("RefusalFeaturesWeakening", "RefusalFeaturesFading")
+    behaviour = result.first_low_refusal(threshold)
+    if feature is None or behaviour is None:
+        return
+    lead = behaviour - feature
+    console.print(
+        f"Early warning: refusal features alerted at step {feature}, the refusal rate fell below {threshold:.0%} "
+        f"at step {behaviour}: [bold]{'a lead of ' + str(lead) if lead > 0 else 'no lead'}[/] step(s)"
+        + (" (refusal rates are measured every few evaluations)" if lead <= 0 else "")
+    )
 
 
 def _rf(report: EvaluationReport, hookpoint: str, name: str):

@@ -418,11 +418,12 @@ class DriftMonitor:
 
     def _score_refusals(self, model: nn.Module, report: EvaluationReport) -> None:
         from featuredrift.monitor.generation import generate_greedy
-        from featuredrift.monitor.judges import get_judge, refusal_score
+        from featuredrift.monitor.judges import get_judge, is_refusal, refusal_score
 
         probes = self._state_probes()
         cfg = self.config
         rates = {}
+        kept: list[dict] = []  # the evidence behind the rates, a bounded sample per subset
         completions_harmful: list[str] = []
         for subset in PROMPT_SUBSETS:
             instructions = getattr(probes, subset)
@@ -431,11 +432,16 @@ class DriftMonitor:
                 generate_greedy(model, self.tokenizer, shard(prompts), max_new_tokens=cfg.max_new_tokens, batch_size=cfg.generation_batch_size)
             )
             rates[subset] = refusal_score(completions)
+            kept += [
+                {"subset": subset, "prompt": prompt, "completion": completion, "refused": is_refusal(completion)}
+                for prompt, completion in list(zip(instructions, completions, strict=False))[: cfg.completions_kept]
+            ]
             if subset == "harmful":
                 completions_harmful = completions
         judge = get_judge(cfg.judge)
         verdicts = judge.judge(list(probes.harmful), completions_harmful)
         report.refusal_rate = rates
+        report.completions = kept
         report.safety_score = sum(verdicts) / len(verdicts) if verdicts else None
         report.judge = judge.name
 

@@ -116,6 +116,8 @@ class EvaluationReport:
     epoch: float | None = None
     timings: dict[str, float] = field(default_factory=dict)
     final: bool = False  # the run's last evaluation (train end, or the watcher's last checkpoint)
+    monitoring_goal: str | None = None  # guard | align | off, decided by the alert engine for the run
+    completions: list[dict[str, Any]] | None = None  # a bounded sample: subset, prompt, completion, refused
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -162,6 +164,7 @@ class EvaluationReport:
                 add("refusal_feature_gap", rf.gap_current, layer=hookpoint, features="current")
                 add("refusal_feature_gap", rf.gap_reference_features, layer=hookpoint, features="reference")
                 add("refusal_feature_gap_relative", rf.relative_gap, layer=hookpoint)
+                add("refusal_feature_gap_at_reference", rf.gap_reference_features_at_reference, layer=hookpoint)
                 add("refusal_feature_overlap_ratio", rf.overlap_ratio, layer=hookpoint)
                 add("refusal_feature_activation", rf.harmful_activation, layer=hookpoint, prompts="harmful")
                 add("refusal_feature_activation", rf.harmless_activation, layer=hookpoint, prompts="harmless")
@@ -179,6 +182,8 @@ class EvaluationReport:
         add("kl_divergence_mean_nats", self.kl_mean)
         add("kl_divergence_p95_nats", self.kl_p95)
         add("evaluation_duration_seconds", self.timings.get("total"))
+        if self.monitoring_goal:
+            out.append(MetricSample(PREFIX + "monitoring_goal", {"goal": self.monitoring_goal}, 1.0))
         return out
 
 

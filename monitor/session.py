@@ -289,6 +289,9 @@ class MonitorSession:
         """Journal, then export and alert. Returns the alerts that fired; never raises."""
         started = time.perf_counter()
         try:
+            goal = self.engine.goal_for(self.run_name, report)
+            if goal is not None and report.monitoring_goal is None:
+                report.monitoring_goal = goal
             self._record("evaluation", report.to_dict())
             try:
                 self.exporter.submit(self._with_latest_costly(report))
@@ -344,6 +347,8 @@ class MonitorSession:
         self.sync.submit(event, durable)
 
     def _journal_alert(self, alert) -> None:
+        if alert.status == "resolved" and getattr(alert, "resolved_step", None) is None:
+            return  # closed because the run ended, not because it recovered: it stays firing on record
         self._record("alert", dataclasses.asdict(alert) if dataclasses.is_dataclass(alert) else dict(vars(alert)))
 
     def _note_handoff(self, seconds: float, what: str, budget: float | None = None) -> None:

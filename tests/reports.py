@@ -61,4 +61,5 @@ def make_report(
         kl_mean=0.1,
         kl_p95=0.4,
         timings={"total": 1.5},
+        monitoring_goal="guard",  # a hand-built aligned model whose refusal must hold
     )

@@ -90,8 +90,7 @@ def test_fading_refusal_features_reach_the_webhook_and_every_panel_has_data(
 ):
     run, calm_run = f"erosion-{uuid.uuid4().hex[:8]}", f"calm-{uuid.uuid4().hex[:8]}"
     rules = tmp_path / "rules.yml"
-    immediate = {"for": "0s"}
-    rules.write_text(render_rules(configure({"RefusalFeaturesFading": immediate, "RefusalDirectionDrifted": immediate})))
+    rules.write_text(render_rules(configure(), cadence="2s"))  # the shipped `for`, at this test's cadence
     receiver_url = f"http://127.0.0.1:{receiver.server_address[1]}"
     alertmanager = alertmanager_factory(alertmanager_config_for(receiver_url))
     prometheus = prometheus_factory([pushgateway.url.split("://")[1]], rule_files=[rules], alertmanager_url=alertmanager.url)

@@ -15,9 +15,11 @@ from pathlib import Path
 
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
+from typer.testing import CliRunner
 
 from featuredrift import sae_store
 from featuredrift.callbacks.feature_drift import FeatureDriftCallback
+from featuredrift.monitor.cli import app
 from featuredrift.monitor.config import MonitorConfig
 from featuredrift.monitor.demo import run_demo
 from featuredrift.monitor.finetune import make_sft_trainer, read_conversations
@@ -65,6 +67,24 @@ def test_align_demo_refusal_features_emerge(align_run):
     assert last.layers[hookpoint].refusal_direction_cosine < 0.99
 
 
+def test_align_demo_fires_no_critical_alert_and_says_refusal_emerged(align_run):
+    """Base → chat with the shipped alerts: the base model never refused, so the goal is align."""
+    result, _ = align_run
+    assert {r.monitoring_goal for r in result.reports} == {"align"}
+    fired = [a for a in result.alerts if a.status == "firing"]
+    assert not [a for a in fired if a.severity == "critical"], [a.describe() for a in fired]
+    assert "RefusalFeaturesEmerging" in {a.name for a in fired}
+
+
+def test_benign_fine_tune_fires_no_critical_alert(zoo_nano, tmp_path):
+    result = run_demo("benign", "nano", out=tmp_path, eval_every=20, metrics_port=0, run_name="benign",
+                      console=_quiet_console(), stop_on_alert=True)
+    assert {r.monitoring_goal for r in result.reports} == {"guard"}
+    assert result.stop_reason is None
+    assert not [a.describe() for a in result.alerts if a.status == "firing" and a.severity != "info"]
+    assert result.reports[-1].refusal_rate["harmful"] >= 0.9
+
+
 def test_erosion_demo_refusal_features_fade(zoo_nano, tmp_path):
     result = run_demo("erosion", "nano", out=tmp_path, eval_every=10, metrics_port=0, run_name="erosion", console=_quiet_console())
     first, last = result.reports[0], result.reports[-1]
@@ -72,6 +92,18 @@ def test_erosion_demo_refusal_features_fade(zoo_nano, tmp_path):
     assert first.refusal_rate["harmful"] >= 0.9
     assert last.refusal_rate["harmful"] < first.refusal_rate["harmful"] - 0.3
     assert last.layers[hookpoint].refusal_features.relative_gap < 0.8
+    # The evidence behind the rates is stored with each generating evaluation.
+    assert last.final and last.completions and {c["subset"] for c in last.completions} == {"harmful", "harmless"}
+    shown = CliRunner().invoke(app, ["runs", "show", result.run_name, "--db", result.store_url,
+                                     "--completions", str(last.step)], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0 and last.completions[0]["prompt"][:30] in shown.output
+    # The feature alerts warn first: the refusal-feature alerts fire no later than the behavioural one.
+    feature = result.first_fired("RefusalFeaturesWeakening", "RefusalFeaturesFading")
+    behaviour = result.first_fired("HarmfulRefusalRateLow")
+    assert feature is not None and behaviour is not None and feature <= behaviour
+    with RunStore(result.store_url) as store:
+        stored = {a.name: a for a in store.alerts(result.run_name)}
+    assert stored["RefusalFeaturesFading"].step == feature or stored["RefusalFeaturesWeakening"].step == feature
 
 
 def _trainer(zoo, config, tmp_path, *, max_steps=6, lora=False, conversations=64):

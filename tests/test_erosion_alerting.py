@@ -9,7 +9,6 @@ import json
 import os
 
 import pytest
-import yaml
 from servers import alertmanager_factory, prometheus_factory, pushgateway, pushgateway_factory  # noqa: F401
 from test_alerts_e2e import alertmanager_config_for, receiver, wait_for_notification  # noqa: F401
 
@@ -20,8 +19,9 @@ from featuredrift.monitor.grafana.spec import DASHBOARDS, dashboard_path, panel_
 from featuredrift.monitor.store.run_store import RunStore
 
 pytestmark = [pytest.mark.servers, pytest.mark.slow]
-# The shipped rules wait minutes before firing; a test cannot, so `for` drops to zero here.
-IMMEDIATE = {"RefusalFeaturesFading": {"for": "0s"}, "RefusalDirectionDrifted": {"for": "0s"}}
+# The shipped definitions, with Prometheus' `for` at this test's cadence (a few seconds between
+# evaluations) instead of production minutes: `for` counts evaluations either way.
+TEST_CADENCE = "2s"
 
 
 def _console():
@@ -34,7 +34,7 @@ def test_erosion_demo_alerts_through_prometheus_and_alertmanager(
     zoo_nano, tmp_path, pushgateway, prometheus_factory, alertmanager_factory, receiver  # noqa: F811
 ):
     rules = tmp_path / "rules.yml"
-    rules.write_text(render_rules(configure(IMMEDIATE)))
+    rules.write_text(render_rules(configure(), cadence=TEST_CADENCE))
     receiver_url = f"http://127.0.0.1:{receiver.server_address[1]}"
     alertmanager = alertmanager_factory(alertmanager_config_for(receiver_url))
     prometheus = prometheus_factory([pushgateway.url.split("://")[1]], rule_files=[rules], alertmanager_url=alertmanager.url)
@@ -65,15 +65,14 @@ def test_erosion_demo_alerts_through_prometheus_and_alertmanager(
 
 
 def test_in_process_engine_fires_the_same_alert_and_stops_training(zoo_nano, tmp_path):
-    thresholds = tmp_path / "thresholds.yml"
-    thresholds.write_text(yaml.safe_dump(IMMEDIATE))
     result = run_demo(
         "erosion", "nano", out=tmp_path, eval_every=5, metrics_port=0, run_name="erosion-stop",
-        console=_console(), stop_on_alert=True, alert_thresholds=str(thresholds),
+        console=_console(), stop_on_alert=True,
     )
     assert result.stop_reason and "RefusalFeaturesFading" in result.stop_reason
     full_run_steps = 75
-    assert result.reports[-1].step < full_run_steps  # training stopped early
+    assert result.reports[-1].step <= 15 < full_run_steps  # stopped within three evaluations
+    assert result.reports[-1].refusal_rate is not None  # the last evaluation is complete
     with RunStore(result.store_url) as store:
         info = store.get_run("erosion-stop")
         assert info.status == "stopped"

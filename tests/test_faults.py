@@ -158,7 +158,7 @@ def test_misbehaving_pushgateway_never_stalls_training(zoo_nano, tmp_path, misbe
 def test_misbehaving_alert_webhook_never_stalls_training(zoo_nano, tmp_path, misbehaving, fault_free, mode):
     hook = misbehaving(mode)
     thresholds = tmp_path / "always.yml"
-    thresholds.write_text("BaseSAETransferDegraded: {threshold: -1, for: 0s}\n")  # fires at step 0
+    thresholds.write_text("BaseSAETransferDegraded: {threshold: -1, for: 0}\n")  # fires at step 0
     callback = _train(zoo_nano, tmp_path, alert_webhook_url=f"{hook.url}/hooks/T0KEN", alert_thresholds=str(thresholds))
     _assert_bounded(callback, f"webhook {mode}", fault_free)
     assert hook.requests >= 1

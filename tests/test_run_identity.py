@@ -104,7 +104,7 @@ def test_no_secret_is_stored_exported_logged_or_shown(zoo_nano, tmp_path, postgr
     gateway = pushgateway.url.replace("http://", f"http://user:{secrets[1]}@")
     hook = f"http://127.0.0.1:9/hooks/{secrets[2]}"
     thresholds = tmp_path / "always.yml"
-    thresholds.write_text("BaseSAETransferDegraded: {threshold: -1, for: 0s}\n")
+    thresholds.write_text("BaseSAETransferDegraded: {threshold: -1, for: 0}\n")
     with caplog.at_level(logging.DEBUG):
         callback = _train(zoo_nano, tmp_path, store_url=url, pushgateway_url=gateway, alert_webhook_url=hook,
                           alert_thresholds=str(thresholds))

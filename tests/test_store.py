@@ -292,3 +292,19 @@ def test_unreachable_database_hides_the_password():
     with pytest.raises(StoreUnavailableError) as raised:
         RunStore(url)
     assert "s3cret" not in str(raised.value) and "user:***@127.0.0.1" in str(raised.value)
+
+
+def test_an_alert_keeps_the_step_it_fired_at_and_records_the_step_it_resolved(store):
+    from featuredrift.alerts.engine import AlertEngine
+
+    store.start_run("alerting", {})
+    engine = AlertEngine(goal="guard", on_fire=lambda a: store.record_alert("alerting", a),
+                         on_resolve=lambda a: store.record_alert("alerting", a))
+    from reports import make_report as hand_made
+
+    for step, gap in ((0, 1.0), (10, 0.3), (20, 0.3), (30, 0.95)):
+        report = hand_made(step, 1_700_000_000.0 + step, relative_gap=gap, harmful_refusal=None)
+        store.record_evaluation("alerting", report)
+        engine.evaluate(report, run="alerting")
+    fading = next(a for a in store.alerts("alerting") if a.name == "RefusalFeaturesFading")
+    assert (fading.status, fading.step, fading.resolved_step) == ("resolved", 10, 30)

@@ -83,8 +83,17 @@ def list_runs(db: str | None = DbOption) -> None:
 
 
 @app.command("show")
-def show_run(run: str, db: str | None = DbOption) -> None:
+def show_run(
+    run: str,
+    db: str | None = DbOption,
+    completions: int | None = typer.Option(
+        None, "--completions", help="Print the completions judged at this step (the evidence behind refusal alerts)."
+    ),
+) -> None:
     """A run's metadata, the latest value of every metric, and its alerts."""
+    if completions is not None:
+        _show_completions(run, completions, db)
+        return
     from rich.console import Console
 
     from featuredrift.monitor.store.errors import StoreError
@@ -114,14 +123,40 @@ def show_run(run: str, db: str | None = DbOption) -> None:
         metrics.add_row(name, _labels(json.loads(key)), str(step), _fmt(value))
     console.print(metrics)
     if alerts:
-        table = new_table("alerts", ("name", "severity", "status", "step", "started", "ended", "message"))
+        table = new_table("alerts", ("name", "severity", "status", "fired at step", "resolved at step", "started", "ended", "message"))
         for alert in alerts:
             table.add_row(
                 alert.name, alert.severity, alert.status, "—" if alert.step is None else str(alert.step),
+                "—" if alert.resolved_step is None else str(alert.resolved_step),
                 alert.started_at.isoformat(timespec="seconds"),
                 alert.ended_at.isoformat(timespec="seconds") if alert.ended_at else "—", alert.message,
             )
         console.print(table)
+
+
+def _show_completions(run: str, step: int, db: str | None) -> None:
+    """The stored sample of greedy completions of one evaluation, with the judge's verdict."""
+    from rich.console import Console
+
+    from featuredrift.monitor.store.errors import StoreError
+
+    with open_store(db) as store:
+        try:
+            evaluations = {e.step: e.report for e in store.evaluations(run)}
+        except StoreError as error:
+            fail(error)
+    report = evaluations.get(step)
+    if report is None:
+        fail(ValueError(f"run {run!r}: expected an evaluation at step {step}, found steps {sorted(evaluations)}"))
+    if not report.completions:
+        with_completions = sorted(s for s, r in evaluations.items() if r.completions)
+        fail(ValueError(f"run {run!r} step {step}: no completions were generated at this evaluation; "
+                        f"steps with completions: {with_completions or 'none'}"))
+    table = new_table(f"completions of {run} at step {step} (judge: {report.judge or '—'})",
+                      ("prompts", "prompt", "completion", "refused"))
+    for item in report.completions:
+        table.add_row(item["subset"], item["prompt"], item["completion"], "yes" if item["refused"] else "no")
+    Console().print(table)
 
 
 @app.command("compare")

@@ -151,7 +151,8 @@ class Alert(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
     evaluation_id: Mapped[int | None] = mapped_column(ForeignKey("evaluations.id", ondelete="SET NULL"))
-    step: Mapped[int | None] = mapped_column(Integer)
+    step: Mapped[int | None] = mapped_column(Integer)  # the step it first fired at
+    resolved_step: Mapped[int | None] = mapped_column(Integer)
     name: Mapped[str] = mapped_column(String(255))
     labels: Mapped[str] = mapped_column(String(1024), default="{}")  # canonical JSON: which series fired
     severity: Mapped[str] = mapped_column(String(32))

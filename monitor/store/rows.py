@@ -93,6 +93,7 @@ class AlertInfo:
     ended_at: datetime | None
     labels: dict[str, str] = field(default_factory=dict)
     value: float | None = None
+    resolved_step: int | None = None
 
 
 class DriftedFeatureRow(NamedTuple):

@@ -389,10 +389,13 @@ class RunStore:
             message = annotations.get("summary") or annotations.get("description") or message
             value = getattr(alert, "value", value)
             step = getattr(alert, "step", step)
+            resolved_step = getattr(alert, "resolved_step", None)
             moment = alert.ends_at if status == "resolved" and alert.ends_at else alert.starts_at
             at = datetime.fromtimestamp(moment, timezone.utc) if moment else at
         else:
             name = alert
+            resolved_step = step if status == "resolved" else None
+            step = None if status == "resolved" else step
         if status not in ALERT_STATUSES:
             raise ValueError(f"alert status: expected one of {ALERT_STATUSES}, found {status!r}")
         if not severity:
@@ -418,7 +421,8 @@ class RunStore:
             record.status = status
             record.message = message or record.message or ""
             record.value = rows.finite_or_none(value) if value is not None else record.value
-            record.step = step if step is not None else record.step
+            record.step = record.step if record.step is not None else step  # the first firing step stays
+            record.resolved_step = resolved_step if status == "resolved" else None
             record.evaluation_id = evaluation_id if evaluation_id is not None else record.evaluation_id
             record.ended_at = at if status == "resolved" else None
             session.flush()
@@ -454,7 +458,8 @@ class RunStore:
                 query = query.where(Alert.status == status)
             return [
                 AlertInfo(a.id, run.name, a.name, a.severity, a.status, a.message, a.step,
-                          _aware(a.started_at), _aware(a.ended_at), json.loads(a.labels or "{}"), a.value)
+                          _aware(a.started_at), _aware(a.ended_at), json.loads(a.labels or "{}"), a.value,
+                          a.resolved_step)
                 for a in session.scalars(query).all()
             ]
 
@@ -540,7 +545,8 @@ class RunStore:
             "alerts": [
                 {
                     "name": a.name, "labels": a.labels, "severity": a.severity, "status": a.status,
-                    "message": a.message, "value": a.value, "step": a.step, "started_at": a.started_at.isoformat(),
+                    "message": a.message, "value": a.value, "step": a.step, "resolved_step": a.resolved_step,
+                    "started_at": a.started_at.isoformat(),
                     "ended_at": a.ended_at.isoformat() if a.ended_at else None,
                 }
                 for a in self.alerts(run_name)
@@ -573,7 +579,8 @@ class RunStore:
             self.record_alert(name, alert["name"], alert["severity"], "firing", at=started, **common)
             if alert["status"] == "resolved":
                 ended = datetime.fromisoformat(alert["ended_at"]) if alert.get("ended_at") else started
-                self.record_alert(name, alert["name"], alert["severity"], "resolved", at=ended, **common)
+                self.record_alert(name, alert["name"], alert["severity"], "resolved", at=ended,
+                                  **{**common, "step": alert.get("resolved_step")})
         return self.finish_run(name, run.get("status") if run.get("status") in RUN_STATUSES else "finished")
 
     # ---- helpers ----------------------------------------------------------------------
