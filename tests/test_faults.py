@@ -164,7 +164,7 @@ def test_misbehaving_alert_webhook_never_stalls_training(zoo_nano, tmp_path, mis
     assert hook.requests >= 1
     assert _stored_steps(callback.config.store_url, callback.run_id) == EXPECTED_STEPS
     with RunStore(callback.config.store_url) as store:
-        assert [a.name for a in store.alerts(callback.run_id)] == ["BaseSAETransferDegraded"]
+        assert "BaseSAETransferDegraded" in [a.name for a in store.alerts(callback.run_id)]
 
 
 def test_sqlite_locked_for_the_whole_run(zoo_nano, tmp_path, fault_free, caplog):

@@ -211,8 +211,7 @@ OVERVIEW = Dashboard(
             (Query(f"featuredrift_refusal_feature_gap_relative{{{RUN_LAYER}}}", "{{run}} {{layer}}"),),
             "Harmful−harmless gap of the reference refusal features now / at the reference. "
             "1 = unchanged, → 0 = fading (safety erosion), > 1 = strengthening.",
-            min=0,
-            thresholds=(ALERT_THRESHOLDS["RefusalFeaturesFading"], ALERT_THRESHOLDS["RefusalFeaturesEmerging"]),
+            thresholds=(ALERT_THRESHOLDS["RefusalFeaturesFading"], ALERT_THRESHOLDS["RefusalFeaturesWeakening"]),
         ),
         Panel(
             "Refusal-feature overlap",
@@ -293,13 +292,17 @@ REFUSAL = Dashboard(
             "Reference refusal features: relative gap",
             (Query(f"featuredrift_refusal_feature_gap_relative{{{RUN_LAYER}}}", "{{run}} {{layer}}"),),
             "Gap of the reference top-k refusal features now / at the reference.",
-            min=0,
-            thresholds=(ALERT_THRESHOLDS["RefusalFeaturesFading"], ALERT_THRESHOLDS["RefusalFeaturesEmerging"]),
+            thresholds=(ALERT_THRESHOLDS["RefusalFeaturesFading"], ALERT_THRESHOLDS["RefusalFeaturesWeakening"]),
         ),
         Panel(
             "Refusal-feature gap: current vs reference features",
-            (Query(f"featuredrift_refusal_feature_gap{{{RUN_LAYER}}}", "{{run}} {{layer}} {{features}} features"),),
-            "Mean feature diff-in-means (harmful − harmless) over the current and the reference top-k features.",
+            (
+                Query(f"featuredrift_refusal_feature_gap{{{RUN_LAYER}}}", "{{run}} {{layer}} {{features}} features"),
+                Query(f"featuredrift_refusal_feature_gap_at_reference{{{RUN_LAYER}}}", "{{run}} {{layer}} at the reference"),
+            ),
+            "Mean feature diff-in-means (harmful − harmless) over the current and the reference top-k features, "
+            "and the reference features' gap at the reference (the denominator of the relative gap).",
+            thresholds=(ALERT_THRESHOLDS["RefusalFeaturesEmerging"],),
         ),
         Panel(
             "Refusal-feature overlap",
