@@ -110,10 +110,64 @@ def tokenize_texts(
     return pad_token_lists(encoded, pad_id_of(tokenizer), padding_side)
 
 
-def content_token_mask(input_ids: Tensor, attention_mask: Tensor, tokenizer) -> Tensor:
-    """True on tokens that are neither padding nor BOS/EOS/other special tokens (paper Appx. A.2)."""
-    special = torch.as_tensor(sorted(set(tokenizer.all_special_ids)), dtype=input_ids.dtype, device=input_ids.device)
-    return attention_mask.bool() & ~torch.isin(input_ids, special)
+def control_token_ids(tokenizer) -> list[int]:
+    """Every id the tokenizer treats as a control token: the named special tokens and the added
+    tokens registered as special (Llama-3's `<|start_header_id|>`/`<|eot_id|>`, ChatML's
+    `<|im_start|>`, Gemma's `<start_of_turn>`, Mistral's `[INST]`), which transformers 5 leaves
+    out of `all_special_ids`."""
+    ids = set(tokenizer.all_special_ids)
+    for token_id, added in (getattr(tokenizer, "added_tokens_decoder", None) or {}).items():
+        if getattr(added, "special", False):
+            ids.add(int(token_id))
+    return sorted(ids)
+
+
+def content_token_mask(input_ids: Tensor, attention_mask: Tensor, tokenizer, *, skip_first: bool = True) -> Tensor:
+    """True on the tokens whose activations we read (paper Appx. A.2, extended to real models).
+
+    Not padding, not a control token, and (with `skip_first`) not a row's first real token:
+    that position is the attention sink, whose residual norm is orders of magnitude above the
+    rest. It is BOS when the tokenizer adds one (a control token anyway); tokenizers that add
+    no BOS (SmolLM, Qwen2.5) make the first word the sink, and it must go too.
+    """
+    control = torch.as_tensor(control_token_ids(tokenizer), dtype=input_ids.dtype, device=input_ids.device)
+    mask = attention_mask.bool() & ~torch.isin(input_ids, control)
+    if skip_first:
+        mask &= token_positions(attention_mask).to(mask.device) != 0
+    return mask
+
+
+def chat_content_mask(tokenizer, texts: Sequence[str], conversations: Sequence[Sequence[dict]], tokens: TokenBatch,
+                      *, padding_side: PaddingSide = "right") -> Tensor:
+    """True on tokens inside a message's content: role headers, turn delimiters and whatever
+    else the chat template adds are template, not content, for every model family (their role
+    names are ordinary words in some vocabularies). Needs a fast tokenizer's offsets; with a
+    slow one every position is kept (the control-token mask still applies)."""
+    keep = torch.ones_like(tokens.attention_mask, dtype=torch.bool)
+    if not getattr(tokenizer, "is_fast", False):
+        return keep
+    offsets = tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    width = tokens.input_ids.shape[1]
+    for row, (text, messages, spans) in enumerate(zip(texts, conversations, offsets, strict=True)):
+        inside = _content_spans(text, messages)
+        start = 0 if padding_side == "right" else width - int(tokens.attention_mask[row].sum())
+        for index, (begin, end) in enumerate(spans[: width - start]):
+            keep[row, start + index] = any(b <= begin and end <= e for b, e in inside) and end > begin
+    return keep
+
+
+def _content_spans(text: str, messages: Sequence[dict]) -> list[tuple[int, int]]:
+    """Character spans of each message's content in the rendered text, found in order."""
+    spans, cursor = [], 0
+    for message in messages:
+        content = message["content"]
+        for candidate in (content, content.strip()):
+            found = text.find(candidate, cursor) if candidate else -1
+            if found >= 0:
+                spans.append((found, found + len(candidate)))
+                cursor = found + len(candidate)
+                break
+    return spans
 
 
 def last_prompt_positions(attention_mask: Tensor, padding_side: PaddingSide) -> Tensor:
@@ -163,7 +217,9 @@ def capture_activations(
     module's train/eval flag is put back and every hook removed afterwards, also on error.
     Returned tensors are ordinary (cloned out of inference mode) so callers may modify them
     in place. Pass `stop_early=False` under FSDP/ZeRO-3, whose per-module gather/release must
-    see the whole forward.
+    see the whole forward. Any surrounding autocast (the Trainer's bf16) is switched off: the
+    probe forward runs in the parameters' own dtype, the same for the reference, every
+    checkpoint and the watcher, whatever the training precision.
     """
     hookpoints = list(dict.fromkeys(hookpoints))
     if not hookpoints:
@@ -187,7 +243,7 @@ def capture_activations(
     logits = None
     try:
         model.eval()
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast(device_type=device.type, enabled=False):
             try:
                 output = model(
                     input_ids=input_ids.to(device),

@@ -75,6 +75,13 @@ class MonitorConfig(BaseSettings):
     encode_batch_size: int = Field(4096, ge=1, description="Tokens per SAE encode chunk.")
     kl_max_positions: int = Field(512, ge=0, description="Probe positions whose reference log-probs are cached for KL (0 = all).")
     divergence_threshold: float = Field(0.9, gt=-1.0, lt=1.0, description="τ: token pairs with cos < τ are divergent.")
+    most_divergent_share: float = Field(
+        0.1, gt=0, le=1, description="ER and IR are also reported on this share of most-divergent tokens (always defined)."
+    )
+    sink_norm_ratio: float | None = Field(
+        50.0, gt=1, description="Probe tokens whose reference norm exceeds this × the median are left out (sinks, "
+        "massive activations); None keeps them. The first token of every text is always left out.",
+    )
     refusal_k: int = Field(32, ge=1, description="Headline number of refusal features (clipped to the SAE's latents).")
     reconstruction_ks: Annotated[list[int], NoDecode] = Field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])
     top_n_features: int = Field(20, ge=0, description="Most drifted features kept per evaluation.")

@@ -28,6 +28,7 @@ from featuredrift.monitor import kl as kl_metrics
 from featuredrift.monitor import metrics, refusal
 from featuredrift.monitor.capture import (
     capture_activations,
+    chat_content_mask,
     content_token_mask,
     encode_prompts,
     pad_id_of,
@@ -97,10 +98,12 @@ class _State:
     layer_reference: dict[str, LayerReference] = field(default_factory=dict)
     prompt_format: str = "chat"
     evaluations: int = 0
+    keep: dict[str, Tensor] = field(default_factory=dict)  # text subset → rows read (norm outliers out)
     probes: ProbeSet | None = None
     fingerprint: str = ""  # probe tokens + hookpoints + SAE: what a cached reference is valid for
     sae_fingerprint: str = ""
     model_fingerprint: str = ""  # architecture and weights of the reference model
+    evaluation_dtype: str = ""  # the parameters' dtype the probe forward runs in (autocast off)
 
 
 class DriftMonitor:
@@ -176,6 +179,7 @@ class DriftMonitor:
         _check_probes(probes)
         self.tokenizer = tokenizer
         state.prompt_format = _prompt_format(tokenizer, cfg.prompt_format)
+        state.evaluation_dtype = str(next(unwrap_model(model).parameters()).dtype).removeprefix("torch.")
         state.batches = self._tokenise(tokenizer, probes, state.prompt_format)
         state.probes = probes
         state.sae_fingerprint = _sae_fingerprint(state.saes)
@@ -203,6 +207,8 @@ class DriftMonitor:
                 except Exception as error:  # noqa: BLE001 - a full disk must not stop training; only a resume needs the cache
                     logger.warning("featuredrift could not cache the reference readings at %s (%s); a resumed run "
                                    "will need reference=<base model path>", reference_cache, error)
+        state.keep = self._outlier_keep(state.reference)
+        state.reference = _kept(state.reference, state.keep)
         for hookpoint, sae in state.saes.items():
             state.layer_reference[hookpoint] = self._summarise_reference(hookpoint, sae, state.reference)
 
@@ -235,15 +241,14 @@ class DriftMonitor:
 
     def _tokenise(self, tokenizer, probes: ProbeSet, prompt_format: str) -> dict[str, list[ProbeBatch]]:
         cfg = self.config
-        texts = {"base": list(probes.base_text)}
+        size = cfg.batch_size
+        base = list(probes.base_text)
+        batches: dict[str, list[ProbeBatch]] = {
+            "base": [_text_batch(tokenizer, base[i : i + size], cfg.max_length) for i in range(0, len(base), size)]
+        }
         if probes.chat_text and prompt_format == "chat":
-            texts["chat"] = [render_conversation(tokenizer, m) for m in probes.chat_text]
-        batches: dict[str, list[ProbeBatch]] = {}
-        for subset, items in texts.items():
-            batches[subset] = [
-                _text_batch(tokenizer, items[i : i + cfg.batch_size], cfg.max_length)
-                for i in range(0, len(items), cfg.batch_size)
-            ]
+            chats = list(probes.chat_text)
+            batches["chat"] = [_chat_batch(tokenizer, chats[i : i + size], cfg.max_length) for i in range(0, len(chats), size)]
         for subset in PROMPT_SUBSETS:
             prompts = encode_prompts(tokenizer, getattr(probes, subset), prompt_format, max_length=cfg.max_length)
             batches[subset] = [
@@ -287,7 +292,26 @@ class DriftMonitor:
         logprobs = gather_rows(kl_rows) if kl else None
         if logprobs is not None and logprobs.numel() == 0:
             logprobs = None
-        return ModelReading(activations, logprobs)
+        return _kept(ModelReading(activations, logprobs), state.keep)
+
+    def _outlier_keep(self, reference: ModelReading) -> dict[str, Tensor]:
+        """Per text subset, the rows kept: tokens that are norm outliers at the reference at any
+        hookpoint (sinks, massive activations) are left out of every later reading too, so
+        pairs stay aligned. The rule and the counts go into the run's provenance."""
+        ratio = self.config.sink_norm_ratio
+        keep: dict[str, Tensor] = {}
+        if ratio is None:
+            return keep
+        for subset in TEXT_SUBSETS:
+            per_hookpoint = reference.activations.get(subset)
+            if not per_hookpoint:
+                continue
+            outliers = torch.stack([metrics.norm_outliers(x, ratio) for x in per_hookpoint.values()]).any(dim=0)
+            keep[subset] = ~outliers
+            if bool(outliers.any()):
+                logger.info("featuredrift leaves out %d of %d %s probe tokens whose norm exceeds %g× the median",
+                            int(outliers.sum()), outliers.numel(), subset, ratio)
+        return keep
 
     def _summarise_reference(self, hookpoint: str, sae, reading: ModelReading) -> LayerReference:
         acts = {s: reading.activations[s][hookpoint] for s in reading.activations}
@@ -359,6 +383,11 @@ class DriftMonitor:
         any_divergent = bool(divergent.any())
         er = metrics.explained_ratio(x0, xt, codes["base"].reconstruction, divergent, ref.scale, scale) if any_divergent else None
         ir = metrics.intersection_ratio(ref.codes["base"], codes["base"], mask=divergent if any_divergent else None)
+        profile = metrics.divergence_profile(x0, xt, cfg.most_divergent_share)
+        moved = bool((metrics.paired_cosine(x0, xt)[profile.most_divergent] < 1 - 1e-6).any())
+        er_top = (metrics.explained_ratio(x0, xt, codes["base"].reconstruction, profile.most_divergent, ref.scale, scale)
+                  if moved else None)
+        ir_top = metrics.intersection_ratio(ref.codes["base"], codes["base"], mask=profile.most_divergent)
 
         stats = {s: metrics.feature_statistics(c.top_acts, c.top_indices, sae.num_latents) for s, c in codes.items()}
         drifted = metrics.drifted_features(ref.stats, stats, cfg.top_n_features)
@@ -414,6 +443,10 @@ class DriftMonitor:
             refusal_features=refusal_features,
             reconstructions=reconstructions,
             drifted_features=drifted,
+            cosine_quantiles={f"{q:g}": v for q, v in profile.quantiles.items()},
+            divergent_fraction_by_tau={f"{t:g}": v for t, v in profile.fractions.items()},
+            explained_ratio_most_divergent=float(er_top.ratio) if er_top else math.nan,
+            intersection_ratio_most_divergent=float(ir_top.divergent) if ir_top.divergent is not None else math.nan,
         )
 
     def _score_refusals(self, model: nn.Module, report: EvaluationReport) -> None:
@@ -450,9 +483,15 @@ class DriftMonitor:
         state = self._require_started()
         return {
             "model_fingerprint": state.model_fingerprint,
+            "evaluation_dtype": state.evaluation_dtype,
             "sae_fingerprint": state.sae_fingerprint,
             "probe_fingerprint": state.fingerprint,
             "hookpoints": list(state.saes),
+            "token_exclusion": {
+                "rule": "padding, control tokens, each text's first token, chat-template tokens, "
+                f"reference norm > {self.config.sink_norm_ratio}x median",
+                "outliers_left_out": {s: int((~k).sum()) for s, k in state.keep.items()},
+            },
             "sae_source": self.config.sae,
             "probe_source": self.config.probes,
             "reference_policy": self.config.reference,
@@ -486,9 +525,19 @@ def _check_probes(probes: ProbeSet) -> None:
 
 
 def _text_batch(tokenizer, texts: list[str], max_length: int) -> ProbeBatch:
-    """Right-padded texts; we read every content token (no BOS/EOS/padding/special tokens)."""
+    """Right-padded texts; we read every content token (no padding, control tokens or sink)."""
     tokens = tokenize_texts(tokenizer, texts, max_length=max_length, padding_side="right")
     mask = content_token_mask(tokens.input_ids, tokens.attention_mask, tokenizer)
+    return ProbeBatch(tokens.input_ids, tokens.attention_mask, mask)
+
+
+def _chat_batch(tokenizer, conversations: list, max_length: int) -> ProbeBatch:
+    """Rendered conversations (their template writes BOS, so none is added again); we read
+    only the tokens inside message contents."""
+    texts = [render_conversation(tokenizer, messages) for messages in conversations]
+    tokens = tokenize_texts(tokenizer, texts, max_length=max_length, padding_side="right", add_special_tokens=False)
+    mask = content_token_mask(tokens.input_ids, tokens.attention_mask, tokenizer)
+    mask &= chat_content_mask(tokenizer, texts, conversations, tokens)
     return ProbeBatch(tokens.input_ids, tokens.attention_mask, mask)
 
 
@@ -500,6 +549,17 @@ def _prompt_batch(tokenizer, prompts: list) -> ProbeBatch:
     mask = torch.zeros_like(tokens.attention_mask, dtype=torch.bool)
     mask[torch.arange(len(prompts)), readout] = True
     return ProbeBatch(tokens.input_ids, tokens.attention_mask, mask)
+
+
+def _kept(reading: ModelReading, keep: dict[str, Tensor]) -> ModelReading:
+    """The reading without the rows `keep` leaves out (subsets without a mask unchanged)."""
+    if not keep:
+        return reading
+    activations = {
+        s: ({h: x[keep[s].to(x.device)] for h, x in per.items()} if s in keep else per)
+        for s, per in reading.activations.items()
+    }
+    return ModelReading(activations, reading.kl_logprobs)
 
 
 def _mean_activation(codes: metrics.SaeCodes, features: Tensor, num_latents: int) -> float:

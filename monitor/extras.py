@@ -15,6 +15,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "report": ("matplotlib",),
     "grafana": ("grafana_client",),
     "postgres": ("psycopg",),
+    "saelens": ("sae_lens",),
 }
 
 

@@ -113,7 +113,9 @@ def fvu(x: Tensor, x_hat: Tensor, *, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Te
 
 
 def activation_scale(x: Tensor, *, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Tensor:
-    """Per-model activation scale ``σ = sqrt(E‖x‖²)`` over tokens (Appx. B's normaliser)."""
+    """Per-model activation scale ``σ = sqrt(E‖x‖²)`` over tokens: our reading of Appx. B's
+    normalisation (its text divides by E‖x‖²; the paper's code rescales the SAE input instead),
+    used inside ER only."""
     check_tensor("x", x, ndim=2)
     total = x.new_zeros((), dtype=torch.float64)
     for rows in row_chunks(x.shape[0], chunk_rows):
@@ -460,3 +462,43 @@ def mean_dense_activation(codes: SaeCodes, features: Tensor, num_latents: int) -
     totals = codes.top_acts.new_zeros(num_latents, dtype=torch.float64)
     totals.scatter_add_(0, codes.top_indices.long().flatten(), codes.top_acts.double().flatten())
     return totals[features].mean() / codes.top_acts.shape[0]
+
+
+COSINE_QUANTILES = (0.01, 0.05, 0.25, 0.5)
+DIVERGENCE_TAUS = (0.99, 0.95, 0.9)
+
+
+class DivergenceProfile(NamedTuple):
+    """What makes drift visible when the paper's τ = 0.9 sees nothing (small fine-tunes move
+    residuals by a few degrees): cosine quantiles, the divergent fraction at several τ, and the
+    mask of the most-divergent share of tokens, on which ER and IR are always defined."""
+
+    quantiles: dict[float, float]  # q → q-quantile of cos(x_0, x_t)
+    fractions: dict[float, float]  # τ → fraction of pairs with cos < τ
+    most_divergent: Tensor  # [N] bool: the `share` of pairs with the lowest cosine
+
+
+def divergence_profile(x0: Tensor, xt: Tensor, share: float = 0.1, quantiles=COSINE_QUANTILES,
+                       taus=DIVERGENCE_TAUS) -> DivergenceProfile:
+    if not 0.0 < share <= 1.0:
+        raise MetricInputError(f"share: expected a fraction in (0, 1], found {share}")
+    cos = paired_cosine(x0, xt).double()
+    if cos.numel() == 0:
+        raise EmptySetError("divergence_profile: expected at least one token pair, found none")
+    values = torch.quantile(cos, torch.tensor(list(quantiles), dtype=cos.dtype))
+    count = max(1, int(round(share * cos.numel())))
+    most = torch.zeros_like(cos, dtype=torch.bool)
+    most[torch.topk(-cos, count).indices] = True
+    return DivergenceProfile(
+        {q: float(v) for q, v in zip(quantiles, values, strict=True)},
+        {t: float((cos < t).double().mean()) for t in taus},
+        most,
+    )
+
+
+def norm_outliers(x: Tensor, ratio: float) -> Tensor:
+    """[N] bool: tokens whose norm exceeds `ratio` × the median token norm (attention sinks and
+    massive-activation tokens that dwarf the rest, Sun et al. 2024)."""
+    check_tensor("x", x, ndim=2)
+    norms = x.double().norm(dim=1)
+    return norms > ratio * norms.median()

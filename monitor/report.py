@@ -99,6 +99,11 @@ class LayerReport:
     refusal_features: RefusalFeatures | None = None
     reconstructions: list[Reconstruction] = field(default_factory=list)
     drifted_features: list[FeatureDrift] = field(default_factory=list)
+    # Drift at monitoring scale, where τ = 0.9 sees nothing (see metrics.divergence_profile).
+    cosine_quantiles: dict[str, float] = field(default_factory=dict)  # "0.05" → quantile of cos(x_0, x_t)
+    divergent_fraction_by_tau: dict[str, float] = field(default_factory=dict)  # "0.95" → fraction below
+    explained_ratio_most_divergent: float = math.nan
+    intersection_ratio_most_divergent: float = math.nan
 
 
 @dataclass
@@ -157,6 +162,12 @@ class EvaluationReport:
             add("explained_ratio", layer.explained_ratio_median, layer=hookpoint, stat="median")
             add("intersection_ratio", layer.intersection_ratio_divergent, layer=hookpoint, tokens="divergent")
             add("intersection_ratio", layer.intersection_ratio_all, layer=hookpoint, tokens="all")
+            add("explained_ratio", layer.explained_ratio_most_divergent, layer=hookpoint, stat="most_divergent")
+            add("intersection_ratio", layer.intersection_ratio_most_divergent, layer=hookpoint, tokens="most_divergent")
+            for q, value in layer.cosine_quantiles.items():
+                add("pair_cosine_quantile", value, layer=hookpoint, q=q)
+            for tau, value in layer.divergent_fraction_by_tau.items():
+                add("divergent_tokens_by_tau_ratio", value, layer=hookpoint, tau=tau)
             add("refusal_direction_cosine", layer.refusal_direction_cosine, layer=hookpoint)
             add("refusal_direction_norm", layer.refusal_direction_norm, layer=hookpoint)
             rf = layer.refusal_features

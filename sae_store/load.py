@@ -15,6 +15,7 @@ from pathlib import Path
 
 from featuredrift import sae_store  # noqa: F401  (Triton guard before sparsify loads)
 from featuredrift.monitor.hookpoints import HOOKPOINT_PATTERN
+from featuredrift.sae_store.saelens import is_saelens_dir, load_saelens_dir, saelens_hookpoint
 from featuredrift.sae_store.validate import (
     CFG_FILE,
     WEIGHTS_FILE,
@@ -81,12 +82,20 @@ def locate_sae_dirs(source: str | Path, hookpoints: list[str] | None = None) -> 
 
     if not root.is_dir():
         raise SaeError(f"SAE source {root}: expected a directory holding {CFG_FILE} and {WEIGHTS_FILE}, found a file")
+    if is_saelens_dir(root):
+        own = saelens_hookpoint(root)
+        return {own or (hookpoints[0] if hookpoints and len(hookpoints) == 1 else root.name): root}
     if _is_sae_dir(root):
         named_after_hookpoint = HOOKPOINT_PATTERN.match(root.name) is not None
         if hookpoints and len(hookpoints) == 1 and not (named_after_hookpoint and hookpoints[0] != root.name):
             return {hookpoints[0]: root}
         return {root.name: root}
-    found = {p.name: p for p in sorted(root.iterdir(), key=lambda p: _natural_key(p.name)) if p.is_dir() and _is_sae_dir(p)}
+    found = {}
+    for child in sorted(root.iterdir(), key=lambda p: _natural_key(p.name)):
+        if child.is_dir() and is_saelens_dir(child):
+            found[saelens_hookpoint(child) or child.name] = child
+        elif child.is_dir() and _is_sae_dir(child):
+            found[child.name] = child
     if not found:
         listing = sorted(p.name for p in root.iterdir())[:20]
         raise SaeError(
@@ -115,7 +124,10 @@ def _model_device(model):
 
 
 def load_sae_dir(path: Path | str, *, hookpoint: str | None = None, model=None, device=None, dtype=None):
-    """Validate and load one hookpoint directory; the result is frozen and in eval mode."""
+    """Validate and load one hookpoint directory (sparsify or SAELens); the result is frozen and
+    in eval mode."""
+    if is_saelens_dir(Path(path)):
+        return load_saelens_dir(Path(path), hookpoint=hookpoint, model=model, device=device, dtype=dtype)
     files = validate_sae_dir(path)
     if model is not None:
         check_fits_model(files, model, hookpoint)

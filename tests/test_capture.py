@@ -22,6 +22,7 @@ from featuredrift.monitor.capture import (
     collect_prompt_activations,
     collect_token_activations,
     content_token_mask,
+    control_token_ids,
     encode_prompts,
     last_prompt_positions,
     pad_token_lists,
@@ -159,15 +160,16 @@ def test_content_mask_excludes_padding_bos_eos_and_chat_markers(tokenizer):
     rendered = tokenizer.apply_chat_template(conversation, tokenize=False) + "<eos>"
     tokens = tokenize_texts(tokenizer, [rendered, "plant"], max_length=None, add_special_tokens=False)
     mask = content_token_mask(*tokens, tokenizer)
-    special = set(tokenizer.all_special_ids)
+    control = set(control_token_ids(tokenizer))
     for row in range(2):
         for column in range(tokens.input_ids.shape[1]):
             token = int(tokens.input_ids[row, column])
-            is_content = bool(tokens.attention_mask[row, column]) and token not in special
+            # The first real token of a row is the attention sink (BOS here, or the first word).
+            is_content = bool(tokens.attention_mask[row, column]) and token not in control and column > 0
             assert bool(mask[row, column]) == is_content
     kept = tokenizer.decode(tokens.input_ids[0][mask[0]])
     assert "How do I fix the bike?" in kept and "<|user|>" not in kept and "<bos>" not in kept and "<eos>" not in kept
-    assert mask[1].sum() == len(tokenizer("plant", add_special_tokens=False)["input_ids"])
+    assert mask[1].sum() == len(tokenizer("plant", add_special_tokens=False)["input_ids"]) - 1
 
 
 def test_last_prompt_positions_for_both_padding_sides():

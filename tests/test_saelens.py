@@ -1,0 +1,88 @@
+"""SAELens-format SAEs (JumpReLU as in Gemma Scope, standard ReLU, TopK), made and saved by
+SAELens itself, loaded through `load_sae` and used by the monitor on the zoo."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from featuredrift import sae_store  # noqa: F401  (Triton guard)
+from featuredrift.sae_store.load import load_sae
+from featuredrift.sae_store.validate import SaeError
+
+sae_lens = pytest.importorskip("sae_lens", reason="SAELens (featuredrift[saelens]) is not installed")
+
+
+def make_saelens_sae(folder, architecture: str, d_in: int, layer: int, d_sae: int = 256, hook: str | None = None):
+    """A small SAELens SAE whose decoder is a scaled copy of its encoder, so it reconstructs."""
+    from sae_lens import JumpReLUSAE, JumpReLUSAEConfig, StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    metadata = SAEMetadata(hook_name=hook or f"blocks.{layer}.hook_resid_post")
+    classes = {
+        "jumprelu": (JumpReLUSAE, JumpReLUSAEConfig, {}),
+        "standard": (StandardSAE, StandardSAEConfig, {}),
+        "topk": (TopKSAE, TopKSAEConfig, {"k": 16}),
+    }
+    sae_class, config_class, extra = classes[architecture]
+    torch.manual_seed(layer)
+    sae = sae_class(config_class(d_in=d_in, d_sae=d_sae, metadata=metadata, **extra))
+    with torch.no_grad():
+        encoder = torch.randn(d_in, d_sae) / d_in**0.5
+        sae.W_enc.copy_(encoder)
+        sae.W_dec.copy_(encoder.T / d_sae**0.5)
+        sae.b_enc.zero_()
+        if architecture == "jumprelu":
+            sae.threshold.fill_(0.05)
+    sae.save_model(str(folder))
+    return folder
+
+
+def _hidden_and_layer(zoo):
+    from featuredrift.monitor.zoo.config import get_zoo_config
+
+    config = get_zoo_config("nano")
+    return config.hidden_size, int(zoo.hookpoint.split(".")[1])
+
+
+@pytest.mark.parametrize("architecture", ["jumprelu", "standard", "topk"])
+def test_saelens_sae_drives_every_metric(architecture, zoo_nano, zoo_nano_models, tmp_path):
+    from featuredrift.monitor.config import MonitorConfig
+    from featuredrift.monitor.drift_monitor import DriftMonitor
+
+    base, chat, tokenizer = zoo_nano_models
+    d_in, layer = _hidden_and_layer(zoo_nano)
+    folder = make_saelens_sae(tmp_path / architecture, architecture, d_in, layer)
+    sae = load_sae(str(folder), model=base)
+    assert (sae.d_in, sae.num_latents) == (d_in, 256)
+    monitor = DriftMonitor(MonitorConfig(sae=str(folder), probes=str(zoo_nano.probes), max_probes=8,
+                                         refusal_score_every=0, refusal_k=8))
+    monitor.start(base, tokenizer)
+    assert monitor.hookpoints == [zoo_nano.hookpoint]
+    layer_report = monitor.evaluate(chat, 1).layers[zoo_nano.hookpoint]
+    for value in (layer_report.fvu["reference/base"], layer_report.fvu["current/chat"], layer_report.intersection_ratio_all,
+                  layer_report.refusal_direction_cosine):
+        assert math.isfinite(value)
+    assert 0.0 <= layer_report.intersection_ratio_all <= 1.0
+    assert layer_report.drifted_features, "feature statistics found no drifted feature"
+    # Variable L0: padded slots are zeros and never count as active features.
+    codes = sae.encode(torch.randn(32, d_in))
+    if architecture != "topk":
+        assert bool((codes[0] == 0).any()) or codes[0].shape[1] == 1
+    assert int((codes[0] != 0).sum(dim=1).max()) <= codes[0].shape[1]
+
+
+def test_saelens_errors_name_file_expected_and_found(zoo_nano, zoo_nano_models, tmp_path):
+    base, _, _ = zoo_nano_models
+    d_in, layer = _hidden_and_layer(zoo_nano)
+    wide = make_saelens_sae(tmp_path / "wide", "topk", d_in * 2, layer)
+    with pytest.raises(SaeError, match=rf"expected d_in = model hidden size {d_in}, found d_in = {2 * d_in}"):
+        load_sae(str(wide), model=base)
+    elsewhere = make_saelens_sae(tmp_path / "elsewhere", "topk", d_in, layer)
+    with pytest.raises(SaeError, match=rf"expected hookpoints \['layers.{layer + 1}'\], found \['layers.{layer}'\]"):
+        load_sae(str(elsewhere), model=base, hookpoint=f"layers.{layer + 1}")
+    attention = make_saelens_sae(tmp_path / "attn", "topk", d_in, layer, hook=f"blocks.{layer}.attn.hook_z")
+    with pytest.raises(SaeError, match=r"expected an SAE of the residual stream .* found hook 'blocks"):
+        load_sae(str(attention), model=base)
