@@ -17,7 +17,14 @@ sae_lens = pytest.importorskip("sae_lens", reason="SAELens (featuredrift[saelens
 
 def make_saelens_sae(folder, architecture: str, d_in: int, layer: int, d_sae: int = 256, hook: str | None = None):
     """A small SAELens SAE whose decoder is a scaled copy of its encoder, so it reconstructs."""
-    from sae_lens import JumpReLUSAE, JumpReLUSAEConfig, StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
+    from sae_lens import (
+        JumpReLUSAE,
+        JumpReLUSAEConfig,
+        StandardSAE,
+        StandardSAEConfig,
+        TopKSAE,
+        TopKSAEConfig,
+    )
     from sae_lens.saes.sae import SAEMetadata
 
     metadata = SAEMetadata(hook_name=hook or f"blocks.{layer}.hook_resid_post")
