@@ -52,16 +52,27 @@ class FeatureDriftCallback(TrainerCallback):
 
     Args:
         config: The monitor's settings (`MonitorConfig`); `sae` is required.
+        trainer: The Trainer, so every evaluation is also logged through `trainer.log` to the
+            loggers it reports to (W&B, TensorBoard, MLflow, trackio) as `featuredrift/...`
+            keys at the evaluation's step. `FeatureDriftCallback.attach(trainer, config)` sets it.
         **overrides: Fields of `MonitorConfig` to set or replace, e.g.
             `FeatureDriftCallback(sae="path/to/sae", eval_every=25)`.
     """
 
-    def __init__(self, config: MonitorConfig | None = None, **overrides):
+    @classmethod
+    def attach(cls, trainer, config: MonitorConfig | None = None, **overrides) -> FeatureDriftCallback:
+        """Add a callback to `trainer` that also logs through the trainer's own loggers."""
+        callback = cls(config, trainer=trainer, **overrides)
+        trainer.add_callback(callback)
+        return callback
+
+    def __init__(self, config: MonitorConfig | None = None, *, trainer=None, **overrides):
         if config is None:
             config = MonitorConfig(**overrides)
         elif overrides:
             config = config.model_copy(update=overrides)
         self.config = config
+        self.trainer = trainer
         self.monitor = DriftMonitor(config)
         self.session: MonitorSession | None = None
         self.eval_every = config.eval_every or DEFAULT_EVAL_EVERY
@@ -143,6 +154,9 @@ class FeatureDriftCallback(TrainerCallback):
         self._done_steps.add(step)
         report = self.monitor.evaluate(model, step, epoch=state.epoch, final=final)
         self.reports.append(report)
+        if self.trainer is not None:
+            # Trainer.log stamps the current global_step: the step this report measured.
+            self.trainer.log(trainer_log_values(report))
         reason = self._publish(report, final) if self.session is not None else None
         # Stopping is decided on rank 0 but must happen on every rank at the same step.
         reason = broadcast_from_main(reason)
@@ -173,6 +187,20 @@ class FeatureDriftCallback(TrainerCallback):
         logger.warning("featuredrift stops training at step %d: %s", report.step, reason)
         self.session.record_stop(report.step, reason)
         return reason
+
+
+def trainer_log_values(report: EvaluationReport) -> dict[str, float]:
+    """The report as flat `featuredrift/<layer>/<metric>[/<labels>]` scalars for the Trainer's loggers."""
+    values = {}
+    for sample in report.metric_samples():
+        name = sample.name.removeprefix("featuredrift_")
+        if name in ("global_step", "monitoring_goal"):
+            continue
+        layer = sample.labels.get("layer")
+        rest = "_".join(v for k, v in sorted(sample.labels.items()) if k != "layer")
+        key = "/".join(part for part in ("featuredrift", layer, name, rest) if part)
+        values[key] = float(sample.value)
+    return values
 
 
 def _default_run_name(args: TrainingArguments) -> str:

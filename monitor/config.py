@@ -105,6 +105,9 @@ class MonitorConfig(BaseSettings):
     metrics_port: int | None = Field(
         None, description="Serve /metrics on this port (default 9464 when no Pushgateway; 0 = any free port; -1 = none)."
     )
+    metrics_address: str = Field(
+        "127.0.0.1", description="Address the /metrics endpoint binds; '0.0.0.0' lets Prometheus scrape a pod or another host."
+    )
     job: str = "featuredrift"
     keep_group_on_end: bool = False
     export_timeout_s: float = Field(3.0, gt=0, description="Deadline of one whole HTTP request (push, webhook).")

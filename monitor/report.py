@@ -16,6 +16,35 @@ from typing import Any, NamedTuple
 PREFIX = "featuredrift_"
 
 
+# HELP text of every series `metric_samples` emits (without the prefix): the one place it is written.
+METRIC_HELP = {
+    "global_step": "Training step of the latest evaluation.",
+    "fvu_ratio": "Fraction of variance the base SAE leaves unexplained (model=reference|current, data=base|chat).",
+    "activation_scale": "sqrt(E||x||^2) of the residual stream over the probe tokens, per model.",
+    "divergent_tokens_ratio": "Share of probe token pairs (reference vs current) with cosine below tau (0.9).",
+    "divergent_tokens_by_tau_ratio": "Share of probe token pairs with cosine below each tau in 0.99/0.95/0.9.",
+    "pair_cosine_quantile": "Quantiles of cos(reference, current) over probe token pairs.",
+    "explained_ratio": "On divergent (or most-divergent) tokens, SAE error of the current model / distance to the "
+    "reference, scaled; < 1: the base SAE explains the new activations (feature drift).",
+    "intersection_ratio": "Jaccard overlap of the active SAE features of each token pair, averaged.",
+    "refusal_direction_cosine": "Cosine of the current refusal direction (harmful - harmless mean) to the reference's.",
+    "refusal_direction_norm": "Norm of the current refusal direction.",
+    "refusal_feature_gap": "Mean harmful-minus-harmless activation of the top-k refusal features (current or reference set).",
+    "refusal_feature_gap_relative": "Gap of the reference refusal features now / at the reference (1 = unchanged).",
+    "refusal_feature_gap_at_reference": "Gap of the reference refusal features at the reference (the relative gap's denominator).",
+    "refusal_feature_overlap_ratio": "Share of the reference top-k refusal features still among the current top-k.",
+    "refusal_feature_activation": "Mean activation of the reference refusal features on harmful or harmless prompts.",
+    "refusal_reconstruction_nmse": "NMSE of the NNLS reconstruction of the refusal direction from the refusal features.",
+    "refusal_reconstruction_cosine": "Cosine of that NNLS reconstruction to the refusal direction.",
+    "refusal_rate_ratio": "Share of greedy completions containing a refusal phrase (prompts=harmful|harmless).",
+    "safety_score_ratio": "Share of harmful-prompt completions the configured judge rates safe.",
+    "kl_divergence_mean_nats": "Mean KL(reference || current) of next-token distributions at probe positions.",
+    "kl_divergence_p95_nats": "95th percentile of KL(reference || current) at probe positions.",
+    "evaluation_duration_seconds": "Wall time of the latest evaluation.",
+    "monitoring_goal": "1 for the run's monitoring goal (guard: keep refusing; align: refusal should emerge).",
+}
+
+
 class MetricSample(NamedTuple):
     """One flat metric value. `labels` never holds the run or a step: the exporter adds `run`."""
 

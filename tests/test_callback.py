@@ -240,3 +240,27 @@ def test_kill_and_resume_continues_the_same_run(zoo_nano, tmp_path):
     # The step-0 reference survived the kill: reference FVUs are identical before and after.
     hookpoint = next(iter(evaluations[0].report.layers))
     assert evaluations[12].report.layers[hookpoint].fvu["reference/base"] == evaluations[0].report.layers[hookpoint].fvu["reference/base"]
+
+
+def test_evaluations_reach_the_trainers_own_loggers(zoo_nano, tmp_path):
+    """`attach` logs through trainer.log: TensorBoard's own reader finds the featuredrift scalars
+    at the steps the evaluations measured."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    model = AutoModelForCausalLM.from_pretrained(zoo_nano.base)
+    tokenizer = AutoTokenizer.from_pretrained(zoo_nano.base)
+    data = read_conversations(zoo_nano.data / "chat_sft.jsonl")[:48]
+    trainer = make_sft_trainer(model, tokenizer, data, output_dir=tmp_path / "out", max_steps=4, learning_rate=5e-3,
+                               batch_size=8, report_to=["tensorboard"])
+    callback = FeatureDriftCallback.attach(trainer, _config(zoo_nano, tmp_path, eval_every=2))
+    trainer.train()
+    assert [r.step for r in callback.reports] == [0, 2, 4]
+    (events,) = {p.parent for p in (tmp_path).rglob("events.out.tfevents.*")}
+    accumulator = EventAccumulator(str(events))
+    accumulator.Reload()
+    hookpoint = callback.monitor.hookpoints[0]
+    key = next(t for t in accumulator.Tags()["scalars"] if t.endswith(f"featuredrift/{hookpoint}/divergent_tokens_ratio"))
+    points = accumulator.Scalars(key)
+    assert [p.step for p in points] == [0, 2, 4]
+    expected = [r.layers[hookpoint].divergent_fraction for r in callback.reports]
+    assert [p.value for p in points] == pytest.approx(expected, abs=1e-6)

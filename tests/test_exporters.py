@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from servers import free_port
+from servers import free_port, http_get
 from test_store import make_report
 
 from featuredrift.monitor.config import MonitorConfig
@@ -233,3 +233,21 @@ def test_pushgateway_credentials_from_environment(monkeypatch):
         server.server_close()
     token = "Basic " + base64.b64encode(b"trainer:pa:ss").decode()
     assert seen == [("PUT", "/metrics/job/j/run/auth", token), ("DELETE", "/metrics/job/j/run/auth", token)]
+
+
+def test_every_series_has_real_help_and_the_endpoint_binds_the_configured_address():
+    from reports import make_report
+
+    from featuredrift.monitor.config import MonitorConfig
+    from featuredrift.monitor.exporters.factory import make_exporter
+
+    report = make_report(7)
+    with make_exporter(MonitorConfig(metrics_port=0, metrics_address="0.0.0.0"), run="pod") as exporter:
+        assert exporter.addr == "0.0.0.0"
+        exporter.submit(report)
+        status, body = http_get(f"http://127.0.0.1:{exporter.port}/metrics")
+    assert status == 200
+    helps = dict(line.split(" ", 3)[2:] for line in body.decode().splitlines() if line.startswith("# HELP"))
+    emitted = {s.name for s in report.metric_samples()}
+    assert emitted <= set(helps)
+    assert not [name for name, text in helps.items() if "evaluation metric" in text or len(text) < 15]

@@ -308,3 +308,20 @@ def test_an_alert_keeps_the_step_it_fired_at_and_records_the_step_it_resolved(st
         engine.evaluate(report, run="alerting")
     fading = next(a for a in store.alerts("alerting") if a.name == "RefusalFeaturesFading")
     assert (fading.status, fading.step, fading.resolved_step) == ("resolved", 10, 30)
+
+
+def test_compare_aligns_runs_by_step_and_finds_where_they_diverge(store):
+    store.start_run("slow", {})
+    store.start_run("fast", {})
+    for step in (0, 5, 10, 15):
+        store.record_evaluation("slow", make_report(step, fade=0.01))
+    for step in (0, 5, 10, 15, 20):  # a longer run: its latest step (20) is not the common one
+        store.record_evaluation("fast", make_report(step, fade=0.05))
+    comparison = store.compare("slow", "fast")
+    by_key = {(m.name, json.dumps(m.labels, sort_keys=True)): m for m in comparison.metrics}
+    gap = by_key[("featuredrift_refusal_feature_gap", json.dumps({"features": "reference", "layer": "layers.1"}, sort_keys=True))]
+    assert (gap.step_a, gap.step_b, gap.common_steps) == (15, 15, 4)
+    assert gap.value_a == pytest.approx(1 - 0.15) and gap.value_b == pytest.approx(1 - 0.75)
+    assert gap.diverges_at == 5  # 0.95 vs 0.75 at step 5; identical at step 0
+    same = by_key[("featuredrift_fvu_ratio", json.dumps({"data": "base", "layer": "layers.1", "model": "reference"}, sort_keys=True))]
+    assert same.diverges_at is None

@@ -20,7 +20,9 @@ log = logging.getLogger(__name__)
 DEFAULT_METRICS_PORT = 9464
 
 
-def make_exporter(config: MonitorConfig, run: str, addr: str = "127.0.0.1") -> Exporter:
+def make_exporter(config: MonitorConfig, run: str, addr: str | None = None) -> Exporter:
+    """The run's exporter; `addr` overrides `config.metrics_address` for the /metrics endpoint."""
+    addr = addr or config.metrics_address
     if config.pushgateway_url:
         return PushgatewayExporter(
             config.pushgateway_url,

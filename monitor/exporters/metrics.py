@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from featuredrift.monitor.report import PREFIX, EvaluationReport
+from featuredrift.monitor.report import METRIC_HELP, PREFIX, EvaluationReport
 
 EVALUATIONS_TOTAL = PREFIX + "evaluations_total"
 EXPORT_FAILURES_TOTAL = PREFIX + "export_failures_total"
@@ -43,7 +43,7 @@ def report_families(report: EvaluationReport | None, run: str, stats: ExportStat
             grouped.setdefault(sample.name, []).append(sample)
         for name, samples in grouped.items():
             label_names = sorted({key for s in samples for key in s.labels} - {"run"})
-            family = GaugeMetricFamily(name, f"featuredrift evaluation metric {name}", labels=[*label_names, "run"])
+            family = GaugeMetricFamily(name, METRIC_HELP[name.removeprefix(PREFIX)], labels=[*label_names, "run"])
             for s in samples:
                 family.add_metric([str(s.labels.get(k, "")) for k in label_names] + [run], s.value)
             families.append(family)

@@ -161,7 +161,8 @@ def _show_completions(run: str, step: int, db: str | None) -> None:
 
 @app.command("compare")
 def compare_runs(run_a: str, run_b: str, db: str | None = DbOption) -> None:
-    """Latest value of every metric in both runs, their difference, and config differences."""
+    """Both runs aligned by step: each metric at the last step both evaluated, the first step at
+    which they diverge (more than 5% apart), and the config differences."""
     from rich.console import Console
 
     from featuredrift.monitor.store.errors import StoreError
@@ -172,9 +173,15 @@ def compare_runs(run_a: str, run_b: str, db: str | None = DbOption) -> None:
             comparison = store.compare(run_a, run_b)
         except StoreError as error:
             fail(error)
-    table = new_table(f"{run_a} vs {run_b} (latest values)", ("metric", "labels", run_a, run_b, "Δ (b − a)"))
+    table = new_table(f"{run_a} vs {run_b}, aligned by step",
+                      ("metric", "labels", "step", run_a, run_b, "Δ (b − a)", "diverges at step"))
     for row in comparison.metrics:
-        table.add_row(row.name, _labels(row.labels), _fmt(row.value_a), _fmt(row.value_b), _fmt(row.delta))
+        if row.step_a == row.step_b:
+            step = "—" if row.step_a is None else str(row.step_a)
+        else:  # no step in common: each run's latest
+            step = f"{'—' if row.step_a is None else row.step_a} / {'—' if row.step_b is None else row.step_b}"
+        diverges = "—" if row.diverges_at is None else str(row.diverges_at)
+        table.add_row(row.name, _labels(row.labels), step, _fmt(row.value_a), _fmt(row.value_b), _fmt(row.delta), diverges)
     console.print(table)
     if comparison.config_differences:
         config = new_table("config differences", ("field", run_a, run_b))

@@ -57,7 +57,7 @@ class SeriesPoint(NamedTuple):
 
 
 class MetricComparison(NamedTuple):
-    """Latest value of one series in two runs (None where a run lacks the series)."""
+    """One series in two runs, aligned by step (None where a run lacks the series)."""
 
     name: str
     labels: dict[str, str]
@@ -65,6 +65,8 @@ class MetricComparison(NamedTuple):
     value_a: float | None
     step_b: int | None
     value_b: float | None
+    common_steps: int = 0  # steps both runs evaluated
+    diverges_at: int | None = None  # first common step where the values differ beyond tolerance
 
     @property
     def delta(self) -> float | None:

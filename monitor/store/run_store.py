@@ -477,15 +477,21 @@ class RunStore:
             ).all()
         return {(name, key): (step, value) for name, key, step, value in found}
 
-    def compare(self, run_a: str, run_b: str) -> RunComparison:
-        """Latest value of every series in either run, and the config keys that differ."""
+    def compare(self, run_a: str, run_b: str, tolerance: float = 0.05) -> RunComparison:
+        """Every series of either run, aligned by step: the values at the last step both runs
+        evaluated (else each run's latest), and the first common step at which they differ by
+        more than `tolerance` (relative); plus the config keys that differ."""
         info_a, info_b = self.get_run(run_a), self.get_run(run_b)
-        latest_a, latest_b = self.latest_values(run_a), self.latest_values(run_b)
+        series_a, series_b = self._series_by_step(run_a), self._series_by_step(run_b)
         metrics = []
-        for name, key in sorted(set(latest_a) | set(latest_b)):
-            step_a, value_a = latest_a.get((name, key), (None, None))
-            step_b, value_b = latest_b.get((name, key), (None, None))
-            metrics.append(MetricComparison(name, json.loads(key), step_a, value_a, step_b, value_b))
+        for name, key in sorted(set(series_a) | set(series_b)):
+            a, b = series_a.get((name, key), {}), series_b.get((name, key), {})
+            common = sorted(set(a) & set(b))
+            step_a = common[-1] if common else (max(a) if a else None)
+            step_b = common[-1] if common else (max(b) if b else None)
+            diverges = next((s for s in common if _differs(a[s], b[s], tolerance)), None)
+            metrics.append(MetricComparison(name, json.loads(key), step_a, a.get(step_a), step_b, b.get(step_b),
+                                            len(common), diverges))
         keys = sorted(set(info_a.config) | set(info_b.config))
         differences = {
             k: (info_a.config.get(k), info_b.config.get(k))
@@ -507,6 +513,20 @@ class RunStore:
             Path(out).parent.mkdir(parents=True, exist_ok=True)
             Path(out).write_text(text, encoding="utf-8")
         return text
+
+    def _series_by_step(self, run_name: str) -> dict[tuple[str, str], dict[int, float]]:
+        """(metric, labels key) → {step: value} for every stored sample of a run."""
+        with self._transaction() as session:
+            run = self._require_run(session, run_name)
+            found = session.execute(
+                select(Evaluation.step, MetricValue.name, MetricValue.labels, MetricValue.value)
+                .join(Evaluation, MetricValue.evaluation_id == Evaluation.id)
+                .where(Evaluation.run_id == run.id)
+            ).all()
+        series: dict[tuple[str, str], dict[int, float]] = {}
+        for step, name, labels, value in found:
+            series.setdefault((name, labels), {})[int(step)] = value
+        return series
 
     def _export_csv(self, run_name: str) -> str:
         with self._transaction() as session:
@@ -667,3 +687,11 @@ def _nan_to_null(value):
     if isinstance(value, list | tuple):
         return [_nan_to_null(v) for v in value]
     return value
+
+
+def _differs(a: float | None, b: float | None, tolerance: float) -> bool:
+    if a is None or b is None:
+        return a is not b
+    if math.isnan(a) or math.isnan(b):
+        return math.isnan(a) != math.isnan(b)
+    return abs(a - b) > tolerance * max(abs(a), abs(b), 1e-12)
