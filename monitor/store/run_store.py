@@ -467,15 +467,7 @@ class RunStore:
 
     def latest_values(self, run_name: str) -> dict[tuple[str, str], tuple[int, float]]:
         """(name, labels key) → (step, value) of the newest evaluation that has that series."""
-        with self._transaction() as session:
-            run = self._require_run(session, run_name)
-            found = session.execute(
-                select(MetricValue.name, MetricValue.labels, Evaluation.step, MetricValue.value)
-                .join(Evaluation, MetricValue.evaluation_id == Evaluation.id)
-                .where(Evaluation.run_id == run.id)
-                .order_by(Evaluation.step)
-            ).all()
-        return {(name, key): (step, value) for name, key, step, value in found}
+        return {key: (max(by_step), by_step[max(by_step)]) for key, by_step in self._series_by_step(run_name).items()}
 
     def compare(self, run_a: str, run_b: str, tolerance: float = 0.05) -> RunComparison:
         """Every series of either run, aligned by step: the values at the last step both runs
