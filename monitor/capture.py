@@ -149,7 +149,7 @@ def chat_content_mask(tokenizer, texts: Sequence[str], conversations: Sequence[S
     offsets = tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
     width = tokens.input_ids.shape[1]
     for row, (text, messages, spans) in enumerate(zip(texts, conversations, offsets, strict=True)):
-        inside = _content_spans(text, messages)
+        inside = _content_spans(text, messages) if messages else [(0, len(text))]  # a plain text is all content
         start = 0 if padding_side == "right" else width - int(tokens.attention_mask[row].sum())
         for index, (begin, end) in enumerate(spans[: width - start]):
             keep[row, start + index] = any(b <= begin and end <= e for b, e in inside) and end > begin
@@ -282,12 +282,17 @@ def collect_token_activations(
     dtype: torch.dtype | None = torch.float32,
     device: torch.device | str | None = None,
     stop_early: bool = True,
+    conversations: Sequence[Sequence[dict]] | None = None,
 ) -> TokenActivations:
     """Content-token activations of many texts, flattened to `[N, d]` per hookpoint.
 
-    Rendered conversations already hold their special tokens: pass `add_special_tokens=False`.
-    Outputs stay on the model's device unless `device` is given.
+    Rendered conversations already hold their special tokens: pass `add_special_tokens=False`,
+    and the `conversations` themselves (aligned with `texts`) so only message contents are read,
+    exactly as the live monitor reads its chat probes. Outputs stay on the model's device unless
+    `device` is given.
     """
+    if conversations is not None and len(conversations) != len(texts):
+        raise ValueError(f"conversations: expected one per text ({len(texts)}), found {len(conversations)}")
     if not texts:
         raise ValueError("texts: expected at least one probe text, found none")
     hookpoints = list(dict.fromkeys(hookpoints))
@@ -299,6 +304,10 @@ def collect_token_activations(
         )
         output = capture_activations(model, *tokens, hookpoints, stop_early=stop_early)
         mask = content_token_mask(*tokens, tokenizer)
+        if conversations is not None:
+            first = batch_number * batch_size
+            mask &= chat_content_mask(tokenizer, batch, conversations[first : first + len(batch)], tokens,
+                                      padding_side=padding_side)
         out_device = device if device is not None else next(iter(output.activations.values())).device
         rows = torch.arange(len(batch)).unsqueeze(1).expand_as(mask) + batch_number * batch_size
         for h in hookpoints:

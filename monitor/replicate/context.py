@@ -54,6 +54,12 @@ class RunContext:
         items = load_items(getattr(self.config.data, field_name), field_name, limit)
         return render_texts(items, self.tokenizer)
 
+    def conversations(self, field_name: str, limit: int) -> list | None:
+        """The conversations behind a data field's rendered texts (None for plain texts), so
+        captures read only message contents, as the live monitor does."""
+        items = load_items(getattr(self.config.data, field_name), field_name, limit)
+        return None if all(isinstance(i, str) for i in items) else [i if not isinstance(i, str) else [] for i in items]
+
     def instructions(self, field_name: str, limit: int) -> list[str]:
         items = load_items(getattr(self.config.data, field_name), field_name, limit)
         return instructions_of(items, field_name)

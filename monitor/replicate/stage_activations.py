@@ -24,6 +24,7 @@ def run(ctx: RunContext, folder) -> dict:
     summary: dict = {"hookpoints": cfg.hookpoints, "data": {}}
     for data, field_name in DATA_FIELDS.items():
         texts, has_special = ctx.texts(field_name, cfg.data.max_eval_texts)
+        conversations = ctx.conversations(field_name, cfg.data.max_eval_texts)
         shards = [texts[i : i + texts_per_shard] for i in range(0, len(texts), texts_per_shard)]
         tokens = 0
         for role in ("base", "chat"):
@@ -32,12 +33,13 @@ def run(ctx: RunContext, folder) -> dict:
                 path = shard_path(folder, role, data, index)
                 if path.exists():
                     continue  # finished before an interruption (same stage key)
+                offset = index * texts_per_shard
                 acts = collect_token_activations(
                     model, ctx.tokenizer, shard_texts, cfg.hookpoints,
                     batch_size=cfg.batch_size, max_length=cfg.data.max_length,
                     add_special_tokens=not has_special, device="cpu",
+                    conversations=conversations[offset : offset + len(shard_texts)] if conversations else None,
                 )
-                offset = index * texts_per_shard
                 meta = {"token_ids": acts.token_ids, "text_index": acts.text_index + offset, "position": acts.position}
                 write_shard(path, acts.activations, meta, store_dtype)
         from safetensors import safe_open
