@@ -293,3 +293,33 @@ def test_cli_reports_config_errors_without_traceback(tmp_path):
     assert result.exit_code == 2 and "unknown stage" in result.output
     result = CliRunner().invoke(app, ["replicate", "--preset", "zoo", "--out", str(tmp_path), "--set", "hookpoints=[layers.1, layers.2, layers.9]"])
     assert result.exit_code == 2 and "layers.9" in result.output and "out of range" in result.output
+
+
+def test_findings_need_a_margin_and_nan_is_not_a_verdict():
+    from featuredrift.monitor.replicate.results import findings, lower
+
+    assert lower(0.1475, 0.1483, relative=0.02) is None  # within tolerance: inconclusive
+    assert lower(0.10, 0.15, relative=0.02) is True and lower(0.15, 0.10, relative=0.02) is False
+    assert lower(float("nan"), 0.5, absolute=0.05) is None
+    stages = {
+        "diffsae": {"alignment": {"diff_sae": 0.1483, "base_sae": 0.1475}},
+        "drift": {"hookpoints": {"layers.2": {"base": {"explained_ratio": float("nan"),
+                                                       "intersection_ratio_divergent": float("nan")}}}},
+    }
+    by_id = {f.id: f for f in findings(stages)}
+    assert by_id["diff_sae_latents_explain_kl"].holds is None
+    assert by_id["intersection_ratio_low"].holds is None and by_id["explained_ratio_below_one"].holds is None
+
+
+def test_refusal_prompt_format_follows_the_tokenizer_when_auto():
+    from types import SimpleNamespace
+
+    from featuredrift.monitor.replicate.config import RefusalConfig
+    from featuredrift.monitor.replicate.stage_refusal import resolve_prompt_format
+
+    assert resolve_prompt_format("auto", SimpleNamespace(chat_template="{{ x }}")) == "chat"
+    assert resolve_prompt_format("auto", SimpleNamespace(chat_template=None)) == "base"
+    assert RefusalConfig().prompt_format == {"base": "base", "chat": "chat"}  # the paper's setting
+    assert RefusalConfig(prompt_format={"base": "auto", "chat": "auto"}).prompt_format["base"] == "auto"
+    with pytest.raises(ValueError):
+        RefusalConfig(prompt_format={"base": "instruct"})

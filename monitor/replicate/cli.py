@@ -46,6 +46,6 @@ def replicate(
         typer.echo(f"config error: {error}", err=True)
         raise typer.Exit(2) from None
     for finding in results["findings"]:
-        mark = {True: "holds", False: "does not hold", None: "n/a"}[finding["holds"]]
+        mark = {True: "holds", False: "does not hold", None: "inconclusive (no data, or within tolerance)"}[finding["holds"]]
         typer.echo(f"[{mark}] {finding['claim']} ({finding['evidence']})")
     typer.echo(f"wrote {out / 'results.json'}, {out / 'report.md'}, {out / 'report.html'}")

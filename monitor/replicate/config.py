@@ -101,6 +101,12 @@ class SaeConfig(_Strict):
 
 class RefusalConfig(_Strict):
     ks: list[int] = Field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])
+    # How each model's prompts are written: 'base' ("{instruction}\n", the paper's base model),
+    # 'chat' (its chat template) or 'auto' (the chat template when its tokenizer has one). An
+    # Instruct → SFT pair wants 'auto' or 'chat' for both.
+    prompt_format: dict[Literal["base", "chat"], Literal["auto", "base", "chat"]] = Field(
+        default_factory=lambda: {"base": "base", "chat": "chat"}
+    )
 
     @field_validator("ks")
     @classmethod

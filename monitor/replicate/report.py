@@ -31,7 +31,7 @@ def markdown_sections(results: dict) -> list[tuple[str, list[str], str | None]]:
     findings = results["findings"]
     lines = _table(
         ["finding", "holds", "evidence"],
-        [[f["claim"], {True: "yes", False: "no", None: "n/a"}[f["holds"]], f["evidence"]] for f in findings],
+        [[f["claim"], {True: "yes", False: "no", None: "inconclusive"}[f["holds"]], f["evidence"]] for f in findings],
     )
     sections.append(("Findings", lines, None))
     if "transfer" in stages:

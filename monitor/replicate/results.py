@@ -24,7 +24,9 @@ class StageTiming(BaseModel):
 class Finding(BaseModel):
     id: str
     claim: str
-    holds: bool | None = Field(description="None when the stage it needs did not run or had no data.")
+    holds: bool | None = Field(
+        description="None when the stage it needs did not run, had no data, or the difference is within its tolerance."
+    )
     evidence: str
 
 
@@ -121,8 +123,33 @@ def _finite(value):
 # ------------------------------------------------------------------------------ findings
 
 
+# A claim "x is lower than y" holds only beyond these margins; inside them the run cannot tell.
+RELATIVE_TOLERANCE = 0.02  # for FVU and alignment cosines
+RATE_TOLERANCE = 0.05  # for safety and refusal scores (fractions of prompts)
+
+
+def lower(x: float, y: float, *, relative: float | None = None, absolute: float | None = None) -> bool | None:
+    """True when x < y beyond the margin, False when x > y beyond it, None inside it (or NaN)."""
+    if x is None or y is None or math.isnan(x) or math.isnan(y):
+        return None
+    margin = absolute if absolute is not None else (relative or 0.0) * max(abs(x), abs(y))
+    if x < y - margin:
+        return True
+    if x > y + margin:
+        return False
+    return None
+
+
+def _all(verdicts: list[bool | None]) -> bool | None:
+    """False if any claim fails, None if any is inconclusive, else True."""
+    if any(v is False for v in verdicts):
+        return False
+    return None if any(v is None for v in verdicts) or not verdicts else True
+
+
 def findings(stages: dict) -> list[Finding]:
-    """The paper's qualitative claims, each checked on this run's numbers."""
+    """The paper's qualitative claims, each checked on this run's numbers with a tolerance:
+    a difference inside it is reported as inconclusive (holds = None), not as holds/does not."""
     out = []
     transfer = stages.get("transfer")
     if transfer:
@@ -139,7 +166,7 @@ def findings(stages: dict) -> list[Finding]:
             out.append(Finding(
                 id="chat_sae_ceiling",
                 claim="Chat SAEs reconstruct chat activations better than base SAEs (the ceiling, Fig. 1).",
-                holds=all(c < b for c, b in ceilings.values()),
+                holds=_all([lower(c, b, relative=RELATIVE_TOLERANCE) for c, b in ceilings.values()]),
                 evidence=", ".join(f"{h}: chat {c:.3f} vs base {b:.3f}" for h, (c, b) in ceilings.items()),
             ))
     drift = stages.get("drift")
@@ -153,7 +180,7 @@ def findings(stages: dict) -> list[Finding]:
             evidence=", ".join(f"{h}: ER={v:.3f}" for h, v in known.items()) or "no divergent tokens",
         ))
         irs = {h: r["base"]["intersection_ratio_divergent"] for h, r in drift["hookpoints"].items()}
-        known_ir = {h: v for h, v in irs.items() if v is not None}
+        known_ir = {h: v for h, v in irs.items() if v is not None and not (isinstance(v, float) and math.isnan(v))}
         out.append(Finding(
             id="intersection_ratio_low",
             claim="Different features fire on divergent token pairs: IR < 0.5 (§4 reports 0.1–0.5).",
@@ -186,7 +213,7 @@ def findings(stages: dict) -> list[Finding]:
                 out.append(Finding(
                     id="chat_ablation_lowers_safety_more",
                     claim="Ablating the chat-feature reconstruction lowers the safety score more than the base-feature one (Fig. 2).",
-                    holds=chat["safety_score"] < base["safety_score"],
+                    holds=lower(chat["safety_score"], base["safety_score"], absolute=RATE_TOLERANCE),
                     evidence=(
                         f"k={k}: safety chat {chat['safety_score']:.2f} vs base {base['safety_score']:.2f} "
                         f"(no intervention {none['safety_score']:.2f}, judge {interventions['judge']})"
@@ -195,7 +222,7 @@ def findings(stages: dict) -> list[Finding]:
                 out.append(Finding(
                     id="addition_induces_refusal",
                     claim="Adding the chat-feature reconstruction induces refusal on harmless prompts (Fig. 2).",
-                    holds=chat["refusal_score"] > none["refusal_score"],
+                    holds=lower(none["refusal_score"], chat["refusal_score"], absolute=RATE_TOLERANCE),
                     evidence=(
                         f"k={k}: refusal chat {chat['refusal_score']:.2f} vs none {none['refusal_score']:.2f} "
                         f"(base features {base['refusal_score']:.2f})"
@@ -218,7 +245,7 @@ def findings(stages: dict) -> list[Finding]:
         out.append(Finding(
             id="diff_sae_latents_explain_kl",
             claim="Diff-SAE latents align better with KL-reducing directions than base-SAE latents (the post).",
-            holds=a["diff_sae"] > a["base_sae"],
+            holds=lower(a["base_sae"], a["diff_sae"], relative=RELATIVE_TOLERANCE),
             evidence=f"mean best cos(−∇KL, v): diff-SAE {a['diff_sae']:.3f} vs base SAE {a['base_sae']:.3f}",
         ))
     return out

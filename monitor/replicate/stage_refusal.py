@@ -15,6 +15,13 @@ from featuredrift.monitor.replicate.saes import load_stage_saes
 DIRECTIONS_FILE = "directions.safetensors"
 
 
+def resolve_prompt_format(wanted: str, tokenizer) -> str:
+    """'auto' → 'chat' when the tokenizer has a chat template, else 'base'."""
+    if wanted == "auto":
+        return "chat" if getattr(tokenizer, "chat_template", None) else "base"
+    return wanted
+
+
 def direction_key(source: str, k: int | None) -> str:
     return "true" if source == "true" else f"{source}_k{k}"
 
@@ -35,8 +42,11 @@ def run(ctx: RunContext, folder) -> dict:
     harmful = ctx.instructions("harmful", cfg.data.max_prompts)
     harmless = ctx.instructions("harmless", cfg.data.max_prompts)
     acts = {}
-    for role, prompt_format in (("chat", "chat"), ("base", "base")):
+    formats = {}
+    for role in ("chat", "base"):
         model, tokenizer = ctx.model(role)
+        prompt_format = resolve_prompt_format(cfg.refusal.prompt_format.get(role, role), tokenizer)
+        formats[role] = prompt_format
         for label, instructions in (("harmful", harmful), ("harmless", harmless)):
             acts[role, label] = collect_prompt_activations(
                 model, tokenizer, instructions, [hookpoint], prompt_format=prompt_format,
@@ -85,6 +95,7 @@ def run(ctx: RunContext, folder) -> dict:
     cosine = torch.nn.functional.cosine_similarity(true_direction, base_direction.to(true_direction.device), dim=0)
     return {
         "hookpoint": hookpoint,
+        "prompt_format": formats,
         "num_harmful": len(harmful),
         "num_harmless": len(harmless),
         "direction_norm": float(true_direction.norm()),
