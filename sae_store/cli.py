@@ -105,7 +105,7 @@ def train(
 ) -> None:
     """Train TopK SAEs on a model's residual stream with sparsify's trainer."""
     from featuredrift import sae_store  # noqa: F401
-    from featuredrift.monitor.probes import ProbeError, load_instructions
+    from featuredrift.monitor.probes import ProbeError
     from featuredrift.sae_store.train import PAPER_PRESET, train_sae
     from featuredrift.sae_store.validate import SaeError
 
@@ -116,8 +116,8 @@ def train(
     given = dict(num_latents=num_latents, k=k, batch_size=batch_size, lr=lr, optimizer=optimizer, lr_warmup_steps=warmup)
     options.update({name: value for name, value in given.items() if value is not None})
     try:
-        texts = load_instructions(data, field=text_field)
         lm, tokenizer = _load_model(model, device)
+        texts = _training_texts(data, text_field, tokenizer)
         result = train_sae(
             lm, tokenizer, texts, hookpoint, out_dir=out, ctx_len=ctx_len, max_tokens=max_tokens,
             seed=seed, log_to_wandb=wandb, **options,
@@ -129,3 +129,34 @@ def train(
             f"{h}: FVU {result.initial_fvu[h]:.4f} → {result.final_fvu[h]:.4f} "
             f"({result.num_tokens:,} tokens, {result.num_steps} steps) → {result.sae_dirs[h]}"
         )
+        for warning in training_warnings(result.num_steps, result.final_fvu[h]):
+            typer.secho(f"warning: {h}: {warning}", fg=typer.colors.YELLOW, err=True)
+
+
+MIN_TRAINING_STEPS = 100
+
+
+def training_warnings(num_steps: int, final_fvu: float) -> list[str]:
+    """What makes a freshly trained SAE unfit to monitor with, in words."""
+    warnings = []
+    if num_steps < MIN_TRAINING_STEPS:
+        warnings.append(f"only {num_steps} training steps (expected at least {MIN_TRAINING_STEPS}): give it more text")
+    if final_fvu >= 1.0:
+        warnings.append(f"FVU {final_fvu:.3f} ≥ 1: it reconstructs worse than the mean; it cannot be used to monitor")
+    return warnings
+
+
+def _training_texts(spec: str, field: str, tokenizer) -> list[str]:
+    """Texts from --data; a JSONL of chat `messages` (the project's own SFT format) is rendered
+    with the model's chat template."""
+    from featuredrift.monitor.probes import load_instructions, read_conversation_file
+
+    path = Path(spec)
+    if path.suffix == ".jsonl" and path.is_file():
+        with open(path, encoding="utf-8") as handle:
+            first = next((line for line in handle if line.strip()), "")
+        if '"messages"' in first and f'"{field}"' not in first:
+            from featuredrift.monitor.prompts import render_conversation
+
+            return [render_conversation(tokenizer, messages) for messages in read_conversation_file(path)]
+    return load_instructions(spec, field=field)

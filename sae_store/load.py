@@ -10,6 +10,7 @@ then validated like any local directory.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from featuredrift.monitor.hookpoints import HOOKPOINT_PATTERN
 from featuredrift.sae_store.saelens import is_saelens_dir, load_saelens_dir, saelens_hookpoint
 from featuredrift.sae_store.validate import (
     CFG_FILE,
+    TRAINED_AT_FILE,
     WEIGHTS_FILE,
     SaeError,
     check_finite,
@@ -86,6 +88,13 @@ def locate_sae_dirs(source: str | Path, hookpoints: list[str] | None = None) -> 
         own = saelens_hookpoint(root)
         return {own or (hookpoints[0] if hookpoints and len(hookpoints) == 1 else root.name): root}
     if _is_sae_dir(root):
+        trained_at = _trained_hookpoint(root)
+        if trained_at is not None:
+            if hookpoints and len(hookpoints) == 1 and hookpoints[0] != trained_at:
+                raise SaeError(
+                    f"SAE {root}: trained at {trained_at} (from {TRAINED_AT_FILE}), but requested for {hookpoints[0]}"
+                )
+            return {trained_at: root}
         named_after_hookpoint = HOOKPOINT_PATTERN.match(root.name) is not None
         if hookpoints and len(hookpoints) == 1 and not (named_after_hookpoint and hookpoints[0] != root.name):
             return {hookpoints[0]: root}
@@ -103,6 +112,17 @@ def locate_sae_dirs(source: str | Path, hookpoints: list[str] | None = None) -> 
             f"such as layers.N/ holding them; found {listing}"
         )
     return found
+
+
+def _trained_hookpoint(path: Path) -> str | None:
+    """The hookpoint `featuredrift sae train` recorded for this SAE folder, if it did."""
+    record = path / TRAINED_AT_FILE
+    if not record.is_file():
+        return None
+    try:
+        return json.loads(record.read_text()).get("hookpoint")
+    except (OSError, json.JSONDecodeError) as error:
+        raise SaeError(f"{record}: expected JSON recording the SAE's hookpoint, found an unreadable file ({error})") from error
 
 
 def _natural_key(name: str) -> list:

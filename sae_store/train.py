@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from featuredrift import sae_store  # noqa: F401  (Triton guard before sparsify loads)
-from featuredrift.sae_store.validate import CFG_FILE, WEIGHTS_FILE, SaeError
+from featuredrift.sae_store.validate import CFG_FILE, TRAINED_AT_FILE, WEIGHTS_FILE, SaeError
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,11 @@ def pack_token_chunks(
     token_lists: Sequence[Sequence[int]], ctx_len: int, separator_id: int | None, max_tokens: int | None = None
 ) -> list[list[int]]:
     """sparsify's packing: texts joined into one stream, each preceded by the separator (EOS),
-    cut into full `ctx_len` chunks; the incomplete tail is dropped."""
+    cut into full `ctx_len` chunks; the incomplete tail is dropped.
+
+    With a separator, every chunk also starts with it: position 0 of a sequence is the model's
+    attention sink, whose activation dwarfs the rest, and a special token there is excluded from
+    training like the other special tokens (the first word would not be)."""
     if ctx_len < 2:
         raise ValueError(f"ctx_len: expected at least 2 tokens, found {ctx_len}")
     stream: list[int] = []
@@ -85,7 +89,10 @@ def pack_token_chunks(
             break
     if max_tokens is not None:
         stream = stream[:max_tokens]
-    return [stream[i : i + ctx_len] for i in range(0, len(stream) - ctx_len + 1, ctx_len)]
+    if separator_id is None:
+        return [stream[i : i + ctx_len] for i in range(0, len(stream) - ctx_len + 1, ctx_len)]
+    body = ctx_len - 1
+    return [[separator_id, *stream[i : i + body]] for i in range(0, len(stream) - body + 1, body)]
 
 
 def _module_path(body, block) -> str:
@@ -179,6 +186,10 @@ def train_sae(
     texts = [t for t in texts if t and t.strip()]
     if not texts:
         raise SaeError("texts: expected at least one non-empty training text, found none")
+    # Shuffled (seeded) before packing, so --max-tokens takes a sample, not the file's head.
+    import random
+
+    texts = random.Random(seed).sample(texts, len(texts))
     token_lists = tokenizer(texts, add_special_tokens=False)["input_ids"]
     separator = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.bos_token_id
     chunks = pack_token_chunks(token_lists, ctx_len, separator, max_tokens)
@@ -190,7 +201,9 @@ def train_sae(
         )
 
     out_dir = Path(out_dir)
-    exclude = sorted(set(tokenizer.all_special_ids)) if exclude_special_tokens else []
+    from featuredrift.monitor.capture import control_token_ids
+
+    exclude = control_token_ids(tokenizer) if exclude_special_tokens else []
     sae_cfg = SparseCoderConfig(num_latents=num_latents, k=k, multi_topk=multi_topk, normalize_decoder=normalize_decoder)
     eval_acts = _eval_activations(inner, tokenizer, chunks[:eval_sequences], hookpoints, batch_size)
     device = next(inner.parameters()).device
@@ -256,6 +269,8 @@ def train_sae(
         "initial_fvu": initial_fvu, "final_fvu": final_fvu,
     }
     (out_dir / "training.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
+    for h, path in sae_dirs.items():  # each SAE knows its layer, whatever its folder is renamed to
+        (path / TRAINED_AT_FILE).write_text(json.dumps({"hookpoint": h, **record}, indent=2), encoding="utf-8")
     return result
 
 

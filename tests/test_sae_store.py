@@ -201,7 +201,8 @@ def test_register_rejects_invalid_sae(tmp_path):
 
 def test_pack_token_chunks_and_paper_preset():
     chunks = pack_token_chunks([[1, 2, 3], [4, 5], [6, 7, 8, 9]], 4, separator_id=0)
-    assert chunks == [[0, 1, 2, 3], [0, 4, 5, 0], [6, 7, 8, 9]]
+    # Every chunk starts on the separator: position 0 (the attention sink) is a special token.
+    assert chunks == [[0, 0, 1, 2], [0, 3, 0, 4], [0, 5, 0, 6], [0, 7, 8, 9]]
     assert pack_token_chunks([[1, 2, 3], [4, 5]], 3, separator_id=None, max_tokens=4) == [[1, 2, 3]]
     kwargs = PAPER_PRESET.train_kwargs(ctx_len=1024)
     assert kwargs["batch_size"] == 4 and kwargs["num_latents"] == 65_536 and kwargs["k"] == 100
@@ -221,12 +222,18 @@ def test_train_sae_reduces_fvu_and_writes_a_loadable_sae(tmp_path, tokenizer, ll
     assert [p.requires_grad for p in llama.parameters()] == flags and llama.training
     llama.eval()
     files = sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*") if p.is_file())
-    assert files == ["layers.1/cfg.json", "layers.1/sae.safetensors", "training.json"]  # no pickled state
+    assert files == ["layers.1/cfg.json", "layers.1/featuredrift_training.json", "layers.1/sae.safetensors",
+                     "training.json"]  # no pickled state
     sae = load_sae(tmp_path / "out", model=llama, hookpoint="layers.1")
     assert sae.num_latents == 64 and sae.cfg.k == 4
     record = json.loads((tmp_path / "out" / "training.json").read_text())
     assert record["final_fvu"]["layers.1"] == pytest.approx(result.final_fvu["layers.1"])
-    assert set(record["exclude_tokens"]) == set(tokenizer.all_special_ids)
+    assert set(record["exclude_tokens"]) >= set(tokenizer.all_special_ids)
+    # A renamed SAE folder still knows its layer: using it at another layer is an error.
+    (tmp_path / "out" / "layers.1").rename(tmp_path / "my-sae")
+    assert load_sae(tmp_path / "my-sae", model=llama).num_latents == 64
+    with pytest.raises(SaeError, match=r"trained at layers.1 \(from featuredrift_training.json\), but requested for layers.2"):
+        load_sae(tmp_path / "my-sae", model=llama, hookpoint="layers.2")
 
 
 def test_train_sae_rejects_bad_requests(tokenizer, llama, tmp_path):
@@ -272,8 +279,19 @@ def test_cli_train(tmp_path, tokenizer, llama):
     ])
     assert result.exit_code == 0, result.output
     assert "layers.2: FVU" in result.stdout
+    assert "warning: layers.2: only" in result.output and "training steps" in result.output  # 4 steps
     sae = load_sae(tmp_path / "sae", model=llama, hookpoint="layers.2")
     assert sae.num_latents == 64
+    # The project's own chat SFT format is accepted: conversations are rendered with the template.
+    assert tokenizer.chat_template
+    chats = [{"messages": [{"role": "user", "content": t}, {"role": "assistant", "content": t[::-1]}]} for t in CORPUS]
+    (tmp_path / "chat.jsonl").write_text("\n".join(json.dumps(c) for c in chats))
+    chat_run = CliRunner().invoke(app, [
+        "sae", "train", "--model", str(tmp_path / "model"), "--data", str(tmp_path / "chat.jsonl"),
+        "--hookpoint", "layers.2", "--out", str(tmp_path / "chat-sae"), "--num-latents", "64", "--k", "4",
+        "--batch-size", "2", "--ctx-len", "32", "--max-tokens", "256",
+    ])
+    assert chat_run.exit_code == 0, chat_run.output
 
 
 # --- on the embedded zoo (runs once tests/conftest.py provides `zoo_nano`) -----------------
