@@ -35,6 +35,24 @@ def shard(items: Sequence[T]) -> list[T]:
     return list(items[rank::size])
 
 
+def padded_shard(items: Sequence[T]) -> tuple[list[T], int]:
+    """This rank's strided slice padded (with its last item, or the first item of all) to the
+    same length on every rank, and how many of them are real.
+
+    Under FSDP/ZeRO-3 every forward pass is a collective: a rank with one batch more than the
+    others would wait for ever. Padding gives every rank the same number of passes; results of
+    the padding are dropped. (accelerate's `split_between_processes(apply_padding=True)` does
+    the same for contiguous splits.)
+    """
+    rank, size = world()
+    mine = list(items[rank::size])
+    if size == 1 or not items:
+        return mine, len(mine)
+    per_rank = -(-len(items) // size)
+    filler = mine[-1] if mine else items[0]
+    return mine + [filler] * (per_rank - len(mine)), len(mine)
+
+
 def _unshard(per_rank: list[list[T]]) -> list[T]:
     """Invert `shard`: interleave the ranks' lists back into the original order."""
     out: list[T] = []

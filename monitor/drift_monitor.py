@@ -36,7 +36,7 @@ from featuredrift.monitor.capture import (
     tokenize_texts,
 )
 from featuredrift.monitor.config import MonitorConfig
-from featuredrift.monitor.distributed import gather_list, gather_rows, shard, world
+from featuredrift.monitor.distributed import gather_list, gather_rows, padded_shard, world
 from featuredrift.monitor.hookpoints import hidden_size, resolve_hookpoint, unwrap_model
 from featuredrift.monitor.probes import ProbeSet, load_probe_set
 from featuredrift.monitor.prompts import format_prompts, render_conversation
@@ -271,7 +271,8 @@ class DriftMonitor:
         for subset, batches in state.batches.items():
             want_logits = kl and subset == kl_subset
             parts: dict[str, list[Tensor]] = {h: [] for h in hookpoints}
-            for batch in shard(batches):
+            padded, real = padded_shard(batches)
+            for number, batch in enumerate(padded):
                 out = capture_activations(
                     model,
                     batch.input_ids.to(device),
@@ -280,6 +281,8 @@ class DriftMonitor:
                     return_logits=want_logits,
                     stop_early=stop_early,
                 )
+                if number >= real:
+                    continue  # padding: the pass kept the ranks in step, its result is not ours
                 mask = batch.read_mask.to(device)
                 for h in hookpoints:
                     parts[h].append(out.activations[h][mask].float())
@@ -461,8 +464,11 @@ class DriftMonitor:
         for subset in PROMPT_SUBSETS:
             instructions = getattr(probes, subset)
             prompts = format_prompts(self.tokenizer, instructions, self._state.prompt_format)
+            mine, real = padded_shard(prompts)
+            distributed = world()[1] > 1
             completions = gather_list(
-                generate_greedy(model, self.tokenizer, shard(prompts), max_new_tokens=cfg.max_new_tokens, batch_size=cfg.generation_batch_size)
+                generate_greedy(model, self.tokenizer, mine, max_new_tokens=cfg.max_new_tokens,
+                                batch_size=cfg.generation_batch_size, synced_gpus=distributed)[:real]
             )
             rates[subset] = refusal_score(completions)
             kept += [

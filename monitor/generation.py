@@ -45,10 +45,13 @@ def generate_greedy(
     *,
     max_new_tokens: int = 24,
     batch_size: int = 16,
+    synced_gpus: bool = False,
 ) -> list[str]:
     """Greedy completions (new text only, special tokens dropped), one per prompt, in order.
 
     Batches are left-padded; the model's train/eval mode and the tokenizer are left as found.
+    `synced_gpus` keeps ranks stepping together until all are done (FSDP/ZeRO-3 forwards are
+    collectives, and one rank's batch may stop earlier than another's).
     """
     import torch
     from transformers import GenerationConfig
@@ -80,6 +83,7 @@ def generate_greedy(
                     input_ids=input_ids.to(device),
                     attention_mask=attention_mask.to(device),
                     generation_config=generation_config,
+                    synced_gpus=synced_gpus,
                 )
                 new_tokens = output[:, input_ids.shape[1] :].cpu()
                 completions.extend(

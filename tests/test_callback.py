@@ -264,3 +264,24 @@ def test_evaluations_reach_the_trainers_own_loggers(zoo_nano, tmp_path):
     assert [p.step for p in points] == [0, 2, 4]
     expected = [r.layers[hookpoint].divergent_fraction for r in callback.reports]
     assert [p.value for p in points] == pytest.approx(expected, abs=1e-6)
+
+
+def test_ddp_with_a_batch_count_that_does_not_divide_by_the_world_size(zoo_nano, tmp_path):
+    """3 probe batches per subset on 2 ranks, and generation on 5 prompts: every rank runs the
+    same number of passes (the last one padded), and both end with identical reports."""
+    opts = {
+        "zoo": str(zoo_nano.root), "eval_every": 2, "max_steps": 2, "store_url": f"sqlite:///{tmp_path}/uneven.db",
+        "run_name": "uneven", "output_dir": str(tmp_path / "out"), "max_probes": 10, "refusal_score_every": 1,
+    }
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SPARSIFY_DISABLE_TRITON": "1"}
+    from servers import free_port
+
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port())]
+    done = subprocess.run([*torchrun, str(SCRIPT), json.dumps(opts)], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [json.loads((tmp_path / "out" / f"summary-rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["batches"]["harmful"] == 3
+    assert ranks[0]["shard_batches"]["harmful"] == ranks[1]["shard_batches"]["harmful"] == 2  # one padded
+    assert ranks[0]["steps"] == ranks[1]["steps"] == [0, 2]
+    assert ranks[0]["fvu"] == ranks[1]["fvu"] and ranks[0]["refusal_rates"] == ranks[1]["refusal_rates"]
+    assert ranks[0]["refusal_rates"][0] is not None

@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from featuredrift.callbacks.feature_drift import FeatureDriftCallback  # noqa: E402
 from featuredrift.monitor.config import MonitorConfig  # noqa: E402
-from featuredrift.monitor.distributed import shard, world  # noqa: E402
+from featuredrift.monitor.distributed import padded_shard, world  # noqa: E402
 from featuredrift.monitor.finetune import make_sft_trainer, read_conversations  # noqa: E402
 
 
@@ -26,7 +26,8 @@ def main() -> None:
         probes=zoo + "/probes",
         eval_every=opts["eval_every"],
         max_probes=opts.get("max_probes", 16),
-        refusal_score_every=0,
+        refusal_score_every=opts.get("refusal_score_every", 0),
+        max_new_tokens=8,
         batch_size=4,
         store_url=opts["store_url"],
         pushgateway_url=opts.get("pushgateway_url"),
@@ -56,7 +57,8 @@ def main() -> None:
         "world_size": size,
         "steps": [r.step for r in drift.reports],
         "batches": {k: len(v) for k, v in drift.monitor.probe_batches.items()},
-        "shard_batches": {k: len(shard(v)) for k, v in drift.monitor.probe_batches.items()},
+        "shard_batches": {k: len(padded_shard(v)[0]) for k, v in drift.monitor.probe_batches.items()},
+        "refusal_rates": [r.refusal_rate for r in drift.reports],
         "fvu": [r.layers[next(iter(r.layers))].fvu for r in drift.reports],
         "pushes": getattr(drift.session.exporter, "delivered", 0) if drift.session else None,
     }
