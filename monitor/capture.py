@@ -122,14 +122,23 @@ def control_token_ids(tokenizer) -> list[int]:
     return sorted(ids)
 
 
-def content_token_mask(input_ids: Tensor, attention_mask: Tensor, tokenizer, *, skip_first: bool = True) -> Tensor:
+def content_token_mask(
+    input_ids: Tensor, attention_mask: Tensor, tokenizer, *, skip_first: bool = True, rule: str = "content"
+) -> Tensor:
     """True on the tokens whose activations we read (paper Appx. A.2, extended to real models).
 
     Not padding, not a control token, and (with `skip_first`) not a row's first real token:
     that position is the attention sink, whose residual norm is orders of magnitude above the
     rest. It is BOS when the tokenizer adds one (a control token anyway); tokenizers that add
     no BOS (SmolLM, Qwen2.5) make the first word the sink, and it must go too.
+    `rule="bos_eos"` reads the paper's Appx. A.2 literally: only BOS and EOS are left out.
     """
+    if rule == "bos_eos":
+        ends = [t for t in (tokenizer.bos_token_id, tokenizer.eos_token_id) if t is not None]
+        ids = torch.as_tensor(ends, dtype=input_ids.dtype, device=input_ids.device)
+        return attention_mask.bool() & ~torch.isin(input_ids, ids)
+    if rule != "content":
+        raise ValueError(f"token mask rule: expected 'content' or 'bos_eos', found {rule!r}")
     control = torch.as_tensor(control_token_ids(tokenizer), dtype=input_ids.dtype, device=input_ids.device)
     mask = attention_mask.bool() & ~torch.isin(input_ids, control)
     if skip_first:

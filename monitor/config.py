@@ -75,6 +75,20 @@ class MonitorConfig(BaseSettings):
     encode_batch_size: int = Field(4096, ge=1, description="Tokens per SAE encode chunk.")
     kl_max_positions: int = Field(512, ge=0, description="Probe positions whose reference log-probs are cached for KL (0 = all).")
     divergence_threshold: float = Field(0.9, gt=-1.0, lt=1.0, description="τ: token pairs with cos < τ are divergent.")
+    # The paper's ambiguities, as parameters (defaults: our readings; recorded with the run).
+    scale_reading: str = Field(
+        "sigma", pattern="^(sigma|energy|unit_norm)$",
+        description="How ER normalises each model (Appx. B): sigma = /sqrt(E|x|^2), energy = /E|x|^2 (the text), "
+        "unit_norm = x sqrt(d)/mean|x| (the code).",
+    )
+    er_aggregate: str = Field(
+        "ratio_of_sums", pattern="^(ratio_of_sums|median|mean)$", description="The headline ER over divergent tokens."
+    )
+    token_mask: str = Field(
+        "content", pattern="^(content|bos_eos)$",
+        description="content: leave out every control token, each text's first token and chat-template tokens; "
+        "bos_eos: only BOS/EOS (Appx. A.2 read literally).",
+    )
     most_divergent_share: float = Field(
         0.1, gt=0, le=1, description="ER and IR are also reported on this share of most-divergent tokens (always defined)."
     )

@@ -244,11 +244,13 @@ class DriftMonitor:
         size = cfg.batch_size
         base = list(probes.base_text)
         batches: dict[str, list[ProbeBatch]] = {
-            "base": [_text_batch(tokenizer, base[i : i + size], cfg.max_length) for i in range(0, len(base), size)]
+            "base": [_text_batch(tokenizer, base[i : i + size], cfg.max_length, cfg.token_mask)
+                     for i in range(0, len(base), size)]
         }
         if probes.chat_text and prompt_format == "chat":
             chats = list(probes.chat_text)
-            batches["chat"] = [_chat_batch(tokenizer, chats[i : i + size], cfg.max_length) for i in range(0, len(chats), size)]
+            batches["chat"] = [_chat_batch(tokenizer, chats[i : i + size], cfg.max_length, cfg.token_mask)
+                               for i in range(0, len(chats), size)]
         for subset in PROMPT_SUBSETS:
             prompts = encode_prompts(tokenizer, getattr(probes, subset), prompt_format, max_length=cfg.max_length)
             batches[subset] = [
@@ -327,7 +329,7 @@ class DriftMonitor:
         return LayerReference(
             codes=codes,
             fvu=fvu,
-            scale=float(metrics.activation_scale(acts["base"])),
+            scale=float(metrics.scale_for(acts["base"], self.config.scale_reading)),
             stats=stats,
             direction=direction,
             dbar=dbar,
@@ -380,7 +382,7 @@ class DriftMonitor:
                 fvu[f"current/{s}"] = float(metrics.fvu(acts[s], codes[s].reconstruction))
 
         x0, xt = ref_acts["base"][hookpoint], acts["base"]
-        scale = float(metrics.activation_scale(xt))
+        scale = float(metrics.scale_for(xt, cfg.scale_reading))
         divergent = metrics.divergent_mask(x0, xt, cfg.divergence_threshold)
         # With no divergent token (e.g. at step 0) ER is undefined: reported as NaN, not an error.
         any_divergent = bool(divergent.any())
@@ -437,7 +439,7 @@ class DriftMonitor:
             scale_reference=ref.scale,
             scale_current=scale,
             divergent_fraction=float(divergent.float().mean()) if divergent.numel() else math.nan,
-            explained_ratio=float(er.ratio) if er else math.nan,
+            explained_ratio=float(er.aggregate(cfg.er_aggregate)) if er else math.nan,
             explained_ratio_median=float(er.median) if er else math.nan,
             intersection_ratio_divergent=float(ir.divergent) if ir.divergent is not None else math.nan,
             intersection_ratio_all=float(ir.all),
@@ -493,6 +495,7 @@ class DriftMonitor:
             "sae_fingerprint": state.sae_fingerprint,
             "probe_fingerprint": state.fingerprint,
             "hookpoints": list(state.saes),
+            "paper_readings": {k: getattr(self.config, k) for k in ("scale_reading", "er_aggregate", "token_mask")},
             "token_exclusion": {
                 "rule": "padding, control tokens, each text's first token, chat-template tokens, "
                 f"reference norm > {self.config.sink_norm_ratio}x median",
@@ -530,20 +533,21 @@ def _check_probes(probes: ProbeSet) -> None:
         )
 
 
-def _text_batch(tokenizer, texts: list[str], max_length: int) -> ProbeBatch:
+def _text_batch(tokenizer, texts: list[str], max_length: int, rule: str = "content") -> ProbeBatch:
     """Right-padded texts; we read every content token (no padding, control tokens or sink)."""
     tokens = tokenize_texts(tokenizer, texts, max_length=max_length, padding_side="right")
-    mask = content_token_mask(tokens.input_ids, tokens.attention_mask, tokenizer)
+    mask = content_token_mask(tokens.input_ids, tokens.attention_mask, tokenizer, rule=rule)
     return ProbeBatch(tokens.input_ids, tokens.attention_mask, mask)
 
 
-def _chat_batch(tokenizer, conversations: list, max_length: int) -> ProbeBatch:
+def _chat_batch(tokenizer, conversations: list, max_length: int, rule: str = "content") -> ProbeBatch:
     """Rendered conversations (their template writes BOS, so none is added again); we read
     only the tokens inside message contents."""
     texts = [render_conversation(tokenizer, messages) for messages in conversations]
     tokens = tokenize_texts(tokenizer, texts, max_length=max_length, padding_side="right", add_special_tokens=False)
-    mask = content_token_mask(tokens.input_ids, tokens.attention_mask, tokenizer)
-    mask &= chat_content_mask(tokenizer, texts, conversations, tokens)
+    mask = content_token_mask(tokens.input_ids, tokens.attention_mask, tokenizer, rule=rule)
+    if rule == "content":
+        mask &= chat_content_mask(tokenizer, texts, conversations, tokens)
     return ProbeBatch(tokens.input_ids, tokens.attention_mask, mask)
 
 

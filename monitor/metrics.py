@@ -123,6 +123,23 @@ def activation_scale(x: Tensor, *, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Tens
     return (total / x.shape[0]).sqrt()
 
 
+SCALE_READINGS = ("sigma", "energy", "unit_norm")
+
+
+def scale_for(x: Tensor, reading: str = "sigma") -> Tensor:
+    """The divisor that normalises a model's activations before they are compared (Appx. B is
+    ambiguous): 'sigma' (ours) σ = sqrt(E‖x‖²); 'energy' (the paper's text) E‖x‖²; 'unit_norm'
+    (the paper's code, which rescales by √d / mean‖x‖) mean‖x‖ / √d. Only ER uses it."""
+    if reading == "sigma":
+        return activation_scale(x)
+    if reading == "energy":
+        return activation_scale(x).pow(2)
+    if reading == "unit_norm":
+        check_tensor("x", x, ndim=2)
+        return x.double().norm(dim=1).mean() / x.shape[1] ** 0.5
+    raise MetricInputError(f"scale reading: expected one of {SCALE_READINGS}, found {reading!r}")
+
+
 def _row_sum(x: Tensor, chunk_rows: int) -> Tensor:
     total = x.new_zeros(x.shape[1], dtype=torch.float64)
     for rows in row_chunks(x.shape[0], chunk_rows):
@@ -161,6 +178,15 @@ class ExplainedRatio(NamedTuple):
     median: Tensor
     """Median over divergent tokens of the per-token ratio (lower median for an even count)."""
     num_tokens: int
+    mean: Tensor | None = None
+    """Mean over divergent tokens of the per-token ratio."""
+
+    def aggregate(self, how: str) -> Tensor:
+        """The headline ER: 'ratio_of_sums' (Eq. 3 as we read it), 'median' or 'mean' of per-token ratios."""
+        values = {"ratio_of_sums": self.ratio, "median": self.median, "mean": self.mean}
+        if how not in values:
+            raise MetricInputError(f"ER aggregate: expected one of {tuple(values)}, found {how!r}")
+        return values[how]
     """Number of divergent tokens the ratio is taken over."""
 
 
@@ -198,6 +224,7 @@ def explained_ratio(
         ratio=unexplained.sum() / divergence.sum(),
         median=(unexplained / divergence).median(),
         num_tokens=int(rows.numel()),
+        mean=(unexplained / divergence).mean(),
     )
 
 

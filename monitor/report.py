@@ -20,7 +20,7 @@ PREFIX = "featuredrift_"
 METRIC_HELP = {
     "global_step": "Training step of the latest evaluation.",
     "fvu_ratio": "Fraction of variance the base SAE leaves unexplained (model=reference|current, data=base|chat).",
-    "activation_scale": "sqrt(E||x||^2) of the residual stream over the probe tokens, per model.",
+    "activation_scale": "Normaliser of each model's residual stream in ER: sqrt(E||x||^2) (scale_reading=sigma) by default.",
     "divergent_tokens_ratio": "Share of probe token pairs (reference vs current) with cosine below tau (0.9).",
     "divergent_tokens_by_tau_ratio": "Share of probe token pairs with cosine below each tau in 0.99/0.95/0.9.",
     "pair_cosine_quantile": "Quantiles of cos(reference, current) over probe token pairs.",

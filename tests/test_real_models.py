@@ -179,3 +179,30 @@ def test_robust_divergence_sees_small_moves():
     assert profile.fractions[0.9] == 0.0 and profile.fractions[0.99] > 0.0
     assert profile.quantiles[0.01] < profile.quantiles[0.5] < 1.0
     assert int(profile.most_divergent.sum()) == 20
+
+
+def test_the_papers_ambiguities_are_parameters_recorded_with_the_run(zoo_nano, zoo_nano_models):
+    from featuredrift.monitor.config import MonitorConfig
+    from featuredrift.monitor.drift_monitor import DriftMonitor
+
+    base, chat, tokenizer = zoo_nano_models
+    settings = dict(sae=str(zoo_nano.sae), probes=str(zoo_nano.probes), max_probes=8, refusal_score_every=0, kl_every=0)
+    readings, layers = {}, {}
+    for scale_reading in ("sigma", "energy", "unit_norm"):
+        for er_aggregate in ("ratio_of_sums", "median", "mean"):
+            monitor = DriftMonitor(MonitorConfig(**settings, scale_reading=scale_reading, er_aggregate=er_aggregate))
+            monitor.start(base, tokenizer)
+            layer = next(iter(monitor.evaluate(chat, 1).layers.values()))
+            readings[scale_reading, er_aggregate], layers[scale_reading, er_aggregate] = layer.explained_ratio, layer
+            assert monitor.provenance()["paper_readings"]["scale_reading"] == scale_reading
+    # The median is reported whatever the headline; with er_aggregate=median it is the headline.
+    assert readings["sigma", "median"] == pytest.approx(layers["sigma", "ratio_of_sums"].explained_ratio_median, rel=1e-9)
+    assert len({round(v, 6) for v in readings.values()}) >= 5  # the readings really differ
+    literal = DriftMonitor(MonitorConfig(**settings, token_mask="bos_eos"))
+    literal.start(base, tokenizer)
+    ours = DriftMonitor(MonitorConfig(**settings))
+    ours.start(base, tokenizer)
+    count = lambda m: sum(int(b.read_mask.sum()) for b in m.probe_batches["chat"])  # noqa: E731
+    assert count(literal) > count(ours)  # template tokens are read under the literal rule
+    with pytest.raises(ValueError, match="scale_reading"):
+        MonitorConfig(**settings, scale_reading="rms")
