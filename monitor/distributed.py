@@ -29,12 +29,6 @@ def is_main_process() -> bool:
     return world()[0] == 0
 
 
-def shard(items: Sequence[T]) -> list[T]:
-    """This rank's items: a strided slice, so shards differ in length by at most one."""
-    rank, size = world()
-    return list(items[rank::size])
-
-
 def padded_shard(items: Sequence[T]) -> tuple[list[T], int]:
     """This rank's strided slice padded (with its last item, or the first item of all) to the
     same length on every rank, and how many of them are real.
@@ -54,7 +48,8 @@ def padded_shard(items: Sequence[T]) -> tuple[list[T], int]:
 
 
 def _unshard(per_rank: list[list[T]]) -> list[T]:
-    """Invert `shard`: interleave the ranks' lists back into the original order."""
+    """Invert the strided split of `padded_shard` (without its padding): interleave the ranks'
+    lists back into the original order."""
     out: list[T] = []
     longest = max((len(p) for p in per_rank), default=0)
     for i in range(longest):
