@@ -81,7 +81,6 @@ class FeatureDriftCallback(TrainerCallback):
         self.stop_reason: str | None = None
         self.seconds = 0.0  # wall time spent inside this callback: its whole cost to training
         self.run_id: str | None = None
-        self.max_steps = 0
         self._done_steps: set[int] = set()
 
     # --------------------------------------------------------------- events
@@ -95,7 +94,6 @@ class FeatureDriftCallback(TrainerCallback):
             # transformers reads an eval_steps below 1 as a fraction of the total steps.
             steps = eval_steps if eval_steps >= 1 else eval_steps * state.max_steps
             self.eval_every = max(1, int(steps))
-        self.max_steps = state.max_steps
         display_name = self.config.run_name or _default_run_name(args)
         resuming = state.global_step > 0
         saved = read_checkpoint_state(args, state) if resuming else None
