@@ -22,7 +22,13 @@ import jsonschema
 import pytest
 import yaml
 
-from featuredrift.monitor.grafana.spec import DASHBOARD_DIR, DATASOURCE
+from featuredrift.monitor.grafana.spec import (
+    DASHBOARD_DIR,
+    DASHBOARDS,
+    POSTGRES_TYPE,
+    PROMETHEUS_UID,
+    STORE_UID,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -147,15 +153,22 @@ def test_grafana_provisioning_matches_the_dashboards_and_datasource(compose):
     provisioning = _in_container(mounts, "/etc/grafana/provisioning")
     assert provisioning == ROOT / "deploy" / "grafana" / "provisioning"
     datasources = yaml.safe_load((provisioning / "datasources" / "featuredrift.yml").read_text())["datasources"]
-    assert [d["uid"] for d in datasources] == [DATASOURCE["uid"]]
-    assert datasources[0]["url"] == "http://prometheus:9090"
+    prometheus, store = datasources
+    assert (prometheus["uid"], prometheus["type"], prometheus["url"]) == (PROMETHEUS_UID, "prometheus", "http://prometheus:9090")
+    # the run store: the compose PostgreSQL service, its database and user, the password Grafana is given
+    postgres = compose["services"]["postgres"]
+    assert (store["uid"], store["type"]) == (STORE_UID, POSTGRES_TYPE)
+    assert store["url"] == "postgres:5432" and postgres["ports"][0].endswith(":5432")
+    assert store["user"] == postgres["environment"]["POSTGRES_USER"]
+    assert store["jsonData"]["database"] == postgres["environment"]["POSTGRES_DB"]
+    variable = store["secureJsonData"]["password"].removeprefix("$")
+    assert service["environment"][variable] == postgres["environment"]["POSTGRES_PASSWORD"]
+    assert service["depends_on"]["postgres"]["condition"] == "service_healthy"
     providers = yaml.safe_load((provisioning / "dashboards" / "featuredrift.yml").read_text())["providers"]
     dashboards_dir = _in_container(mounts, providers[0]["options"]["path"])
     assert dashboards_dir == DASHBOARD_DIR.resolve()
-    assert sorted(p.name for p in dashboards_dir.glob("*.json")) == [
-        "featuredrift-overview.json",
-        "featuredrift-refusal.json",
-    ]
+    assert sorted(p.name for p in dashboards_dir.glob("*.json")) == sorted(f"{d.uid}.json" for d in DASHBOARDS)
+    assert "featuredrift-steps.json" in {p.name for p in dashboards_dir.glob("*.json")}
     home = service["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
     assert _in_container(mounts, home).exists()
 

@@ -1,6 +1,8 @@
-"""Grafana dashboards: generated JSON in sync with the spec, fixed datasource, panels that query
-known metrics with PromQL a real Prometheus accepts, and `featuredrift grafana push` against a
-recording Grafana API server on loopback (folder created, overwrite, idempotent, clear errors)."""
+"""Grafana dashboards: generated JSON in sync with the spec, datasources chosen by template
+variables, thresholds coloured on the side where each alert fires, panels that query known
+metrics with PromQL a real Prometheus accepts, step-indexed SQL panels executed against a real
+PostgreSQL run store, and `featuredrift grafana push` against a recording Grafana API server on
+loopback (folder created, overwrite, idempotent, clear errors)."""
 
 from __future__ import annotations
 
@@ -16,7 +18,9 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from feature_reports import EMERGING, FADING, MOST_DRIFTED, record_story_run
 from reports import make_report
+from servers import create_postgres_database
 from typer.testing import CliRunner
 
 from featuredrift.monitor.cli import app
@@ -25,9 +29,12 @@ from featuredrift.monitor.grafana.spec import (
     DASHBOARD_DIR,
     DASHBOARDS,
     DATASOURCE,
+    STORE,
     dashboard_path,
     panel_queries,
+    panel_sql,
     render_json,
+    threshold_steps,
 )
 
 TOKEN = "glsa_featuredrift_test"
@@ -53,18 +60,26 @@ def test_committed_dashboards_match_the_spec():
     )
 
 
-def test_dashboards_use_the_fixed_datasource_and_template_variables():
+def test_dashboards_pick_datasources_through_template_variables():
     for dashboard in all_dashboards():
         text = json.dumps(dashboard)
         assert "${DS_" not in text and "__inputs" not in dashboard
-        for panel in dashboard["panels"]:
-            assert panel["datasource"] == DATASOURCE
-            assert all(t["datasource"] == DATASOURCE for t in panel["targets"])
-            assert len({t["refId"] for t in panel["targets"]}) == len(panel["targets"])
+        assert "featuredrift-prometheus" not in json.dumps(dashboard["panels"])
         variables = {v["name"]: v for v in dashboard["templating"]["list"]}
-        assert variables["run"]["query"]["query"] == "label_values(featuredrift_global_step, run)"
-        assert variables["layer"]["query"]["query"].startswith("label_values(")
-        assert all(v["datasource"] == DATASOURCE for v in variables.values())
+        sql_dashboard = "store" in variables
+        expected = STORE if sql_dashboard else DATASOURCE
+        chooser = variables["store" if sql_dashboard else "datasource"]
+        assert chooser["type"] == "datasource"
+        assert chooser["query"] == ("grafana-postgresql-datasource" if sql_dashboard else "prometheus")
+        assert expected["uid"] == "${" + chooser["name"] + "}"
+        for panel in dashboard["panels"]:
+            assert panel["datasource"] == expected
+            assert all(t["datasource"] == expected for t in panel["targets"])
+            assert len({t["refId"] for t in panel["targets"]}) == len(panel["targets"])
+        assert all(variables[v]["datasource"] == expected for v in ("run", "layer"))
+        if not sql_dashboard:
+            assert variables["run"]["query"]["query"] == "label_values(featuredrift_global_step, run)"
+            assert variables["layer"]["query"]["query"].startswith("label_values(")
         ids = [p["id"] for p in dashboard["panels"]]
         assert len(ids) == len(set(ids))
         # no two panels overlap on the 24-column grid
@@ -76,9 +91,33 @@ def test_dashboards_use_the_fixed_datasource_and_template_variables():
             cells |= new
 
 
+def colour_at(steps: list[dict], value: float) -> str:
+    """The colour Grafana gives a value: that of the last step whose value it reaches."""
+    return [s["color"] for s in steps if s["value"] is None or value >= s["value"]][-1]
+
+
+def test_thresholds_are_coloured_on_the_side_where_the_alert_fires():
+    gap = threshold_steps(("RefusalFeaturesFading", "RefusalFeaturesWeakening"))  # both fire below
+    assert [colour_at(gap, v) for v in (-0.2, 0.3, 0.7, 1.0, 1.4)] == ["red", "red", "orange", "green", "green"]
+    cosine = threshold_steps(("RefusalDirectionDrifted",))
+    assert (colour_at(cosine, 0.2), colour_at(cosine, 0.9)) == ("red", "green")
+    fvu = threshold_steps(("BaseSAETransferDegraded",))  # fires above
+    assert (colour_at(fvu, 0.1), colour_at(fvu, 0.9)) == ("green", "orange")
+    with pytest.raises(ValueError, match="jump alert"):
+        threshold_steps(("KLDivergenceSpike",))
+    for dashboard in all_dashboards():
+        for panel in dashboard["panels"]:
+            steps = panel["fieldConfig"]["defaults"]["thresholds"]["steps"]
+            assert steps[0]["value"] is None and [s["value"] for s in steps[1:]] == sorted(s["value"] for s in steps[1:])
+            if "refusal_feature_gap_relative" in json.dumps(panel["targets"]):
+                # a reversed gap is negative: the axis must show it
+                assert "min" not in panel["fieldConfig"]["defaults"], panel["title"]
+                assert colour_at(steps, 0.3) == "red" and colour_at(steps, 1.0) == "green"
+
+
 def test_panels_query_only_known_metrics_and_cover_the_overview():
     known = {s.name for s in make_report().metric_samples()} | EXPORTER_METRICS | {"ALERTS"}
-    overview, refusal = all_dashboards()
+    overview, refusal, _ = all_dashboards()
     for dashboard in (overview, refusal):
         for title, expr in panel_queries(dashboard):
             used = set(re.findall(r"\b(featuredrift_\w+|ALERTS)\b", expr))
@@ -155,10 +194,87 @@ def test_every_panel_query_parses_in_prometheus(bare_prometheus):
         queries = panel_queries(dashboard) + [
             (v["name"], re.fullmatch(r"label_values\((.*), \w+\)", v["query"]["query"]).group(1))
             for v in dashboard["templating"]["list"]
+            if v["type"] == "query" and v["datasource"] == DATASOURCE
         ]
         for title, expr in queries:
             status, body = prometheus_query(bare_prometheus, interpolate(expr))
             assert status == 200 and body["status"] == "success", f"{dashboard['uid']} / {title}: {expr}: {body}"
+
+
+def grafana_sql(query: str, **variables: list[str]) -> str:
+    """What Grafana's SQL datasources send: a multi-value variable becomes a quoted,
+    comma-separated list ('a','b'); any variable left over is a query Grafana cannot run."""
+    for name, values in variables.items():
+        quoted = ",".join("'" + v.replace("'", "''") + "'" for v in values)
+        query = query.replace("${" + name + "}", quoted).replace("$" + name, quoted)
+    assert "$" not in query, f"unsubstituted Grafana variable in {query}"
+    return query
+
+
+def steps_dashboard() -> dict:
+    return next(d for d in all_dashboards() if d["uid"] == "featuredrift-steps")
+
+
+@pytest.mark.servers
+def test_every_sql_panel_runs_on_a_real_run_store(postgres_url):
+    """Each step-indexed panel and variable query of the run-store dashboard, executed on a real
+    PostgreSQL holding a stored run, returns the rows the panel is meant to show."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    url = make_url(create_postgres_database(postgres_url, "grafana_panels"))
+    run = record_story_run(url.render_as_string(hide_password=False))
+    dashboard = steps_dashboard()
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    results = {}
+    with psycopg.connect(f"host={url.host} port={url.port} user={url.username} dbname={url.database}") as connection:
+
+        def execute(query: str, **values: list[str]) -> tuple[list[str], list[tuple]]:
+            cursor = connection.execute(grafana_sql(query, **values))
+            return [c.name for c in cursor.description], cursor.fetchall()
+
+        assert execute(variables["run"]["query"])[1] == [(run,)]
+        layers = [row[0] for row in execute(variables["layer"]["query"], run=[run])[1]]
+        assert layers == ["layers.1", "layers.3"]
+        for title, query in panel_sql(dashboard):
+            results[title] = execute(query, run=[run], layer=layers)
+            assert results[title][1], f"{title}: no rows for a run that has the data\n{query}"
+        only_one = execute(panel_sql(dashboard)[0][1], run=[run], layer=["layers.3"])[1]
+        assert only_one and len(only_one) * 2 == len(results[panel_sql(dashboard)[0][0]][1])
+
+    trends = [p for p in dashboard["panels"] if p["type"] == "trend"]
+    assert len(trends) >= 8
+    for panel in trends:
+        columns, rows = results[panel["title"]]
+        assert columns == ["step", "series", "value"], panel["title"]
+        assert [r[0] for r in rows] == sorted(r[0] for r in rows), f"{panel['title']}: steps out of order"
+        assert {r[0] for r in rows} <= {0, 10, 20, 30}
+    gap = {(step, series): value for step, series, value in results["Refusal-feature gap (relative to reference)"][1]}
+    assert set(gap) == {(s, f"{run} {layer}") for s in (0, 10, 20, 30) for layer in layers}
+    assert gap[(30, f"{run} layers.3")] < gap[(0, f"{run} layers.3")]
+    fvu_series = {series for _, series, _ in results["Base-SAE transfer (FVU)"][1]}
+    assert f"{run} layers.1 current chat" in fvu_series and f"{run} layers.3 reference base" in fvu_series
+    assert {series for _, series, _ in results["Refusal rate"][1]} == {f"{run} harmful", f"{run} harmless"}
+
+    columns, rows = results["Most drifted features at the latest evaluation"]
+    latest = [dict(zip(columns, row, strict=True)) for row in rows]
+    assert {r["step"] for r in latest} == {30} and len(latest) == 6  # three per layer, newest step only
+    top = latest[0]
+    assert (top["rank"], top["feature"], top["subset"]) == (1, MOST_DRIFTED, "harmful")
+    assert top["firing_now"] > top["firing_reference"] and top["drift_score"] == pytest.approx(3.0)
+
+    columns, rows = results["Refusal features over steps"]
+    features = {(r["layer"], r["feature"]): r for r in (dict(zip(columns, row, strict=True)) for row in rows)}
+    emerging = features[("layers.3", EMERGING)]
+    assert emerging["reference_refusal_feature"] is False and emerging["first_step_in_top_k"] == 20
+    faded = features[("layers.3", FADING[1])]
+    assert faded["reference_refusal_feature"] is True and faded["last_step_in_top_k"] == 10
+    assert faded["latest_diff_in_means"] == pytest.approx(0.2)
+
+    trajectory = results["Reference refusal features: d̄ by step"][1]
+    assert (0, f"{run} layers.3 feature 5", 1.0) in [(s, n, round(v, 6)) for s, n, v in trajectory]
+    columns, rows = results["Alerts by step"]
+    assert [(r[1], r[4]) for r in rows] == [("RefusalFeaturesFading", 20)]
 
 
 class FakeGrafana(BaseHTTPRequestHandler):
@@ -222,10 +338,10 @@ def test_push_creates_the_folder_and_overwrites_idempotently(fake_grafana):
     server, url = fake_grafana
     state = server.state
     first = push_dashboards(url, TOKEN, folder="Fine-tuning safety")
-    assert [d.uid for d in first] == ["featuredrift-overview", "featuredrift-refusal"]
+    assert [d.uid for d in first] == ["featuredrift-overview", "featuredrift-refusal", "featuredrift-steps"]
     assert list(state["folders"].values()) == [{"id": 1, "uid": "fine-tuning-safety", "title": "Fine-tuning safety"}]
     posts = [body for method, path, body in state["requests"] if path == "/api/dashboards/db"]
-    assert [p["dashboard"]["uid"] for p in posts] == ["featuredrift-overview", "featuredrift-refusal"]
+    assert [p["dashboard"]["uid"] for p in posts] == ["featuredrift-overview", "featuredrift-refusal", "featuredrift-steps"]
     assert all(p["overwrite"] is True and p["folderUid"] == "fine-tuning-safety" for p in posts)
     assert all(p["dashboard"]["id"] is None for p in posts)
     assert posts[0]["dashboard"]["panels"] == load_dashboards()[0]["panels"]
@@ -234,7 +350,7 @@ def test_push_creates_the_folder_and_overwrites_idempotently(fake_grafana):
     second = push_dashboards(url, TOKEN, folder="Fine-tuning safety")
     assert [d.uid for d in second] == [d.uid for d in first]
     assert ("POST", "/api/folders") not in [(m, p) for m, p, _ in state["requests"]]
-    assert len(state["folders"]) == 1 and len(state["dashboards"]) == 2
+    assert len(state["folders"]) == 1 and len(state["dashboards"]) == 3
     assert {d["version"] for d in state["dashboards"].values()} == {2}
 
 
@@ -253,7 +369,7 @@ def test_push_cli_reads_url_and_token_from_the_environment(fake_grafana):
     result = runner.invoke(app, ["grafana", "push"], env={"GRAFANA_URL": url, "GRAFANA_TOKEN": TOKEN})
     assert result.exit_code == 0, result.output
     assert "pushed featuredrift-overview" in result.output and "pushed featuredrift-refusal" in result.output
-    assert set(server.state["dashboards"]) == {"featuredrift-overview", "featuredrift-refusal"}
+    assert set(server.state["dashboards"]) == {"featuredrift-overview", "featuredrift-refusal", "featuredrift-steps"}
     assert list(server.state["folders"]) == ["featuredrift"]
     bad = runner.invoke(app, ["grafana", "push", "--url", url, "--token", "nope"])
     assert bad.exit_code == 1 and "rejected the token" in bad.output

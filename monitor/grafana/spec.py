@@ -1,10 +1,11 @@
 """Grafana dashboards described as a small Python spec, rendered to dashboard JSON.
 
 The JSON under `dashboards/` is generated from here (`featuredrift grafana generate`) and
-committed; a test keeps the two in sync. Every panel uses the fixed datasource uid
-`featuredrift-prometheus` (provisioned by deploy/grafana and created by `grafana push` users),
-so dashboards import without `${DS_…}` placeholders. Threshold lines come from the alert
-definitions so a panel shows where its alert fires.
+committed; a test keeps the two in sync. Panels name their datasource through a datasource
+template variable (`$datasource` for Prometheus, `$store` for the PostgreSQL run store), so the
+dashboards work in any Grafana whatever its datasource uids; the provisioned uids are only the
+variables' defaults. Threshold colours come from the alert definitions, so a panel turns red
+where its alert fires, on the side where it fires.
 """
 
 from __future__ import annotations
@@ -13,18 +14,26 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from featuredrift.alerts.definitions import DEFAULT_DEFINITIONS
+from featuredrift.alerts.definitions import DEFAULT_DEFINITIONS, OPERATORS
+from featuredrift.monitor.grafana import sql
 
-DATASOURCE = {"type": "prometheus", "uid": "featuredrift-prometheus"}
+PROMETHEUS_UID = "featuredrift-prometheus"  # provisioned by deploy/grafana
+STORE_UID = "featuredrift-store"
+POSTGRES_TYPE = "grafana-postgresql-datasource"
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+STORE = {"type": POSTGRES_TYPE, "uid": "${store}"}
 DASHBOARD_DIR = Path(__file__).with_name("dashboards")
 RUN = 'run=~"$run"'
 RUN_LAYER = 'run=~"$run", layer=~"$layer"'
-ALERT_THRESHOLDS = {d.name: d.threshold for d in DEFAULT_DEFINITIONS}
+ALERTS = {d.name: d for d in DEFAULT_DEFINITIONS}
+ALERT_THRESHOLDS = {name: d.threshold for name, d in ALERTS.items()}
+SEVERITY_COLOURS = {"critical": "red", "warning": "orange", "info": "yellow"}
+SEVERITY_ORDER = ("info", "warning", "critical")
 
 
 @dataclass(frozen=True)
 class Query:
-    expr: str
+    expr: str  # PromQL, or SQL for panels on the run store
     legend: str = ""
 
 
@@ -34,11 +43,12 @@ class Panel:
     queries: tuple[Query, ...]
     description: str = ""
     unit: str = "none"
-    kind: str = "timeseries"  # "timeseries" or "table" (instant query, one row per series)
+    kind: str = "timeseries"  # "timeseries", "table", or "trend" (x = training step)
     min: float | None = None
     max: float | None = None
-    thresholds: tuple[float, ...] = ()  # alert thresholds drawn as red lines
+    alerts: tuple[str, ...] = ()  # alert definitions whose thresholds colour the panel
     width: int = 12
+    source: str = "prometheus"  # "prometheus" or "store" (SQL on the run store)
 
 
 @dataclass(frozen=True)
@@ -48,28 +58,75 @@ class Dashboard:
     description: str
     panels: tuple[Panel, ...]
     tags: tuple[str, ...] = ("featuredrift",)
-    variables: tuple[str, ...] = ("run", "layer")
+    source: str = "prometheus"  # where the run and layer variables read their values
 
 
-def _variable(name: str) -> dict:
-    queries = {
-        "run": "label_values(featuredrift_global_step, run)",
-        "layer": 'label_values(featuredrift_divergent_tokens_ratio{run=~"$run"}, layer)',
+def threshold_steps(alert_names: tuple[str, ...]) -> list[dict]:
+    """Grafana threshold steps coloured by what the alerts say about each value range.
+
+    Between two consecutive thresholds every value violates the same alerts, so one probe
+    value per range decides its colour: green when no alert fires there, else the colour of
+    the most severe alert that does. An alert on `<` thus paints the range below its threshold.
+    """
+    definitions = [ALERTS[name] for name in alert_names]
+    jumps = [d.name for d in definitions if d.kind != "threshold"]
+    if jumps:
+        raise ValueError(f"panel thresholds: expected level alerts (kind 'threshold'), found {jumps}: "
+                         "a jump alert compares two evaluations, not a level")
+    cuts = sorted({d.threshold for d in definitions})
+    probes = [cuts[0] - 1] + [(a + b) / 2 for a, b in zip(cuts, cuts[1:], strict=False)] + [cuts[-1] + 1] if cuts else [0]
+    steps = []
+    for value, probe in zip([None, *cuts], probes, strict=True):
+        fired = [d.severity for d in definitions if OPERATORS[d.op](probe, d.threshold)]
+        colour = SEVERITY_COLOURS[max(fired, key=SEVERITY_ORDER.index)] if fired else "green"
+        if not steps or steps[-1]["color"] != colour:
+            steps.append({"color": colour, "value": value})
+    return steps
+
+
+def _datasource_variable(name: str, kind: str, default_uid: str, label: str) -> dict:
+    return {
+        "name": name,
+        "label": label,
+        "type": "datasource",
+        "query": kind,
+        "current": {"selected": False, "text": default_uid, "value": default_uid},
+        "regex": "",
+        "refresh": 1,
+        "hide": 0,
+        "multi": False,
+        "includeAll": False,
+        "options": [],
+        "skipUrlSync": False,
     }
-    query = queries[name]
+
+
+def _query_variable(name: str, source: str) -> dict:
+    if source == "prometheus":
+        datasource = DATASOURCE
+        text = {
+            "run": "label_values(featuredrift_global_step, run)",
+            "layer": 'label_values(featuredrift_divergent_tokens_ratio{run=~"$run"}, layer)',
+        }[name]
+        query: dict | str = {"query": text, "refId": f"{name}-variable"}
+        all_value: str | None = ".*"
+    else:
+        datasource = STORE
+        text = {"run": sql.RUN_VARIABLE, "layer": sql.LAYER_VARIABLE}[name]
+        query, all_value = text, None  # SQL: All expands to every value, quoted
     return {
         "name": name,
         "label": name,
         "type": "query",
-        "datasource": DATASOURCE,
-        "definition": query,
-        "query": {"query": query, "refId": f"{name}-variable"},
+        "datasource": datasource,
+        "definition": text,
+        "query": query,
         "refresh": 2,
         "multi": True,
         "includeAll": True,
-        "allValue": ".*",
+        "allValue": all_value,
         "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
-        "sort": 1,
+        "sort": 1 if source == "prometheus" else 0,
         "hide": 0,
         "options": [],
         "regex": "",
@@ -77,7 +134,19 @@ def _variable(name: str) -> dict:
     }
 
 
-def _target(query: Query, ref_id: str, instant: bool) -> dict:
+def variables(source: str) -> list[dict]:
+    if source == "prometheus":
+        datasource = _datasource_variable("datasource", "prometheus", PROMETHEUS_UID, "Prometheus")
+    else:
+        datasource = _datasource_variable("store", POSTGRES_TYPE, STORE_UID, "Run store")
+    return [datasource, _query_variable("run", source), _query_variable("layer", source)]
+
+
+def _target(query: Query, ref_id: str, panel: Panel) -> dict:
+    if panel.source == "store":
+        return {"datasource": STORE, "refId": ref_id, "rawSql": query.expr, "rawQuery": True,
+                "editorMode": "code", "format": "table"}
+    instant = panel.kind == "table"
     target = {
         "datasource": DATASOURCE,
         "expr": query.expr,
@@ -91,40 +160,59 @@ def _target(query: Query, ref_id: str, instant: bool) -> dict:
     return target
 
 
+def _graph_defaults(panel: Panel) -> dict:
+    return {
+        "drawStyle": "line",
+        "lineWidth": 2,
+        "pointSize": 5,
+        "showPoints": "always",
+        "spanNulls": True,
+        "thresholdsStyle": {"mode": "line+area" if panel.alerts else "off"},
+    }
+
+
+# (step, series, value) rows become one column per series against the step: what a trend
+# panel (x = any numeric field) draws as one line per series.
+STEP_TRANSFORMATIONS = [
+    {"id": "groupingToMatrix", "options": {"columnField": "series", "rowField": "step", "valueField": "value",
+                                           "emptyValue": "null"}},
+    {"id": "organize", "options": {"renameByName": {"step\\series": "step"}}},
+    {"id": "convertFieldType", "options": {"conversions": [{"targetField": "step", "destinationType": "number"}]}},
+]
+
+
 def _panel(panel: Panel, panel_id: int, x: int, y: int) -> dict:
-    instant = panel.kind == "table"
-    steps = [{"color": "green", "value": None}] + [{"color": "red", "value": t} for t in panel.thresholds]
-    defaults: dict = {"unit": panel.unit, "thresholds": {"mode": "absolute", "steps": steps}}
+    defaults: dict = {"unit": panel.unit, "thresholds": {"mode": "absolute", "steps": threshold_steps(panel.alerts)}}
     if panel.min is not None:
         defaults["min"] = panel.min
     if panel.max is not None:
         defaults["max"] = panel.max
-    if panel.kind == "timeseries":
-        defaults["custom"] = {
-            "drawStyle": "line",
-            "lineWidth": 2,
-            "pointSize": 5,
-            "showPoints": "always",
-            "spanNulls": True,
-            "thresholdsStyle": {"mode": "line" if panel.thresholds else "off"},
-        }
-        options = {
+    transformations: list[dict] = []
+    if panel.kind in ("timeseries", "trend"):
+        defaults["custom"] = _graph_defaults(panel)
+        options: dict = {
             "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
             "tooltip": {"mode": "multi", "sort": "desc"},
         }
+        if panel.kind == "trend":
+            options["xField"] = "step"
+            transformations = STEP_TRANSFORMATIONS
     else:
         options = {"showHeader": True, "cellHeight": "sm"}
-    return {
+    rendered = {
         "id": panel_id,
         "type": panel.kind,
         "title": panel.title,
         "description": panel.description,
-        "datasource": DATASOURCE,
+        "datasource": STORE if panel.source == "store" else DATASOURCE,
         "gridPos": {"h": 8, "w": panel.width, "x": x, "y": y},
-        "targets": [_target(q, chr(ord("A") + i), instant) for i, q in enumerate(panel.queries)],
+        "targets": [_target(q, chr(ord("A") + i), panel) for i, q in enumerate(panel.queries)],
         "fieldConfig": {"defaults": defaults, "overrides": []},
         "options": options,
     }
+    if transformations:
+        rendered["transformations"] = transformations
+    return rendered
 
 
 def render(dashboard: Dashboard) -> dict:
@@ -147,7 +235,7 @@ def render(dashboard: Dashboard) -> dict:
         "version": 1,
         "refresh": "30s",
         "time": {"from": "now-6h", "to": "now"},
-        "templating": {"list": [_variable(v) for v in dashboard.variables]},
+        "templating": {"list": variables(dashboard.source)},
         "annotations": {"list": []},
         "links": [
             {"title": "featuredrift", "type": "dashboards", "tags": ["featuredrift"], "asDropdown": False}
@@ -180,16 +268,16 @@ OVERVIEW = Dashboard(
             "Rising current/chat FVU: new features the base SAE cannot explain.",
             unit="percentunit",
             min=0,
-            thresholds=(ALERT_THRESHOLDS["BaseSAETransferDegraded"],),
+            alerts=("BaseSAETransferDegraded",),
         ),
         Panel(
             "Divergent token fraction",
             (Query(f"featuredrift_divergent_tokens_ratio{{{RUN_LAYER}}}", "{{run}} {{layer}}"),),
-            "Fraction of probe token pairs with cos(x_ref, x_now) < τ.",
+            "Fraction of probe token pairs with cos(x_ref, x_now) < τ. DivergentTokensSpike fires on a rise of "
+            f"more than {ALERT_THRESHOLDS['DivergentTokensSpike']:g} between two evaluations.",
             unit="percentunit",
             min=0,
             max=1,
-            thresholds=(ALERT_THRESHOLDS["DivergentTokensSpike"],),
         ),
         Panel(
             "Explained ratio (ER)",
@@ -211,7 +299,7 @@ OVERVIEW = Dashboard(
             (Query(f"featuredrift_refusal_feature_gap_relative{{{RUN_LAYER}}}", "{{run}} {{layer}}"),),
             "Harmful−harmless gap of the reference refusal features now / at the reference. "
             "1 = unchanged, → 0 = fading (safety erosion), > 1 = strengthening.",
-            thresholds=(ALERT_THRESHOLDS["RefusalFeaturesFading"], ALERT_THRESHOLDS["RefusalFeaturesWeakening"]),
+            alerts=("RefusalFeaturesFading", "RefusalFeaturesWeakening"),
         ),
         Panel(
             "Refusal-feature overlap",
@@ -227,7 +315,7 @@ OVERVIEW = Dashboard(
             "cos(r_now, r_reference) of the harmful − harmless mean-activation direction.",
             min=-1,
             max=1,
-            thresholds=(ALERT_THRESHOLDS["RefusalDirectionDrifted"],),
+            alerts=("RefusalDirectionDrifted",),
         ),
         Panel(
             "Refusal rate and safety score",
@@ -239,7 +327,7 @@ OVERVIEW = Dashboard(
             unit="percentunit",
             min=0,
             max=1,
-            thresholds=(ALERT_THRESHOLDS["HarmfulRefusalRateLow"],),
+            alerts=("HarmfulRefusalRateLow",),
         ),
         Panel(
             "KL divergence reference ‖ current",
@@ -247,9 +335,9 @@ OVERVIEW = Dashboard(
                 Query(f"featuredrift_kl_divergence_mean_nats{{{RUN}}}", "{{run}} mean"),
                 Query(f"featuredrift_kl_divergence_p95_nats{{{RUN}}}", "{{run}} p95"),
             ),
-            "Next-token KL at probe positions, in nats.",
+            "Next-token KL at probe positions, in nats. KLDivergenceSpike fires on a rise of "
+            f"more than {ALERT_THRESHOLDS['KLDivergenceSpike']:g} nats between two evaluations.",
             min=0,
-            thresholds=(ALERT_THRESHOLDS["KLDivergenceSpike"],),
         ),
         Panel(
             "Training step",
@@ -292,7 +380,7 @@ REFUSAL = Dashboard(
             "Reference refusal features: relative gap",
             (Query(f"featuredrift_refusal_feature_gap_relative{{{RUN_LAYER}}}", "{{run}} {{layer}}"),),
             "Gap of the reference top-k refusal features now / at the reference.",
-            thresholds=(ALERT_THRESHOLDS["RefusalFeaturesFading"], ALERT_THRESHOLDS["RefusalFeaturesWeakening"]),
+            alerts=("RefusalFeaturesFading", "RefusalFeaturesWeakening"),
         ),
         Panel(
             "Refusal-feature gap: current vs reference features",
@@ -302,7 +390,7 @@ REFUSAL = Dashboard(
             ),
             "Mean feature diff-in-means (harmful − harmless) over the current and the reference top-k features, "
             "and the reference features' gap at the reference (the denominator of the relative gap).",
-            thresholds=(ALERT_THRESHOLDS["RefusalFeaturesEmerging"],),
+            alerts=("RefusalFeaturesEmerging",),
         ),
         Panel(
             "Refusal-feature overlap",
@@ -322,7 +410,7 @@ REFUSAL = Dashboard(
             (Query(f"featuredrift_refusal_direction_cosine{{{RUN_LAYER}}}", "{{run}} {{layer}}"),),
             min=-1,
             max=1,
-            thresholds=(ALERT_THRESHOLDS["RefusalDirectionDrifted"],),
+            alerts=("RefusalDirectionDrifted",),
         ),
         Panel(
             "Refusal direction: norm",
@@ -347,12 +435,72 @@ REFUSAL = Dashboard(
             unit="percentunit",
             min=0,
             max=1,
-            thresholds=(ALERT_THRESHOLDS["HarmfulRefusalRateLow"],),
+            alerts=("HarmfulRefusalRateLow",),
         ),
     ),
 )
 
-DASHBOARDS: tuple[Dashboard, ...] = (OVERVIEW, REFUSAL)
+def _by_step(title: str, metric: str, description: str, legend: tuple[str, ...] = (), *,
+             layered: bool = True, **options) -> Panel:
+    """A trend panel of one stored metric against the training step."""
+    query = Query(sql.metric_by_step("featuredrift_" + metric, legend, layered=layered))
+    return Panel(title, (query,), description, kind="trend", source="store", **options)
+
+
+def _store_table(title: str, query: str, description: str) -> Panel:
+    return Panel(title, (Query(query),), description, kind="table", source="store", width=24)
+
+
+STEPS = Dashboard(
+    uid="featuredrift-steps",
+    title="featuredrift: by training step",
+    description="Every stored evaluation of the selected runs against the training step, read from the run store "
+    "(PostgreSQL): runs line up step by step, and the feature tables show which SAE features moved.",
+    source="store",
+    panels=(
+        _by_step("Refusal-feature gap (relative to reference)", "refusal_feature_gap_relative",
+                 "Harmful−harmless gap of the reference refusal features now / at the reference. 1 = unchanged, "
+                 "→ 0 = fading (safety erosion), < 0 = reversed, > 1 = strengthening.",
+                 alerts=("RefusalFeaturesFading", "RefusalFeaturesWeakening")),
+        _by_step("Refusal-feature overlap", "refusal_feature_overlap_ratio",
+                 "|S_k(now) ∩ S_k(reference)| / k: are the same features still the refusal features?",
+                 unit="percentunit", min=0, max=1),
+        _by_step("Refusal-direction cosine to reference", "refusal_direction_cosine",
+                 "cos(r_now, r_reference) of the harmful − harmless mean-activation direction.",
+                 min=-1, max=1, alerts=("RefusalDirectionDrifted",)),
+        _by_step("Refusal rate", "refusal_rate_ratio",
+                 "Fraction of greedy completions that refuse, on harmful and harmless probes (evaluations that "
+                 "generated).", ("prompts",), layered=False, unit="percentunit", min=0, max=1,
+                 alerts=("HarmfulRefusalRateLow",)),
+        _by_step("Base-SAE transfer (FVU)", "fvu_ratio",
+                 "Fraction of variance the frozen base SAE leaves unexplained, per model × probe data.",
+                 ("model", "data"), unit="percentunit", min=0, alerts=("BaseSAETransferDegraded",)),
+        _by_step("Divergent token fraction", "divergent_tokens_ratio",
+                 "Fraction of probe token pairs with cos(x_ref, x_now) < τ.", unit="percentunit", min=0, max=1),
+        _by_step("Explained ratio (ER)", "explained_ratio",
+                 "On divergent tokens: base-SAE error over the drift from the reference. Below 1: drift along "
+                 "existing base features.", ("stat",), min=0),
+        _by_step("Intersection ratio (IR)", "intersection_ratio",
+                 "Jaccard overlap of the active SAE features, reference vs now.", ("tokens",),
+                 unit="percentunit", min=0, max=1),
+        _by_step("KL divergence reference ‖ current", "kl_divergence_mean_nats",
+                 "Mean next-token KL at probe positions, in nats.", layered=False, min=0),
+        Panel("Reference refusal features: d̄ by step", (Query(sql.REFERENCE_REFUSAL_FEATURES_BY_STEP),),
+              "Each reference refusal feature's diff-in-means (harmful − harmless mean activation) at every "
+              "evaluation: which refusal features fade and which hold.", kind="trend", source="store"),
+        _store_table("Most drifted features at the latest evaluation", sql.LATEST_DRIFTED_FEATURES,
+                     "Feature cards of the newest evaluation: each top drifted feature with its drift score and its "
+                     "firing frequency and mean activation on the probe subset, at the reference and now."),
+        _store_table("Refusal features over steps", sql.REFUSAL_FEATURES_OVER_STEPS,
+                     "Every feature that was a refusal feature (top-k diff-in-means) at some evaluation: whether it was "
+                     "one at the reference, the steps it was in the current top-k, its best rank and latest d̄. "
+                     "Emerging: not a reference feature; fading: last step in top-k before the newest."),
+        _store_table("Alerts by step", sql.ALERTS_BY_STEP,
+                     "Alerts recorded in the run store with the step they fired and resolved at."),
+    ),
+)
+
+DASHBOARDS: tuple[Dashboard, ...] = (OVERVIEW, REFUSAL, STEPS)
 
 
 def dashboard_path(dashboard: Dashboard, directory: Path = DASHBOARD_DIR) -> Path:
@@ -374,5 +522,10 @@ def write_all(directory: Path = DASHBOARD_DIR) -> list[Path]:
 
 
 def panel_queries(dashboard_json: dict) -> list[tuple[str, str]]:
-    """(panel title, PromQL) for every panel target of a dashboard JSON."""
-    return [(p["title"], t["expr"]) for p in dashboard_json["panels"] for t in p.get("targets", [])]
+    """(panel title, PromQL) for every Prometheus panel target of a dashboard JSON."""
+    return [(p["title"], t["expr"]) for p in dashboard_json["panels"] for t in p.get("targets", []) if "expr" in t]
+
+
+def panel_sql(dashboard_json: dict) -> list[tuple[str, str]]:
+    """(panel title, SQL) for every run-store panel target of a dashboard JSON."""
+    return [(p["title"], t["rawSql"]) for p in dashboard_json["panels"] for t in p.get("targets", []) if "rawSql" in t]

@@ -1,0 +1,83 @@
+"""PostgreSQL queries of the step-indexed Grafana panels, read straight from the run store.
+
+Prometheus keeps samples by wall-clock time; the run store keeps every evaluation by training
+step, so these panels answer "what happened at step 400" and compare runs step by step. The
+queries use only Grafana's SQL template syntax: `$run` and `$layer` are multi-value variables,
+which Grafana expands to a quoted, comma-separated list ('a','b'), hence `IN ($run)`.
+
+`metric_values.labels` is canonical JSON text (see run_store.labels_key), read with `::jsonb`.
+"""
+
+from __future__ import annotations
+
+# One row per stored metric sample, with its run and step.
+_SAMPLES = """FROM metric_values v
+JOIN evaluations e ON e.id = v.evaluation_id
+JOIN runs r ON r.id = e.run_id"""
+
+RUN_VARIABLE = "SELECT name FROM runs ORDER BY created_at DESC"
+LAYER_VARIABLE = f"""SELECT DISTINCT v.labels::jsonb ->> 'layer' AS layer
+{_SAMPLES}
+WHERE r.name IN ($run) AND v.labels::jsonb ->> 'layer' IS NOT NULL
+ORDER BY 1"""
+
+
+def _label(name: str) -> str:
+    return f"coalesce(v.labels::jsonb ->> '{name}', '')"
+
+
+def metric_by_step(metric: str, legend: tuple[str, ...] = (), *, layered: bool = True) -> str:
+    """(step, series, value) of one metric for the selected runs (and layers), oldest step first.
+
+    `series` names the line: the run, the layer, then the values of the `legend` labels, so
+    two label sets of one metric (model=current vs reference) stay two lines.
+    """
+    parts = ["r.name"] + ([_label("layer")] if layered else []) + [_label(name) for name in legend]
+    series = " || ' ' || ".join(parts)
+    layer_filter = "\n  AND v.labels::jsonb ->> 'layer' IN ($layer)" if layered else ""
+    return f"""SELECT e.step AS step, {series} AS series, v.value AS value
+{_SAMPLES}
+WHERE r.name IN ($run) AND v.name = '{metric}'{layer_filter}
+ORDER BY e.step, series"""
+
+
+LATEST_DRIFTED_FEATURES = """SELECT r.name AS run, d.hookpoint AS layer, e.step AS step, d.rank + 1 AS "rank",
+  d.feature AS feature, d.subset AS subset, d.score AS drift_score,
+  d.freq_reference AS firing_reference, d.freq_current AS firing_now,
+  d.mean_reference AS mean_activation_reference, d.mean_current AS mean_activation_now
+FROM drifted_features d
+JOIN evaluations e ON e.id = d.evaluation_id
+JOIN runs r ON r.id = e.run_id
+WHERE r.name IN ($run) AND d.hookpoint IN ($layer)
+  AND e.step = (SELECT max(latest.step) FROM evaluations latest WHERE latest.run_id = e.run_id)
+ORDER BY r.name, d.hookpoint, d.rank"""
+
+# The headline refusal sets are the rows that carry d̄ (the NNLS reconstructions' sets do not).
+REFUSAL_FEATURES_OVER_STEPS = """SELECT r.name AS run, f.hookpoint AS layer, f.feature AS feature,
+  bool_or(f.source = 'reference') AS reference_refusal_feature,
+  min(e.step) FILTER (WHERE f.source = 'current') AS first_step_in_top_k,
+  max(e.step) FILTER (WHERE f.source = 'current') AS last_step_in_top_k,
+  count(*) FILTER (WHERE f.source = 'current') AS evaluations_in_top_k,
+  min(f.rank) FILTER (WHERE f.source = 'current') + 1 AS best_rank,
+  (array_agg(f.diff_in_means ORDER BY e.step DESC))[1] AS latest_diff_in_means
+FROM refusal_features f
+JOIN evaluations e ON e.id = f.evaluation_id
+JOIN runs r ON r.id = e.run_id
+WHERE r.name IN ($run) AND f.hookpoint IN ($layer) AND f.diff_in_means IS NOT NULL
+GROUP BY r.name, f.hookpoint, f.feature
+ORDER BY r.name, f.hookpoint, last_step_in_top_k DESC NULLS LAST, best_rank"""
+
+REFERENCE_REFUSAL_FEATURES_BY_STEP = """SELECT e.step AS step,
+  r.name || ' ' || f.hookpoint || ' feature ' || f.feature AS series, f.diff_in_means AS value
+FROM refusal_features f
+JOIN evaluations e ON e.id = f.evaluation_id
+JOIN runs r ON r.id = e.run_id
+WHERE r.name IN ($run) AND f.hookpoint IN ($layer) AND f.source = 'reference' AND f.diff_in_means IS NOT NULL
+ORDER BY e.step, series"""
+
+ALERTS_BY_STEP = """SELECT r.name AS run, a.name AS alert, a.severity AS severity, a.status AS status,
+  a.step AS fired_at_step, a.resolved_step AS resolved_at_step, a.message AS message
+FROM alerts a
+JOIN runs r ON r.id = a.run_id
+WHERE r.name IN ($run)
+ORDER BY r.name, a.step NULLS LAST, a.name"""
