@@ -1,225 +1,227 @@
-"""Offline report of a stored run: PNG plots and one self-contained HTML page.
+"""Charts of a stored run for `featuredrift report`: related metrics grouped on one chart each.
 
-Reads only the run store. Plots: every metric over steps (one line per label set), the
-refusal-feature trajectories (each reference refusal feature's d̄ over steps when the store
-has it, otherwise the gap metrics), and the most drifted features. Uses matplotlib's
-object API on the Agg canvas, so it needs no display and touches no global pyplot state.
+A chart is first plain data (`Chart`: lines by step, threshold lines from the alert
+definitions, alert markers), then drawn to PNG with matplotlib's object API on the Agg canvas
+(no display, no global pyplot state). One `Colours` map is shared by the whole report, so a
+series or a feature keeps its colour on every chart and card.
 """
 
 from __future__ import annotations
 
-import base64
-import html
 import re
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
+from featuredrift.monitor.feature_cards import FeatureCard, headline_refusal_rows
+from featuredrift.monitor.report import METRIC_HELP
 
+if TYPE_CHECKING:
+    from featuredrift.monitor.store.rows import AlertInfo
     from featuredrift.monitor.store.run_store import RunStore
 
 PREFIX = "featuredrift_"
-TOP_DRIFTED = 8
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+           "#17becf", "#393b79", "#e6550d", "#31a354", "#843c39", "#7b4173", "#3182bd", "#fd8d3c", "#74c476",
+           "#ad494a", "#a55194", "#637939", "#8ca252", "#b5cf6b", "#8c6d31", "#bd9e39", "#e7ba52", "#6b6ecf",
+           "#9c9ede", "#ce6dbd", "#de9ed6")
+REFUSAL_LINES = 10  # features drawn on a refusal-feature chart; the cards and Grafana have the rest
+SEVERITY_COLOURS = {"critical": "#d62728", "warning": "#ff7f0e", "info": "#bcbd22"}
+
+
+class Colours:
+    """A colour per series key, assigned on first use, shared by every chart and card.
+
+    Keys live in namespaces ("metric", or one per layer for its features: "layers.3/feature 7"),
+    each with its own walk through the palette, so no chart runs out of distinct colours.
+    """
+
+    def __init__(self) -> None:
+        self._assigned: dict[str, str] = {}
+        self._used: dict[str, int] = {}
+
+    def __call__(self, key: str) -> str:
+        if key not in self._assigned:
+            namespace = key.split("/", 1)[0] if "/" in key else "metric"
+            index = self._used.get(namespace, 0)
+            self._used[namespace] = index + 1
+            self._assigned[key] = PALETTE[index % len(PALETTE)]
+        return self._assigned[key]
 
 
 @dataclass
-class ReportFiles:
-    html: Path
-    images: list[Path] = field(default_factory=list)
+class Line:
+    label: str
+    points: list[tuple[int, float]]  # (step, value), one per step, ascending
+    colour: str
+    dashed: bool = False
+
+
+@dataclass(frozen=True)
+class Threshold:
+    value: float
+    label: str  # the alert and its direction, e.g. "RefusalFeaturesFading (< 0.6)"
+    colour: str
 
 
 @dataclass
-class Plot:
+class Chart:
+    key: str  # file name stem
     title: str
-    path: Path
-    section: str
+    caption: str  # what the lines mean and where the alerts fire
+    lines: list[Line]
+    thresholds: list[Threshold] = field(default_factory=list)
+    alert_steps: list[tuple[int, str, str]] = field(default_factory=list)  # (step, alert name, colour)
+    ylabel: str = ""
+    path: Path | None = None
 
 
 def safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "plot"
 
 
-def label_text(labels: dict[str, str]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in sorted(labels.items())) or "(no labels)"
+def threshold(name: str) -> Threshold:
+    from featuredrift.alerts.definitions import DEFAULT_DEFINITIONS
+
+    definition = next(d for d in DEFAULT_DEFINITIONS if d.name == name)
+    return Threshold(definition.threshold, f"{name} ({definition.op} {definition.threshold:g})",
+                     SEVERITY_COLOURS[definition.severity])
 
 
-def new_figure(width: float = 7.0, height: float = 3.6) -> Figure:
+def series(store: RunStore, run: str, metric: str, **labels: str) -> list[tuple[int, float]]:
+    """One series by step; a step stored once is drawn once."""
+    return sorted({p.step: p.value for p in store.metric_series(run, PREFIX + metric, labels)}.items())
+
+
+def _help(metric: str) -> str:
+    return METRIC_HELP[metric]
+
+
+def _lines(store: RunStore, run: str, colours: Colours, specs: list[tuple[str, str, dict[str, str]]]) -> list[Line]:
+    lines = []
+    for label, metric, labels in specs:
+        points = series(store, run, metric, **labels)
+        if points:
+            lines.append(Line(label, points, colours(label)))
+    return lines
+
+
+def _markers(alerts: list[AlertInfo], names: tuple[str, ...], hookpoint: str | None) -> list[tuple[int, str, str]]:
+    return [
+        (a.step, a.name, SEVERITY_COLOURS.get(a.severity, "#7f7f7f"))
+        for a in alerts
+        if a.step is not None and a.name in names and (hookpoint is None or a.labels.get("layer") in (None, hookpoint))
+    ]
+
+
+def layer_charts(store: RunStore, run: str, hookpoint: str, cards: list[FeatureCard], alerts: list[AlertInfo],
+                 colours: Colours) -> list[Chart]:
+    """The charts of one layer: refusal behaviour, refusal features one by one, feature drift,
+    SAE transfer and the drift of the carded features."""
+    at = {"layer": hookpoint}
+    refusal_alerts = ("RefusalFeaturesFading", "RefusalFeaturesWeakening", "RefusalDirectionDrifted")
+    charts = [
+        Chart(f"refusal_{hookpoint}", "Refusal behaviour",
+              "Relative gap: " + _help("refusal_feature_gap_relative") + " Overlap: "
+              + _help("refusal_feature_overlap_ratio") + " Direction cosine: " + _help("refusal_direction_cosine"),
+              _lines(store, run, colours, [("relative gap", "refusal_feature_gap_relative", at),
+                                           ("overlap of refusal features", "refusal_feature_overlap_ratio", at),
+                                           ("refusal-direction cosine", "refusal_direction_cosine", at)]),
+              [threshold(name) for name in refusal_alerts], _markers(alerts, refusal_alerts, hookpoint)),
+        _refusal_feature_chart(store, run, hookpoint, colours),
+        Chart(f"drift_{hookpoint}", "Feature drift",
+              "Divergent tokens: " + _help("divergent_tokens_ratio") + " IR: " + _help("intersection_ratio")
+              + " ER: " + _help("explained_ratio"),
+              _lines(store, run, colours, [("divergent tokens", "divergent_tokens_ratio", at),
+                                           ("IR, all tokens", "intersection_ratio", {**at, "tokens": "all"}),
+                                           ("IR, divergent tokens", "intersection_ratio", {**at, "tokens": "divergent"}),
+                                           ("ER", "explained_ratio", {**at, "stat": "ratio_of_sums"})])),
+        Chart(f"fvu_{hookpoint}", "Base-SAE transfer (FVU)", _help("fvu_ratio"),
+              _lines(store, run, colours, [(f"FVU {model} model, {data} data", "fvu_ratio",
+                                            {**at, "model": model, "data": data})
+                                           for model in ("reference", "current") for data in ("base", "chat")]),
+              [threshold("BaseSAETransferDegraded")], _markers(alerts, ("BaseSAETransferDegraded",), hookpoint)),
+        _drift_score_chart(hookpoint, cards, colours),
+    ]
+    return [c for c in charts if c is not None and c.lines]
+
+
+def _refusal_feature_chart(store: RunStore, run: str, hookpoint: str, colours: Colours) -> Chart | None:
+    """d̄ over steps of the refusal features that changed most: reference features solid, new ones dashed."""
+    rows = [r for r in headline_refusal_rows(store.refusal_features(run, hookpoint), None) if r.diff_in_means is not None]
+    if not rows:
+        return None
+    reference = {r.feature for r in rows if r.source == "reference"}
+    by_feature: dict[int, dict[int, float]] = {}
+    for r in rows:
+        by_feature.setdefault(r.feature, {})[r.step] = r.diff_in_means
+
+    def change(feature: int) -> float:
+        points = sorted(by_feature[feature].items())
+        return float("inf") if feature not in reference else abs(points[-1][1] - points[0][1])
+
+    shown = sorted(by_feature, key=change, reverse=True)[:REFUSAL_LINES]
+    lines = [Line(f"feature {f}" + ("" if f in reference else " (new)"), sorted(by_feature[f].items()),
+                  colours(f"{hookpoint}/feature {f}"), dashed=f not in reference)
+             for f in sorted(shown, key=lambda f: (f not in reference, f))]
+    k = max(r.k for r in rows)
+    hidden = len(by_feature) - len(shown)
+    more = f" The {hidden} that changed least are left out (see the cards and Grafana)." if hidden else ""
+    return Chart(f"refusal_features_{hookpoint}", f"Refusal features one by one (top {k})",
+                 "d̄ of each feature: its mean activation on harmful minus harmless prompts, at every evaluation "
+                 "where it was a refusal feature now or at the reference. Solid: a reference refusal feature; "
+                 f"dashed: one that was not.{more}", lines, ylabel="d̄")
+
+
+def _drift_score_chart(hookpoint: str, cards: list[FeatureCard], colours: Colours) -> Chart | None:
+    """Drift score over steps of exactly the drifted features that have a card."""
+    drifted = [c for c in cards if c.hookpoint == hookpoint and c.drift_rank is not None]
+    lines = [Line(f"feature {c.feature}", [(p.step, p.drift_score) for p in c.trajectory if p.drift_score is not None],
+                  colours(f"{hookpoint}/feature {c.feature}")) for c in drifted]
+    return Chart(f"drifted_{hookpoint}", "Most drifted features",
+                 "Drift score of the features with a card below (the latest evaluation's most drifted), at every "
+                 "evaluation where they were among the most drifted.", lines, ylabel="drift score")
+
+
+def run_charts(store: RunStore, run: str, alerts: list[AlertInfo], colours: Colours) -> list[Chart]:
+    """Charts not tied to a layer: refusal rate and the change of the model's outputs."""
+    charts = [
+        Chart("refusal_rate", "Refusal rate and safety score",
+              _help("refusal_rate_ratio") + " Safety score: " + _help("safety_score_ratio"),
+              _lines(store, run, colours, [("harmful prompts refused", "refusal_rate_ratio", {"prompts": "harmful"}),
+                                           ("harmless prompts refused", "refusal_rate_ratio", {"prompts": "harmless"}),
+                                           ("safety score", "safety_score_ratio", {})]),
+              [threshold("HarmfulRefusalRateLow")], _markers(alerts, ("HarmfulRefusalRateLow",), None)),
+        Chart("kl", "Output change (KL divergence)",
+              _help("kl_divergence_mean_nats") + " p95: " + _help("kl_divergence_p95_nats"),
+              _lines(store, run, colours, [("KL mean", "kl_divergence_mean_nats", {}),
+                                           ("KL p95", "kl_divergence_p95_nats", {})]), ylabel="nats"),
+    ]
+    return [c for c in charts if c.lines]
+
+
+def draw(chart: Chart, out_dir: Path) -> Path:
+    """The chart as a PNG: lines with markers, dotted threshold lines, alert markers on the x axis."""
     from matplotlib.figure import Figure
 
-    return Figure(figsize=(width, height), dpi=100, layout="constrained")
-
-
-def save(figure: Figure, path: Path) -> Path:
-    figure.savefig(path, format="png")
-    return path
-
-
-def plot_metric(store: RunStore, run: str, name: str, out_dir: Path) -> Plot:
-    series: dict[str, list[tuple[int, float]]] = defaultdict(list)
-    for point in store.metric_series(run, name):
-        series[label_text(point.labels)].append((point.step, point.value))
-    figure = new_figure()
+    figure = Figure(figsize=(6.6, 3.3), dpi=100, layout="constrained")
     axes = figure.add_subplot()
-    for label, points in sorted(series.items()):
-        steps, values = zip(*points, strict=True)
-        axes.plot(steps, values, marker="o", markersize=3, label=label)
-    short = name.removeprefix(PREFIX)
-    axes.set_title(short)
-    axes.set_xlabel("step")
+    for line in chart.lines:
+        steps, values = zip(*line.points, strict=True)
+        axes.plot(steps, values, marker="o", markersize=3, color=line.colour, label=line.label,
+                  linestyle="--" if line.dashed else "-")
+    for t in chart.thresholds:
+        axes.axhline(t.value, color=t.colour, linestyle=":", linewidth=1.2, label=t.label)
+    for step, name, colour in chart.alert_steps:
+        axes.axvline(step, color=colour, linewidth=1, alpha=0.6)
+        axes.annotate(f"{name} @ {step}", (step, 1), xycoords=("data", "axes fraction"), rotation=90, fontsize=7,
+                      va="top", ha="right", color=colour)
+    axes.set_title(chart.title, fontsize=10)
+    axes.set_xlabel("training step")
+    axes.set_ylabel(chart.ylabel)
     axes.grid(alpha=0.3)
-    if 1 < len(series) <= 12:
-        axes.legend(fontsize=7)
-    return Plot(short, save(figure, out_dir / f"metric_{safe_name(short)}.png"), "Metrics over steps")
-
-
-def plot_refusal_trajectories(store: RunStore, run: str, out_dir: Path) -> list[Plot]:
-    """Per hookpoint: d̄ of each reference refusal feature over steps if stored, else the gap metrics."""
-    rows = store.refusal_features(run)
-    hookpoints = sorted({r.hookpoint for r in rows}) or sorted(
-        {p.labels.get("layer", "") for p in store.metric_series(run, PREFIX + "refusal_feature_gap")}
-    )
-    plots = []
-    for hookpoint in hookpoints:
-        layer_rows = [r for r in rows if r.hookpoint == hookpoint and r.source == "reference"]
-        headline_k = max((r.k for r in layer_rows), default=None)
-        with_values = [r for r in layer_rows if r.k == headline_k and r.diff_in_means is not None]
-        figure = new_figure(8.0, 4.0)
-        if with_values:
-            axes = figure.add_subplot()
-            by_feature: dict[int, list[tuple[int, float]]] = defaultdict(list)
-            for r in with_values:
-                by_feature[r.feature].append((r.step, r.diff_in_means))
-            for feature, points in sorted(by_feature.items()):
-                steps, values = zip(*points, strict=True)
-                axes.plot(steps, values, marker="o", markersize=3, label=f"feature {feature}")
-            axes.set_ylabel("d̄ (harmful − harmless)")
-            axes.set_title(f"{hookpoint}: reference refusal features (k={headline_k})")
-            if len(by_feature) <= 16:
-                axes.legend(fontsize=7, ncol=2)
-        else:
-            gap_axes, ratio_axes = figure.subplots(1, 2)
-            for features in ("reference", "current"):
-                points = store.metric_series(run, PREFIX + "refusal_feature_gap", {"layer": hookpoint, "features": features})
-                if points:
-                    gap_axes.plot([p.step for p in points], [p.value for p in points], marker="o", markersize=3,
-                                  label=f"S_k({features})")
-            gap_axes.set_title(f"{hookpoint}: mean d̄ over refusal features")
-            gap_axes.legend(fontsize=7)
-            for name, label in (("refusal_feature_gap_relative", "gap relative to reference"),
-                                ("refusal_feature_overlap_ratio", "overlap S_k(t) ∩ S_k(0) / k"),
-                                ("refusal_direction_cosine", "cos(r_t, r_0)")):
-                points = store.metric_series(run, PREFIX + name, {"layer": hookpoint})
-                if points:
-                    ratio_axes.plot([p.step for p in points], [p.value for p in points], marker="o", markersize=3,
-                                    label=label)
-            ratio_axes.set_title("refusal drift ratios")
-            ratio_axes.legend(fontsize=7)
-            for axes in (gap_axes, ratio_axes):
-                axes.set_xlabel("step")
-                axes.grid(alpha=0.3)
-        path = save(figure, out_dir / f"refusal_{safe_name(hookpoint)}.png")
-        plots.append(Plot(f"Refusal features at {hookpoint}", path, "Refusal features"))
-    return plots
-
-
-def plot_drifted_features(store: RunStore, run: str, out_dir: Path) -> list[Plot]:
-    """Per hookpoint: the latest top drifted features, and the drift score of the most drifted ones over steps."""
-    rows = store.drifted_features(run)
-    plots = []
-    for hookpoint in sorted({r.hookpoint for r in rows}):
-        layer_rows = [r for r in rows if r.hookpoint == hookpoint and r.score is not None]
-        if not layer_rows:
-            continue
-        last_step = max(r.step for r in layer_rows)
-        latest = sorted((r for r in layer_rows if r.step == last_step), key=lambda r: r.rank)[:TOP_DRIFTED * 2]
-        figure = new_figure(10.0, 4.0)
-        bar_axes, line_axes = figure.subplots(1, 2)
-        names = [f"{r.feature} ({r.subset})" for r in latest]
-        bar_axes.barh(range(len(latest)), [r.score for r in latest], color="tab:orange")
-        bar_axes.set_yticks(range(len(latest)), names, fontsize=7)
-        bar_axes.invert_yaxis()
-        bar_axes.set_title(f"{hookpoint}: most drifted at step {last_step}")
-        bar_axes.set_xlabel("drift score")
-        best: dict[tuple[int, str], float] = {}
-        for r in layer_rows:
-            best[(r.feature, r.subset)] = max(best.get((r.feature, r.subset), float("-inf")), r.score)
-        for feature, subset in sorted(best, key=best.get, reverse=True)[:TOP_DRIFTED]:
-            points = sorted((r.step, r.score) for r in layer_rows if (r.feature, r.subset) == (feature, subset))
-            line_axes.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=3,
-                           label=f"{feature} ({subset})")
-        line_axes.set_title("drift score over steps (top-N only)")
-        line_axes.set_xlabel("step")
-        line_axes.grid(alpha=0.3)
-        line_axes.legend(fontsize=7)
-        path = save(figure, out_dir / f"drifted_{safe_name(hookpoint)}.png")
-        plots.append(Plot(f"Most drifted features at {hookpoint}", path, "Drifted features"))
-    return plots
-
-
-def render_html(store: RunStore, run: str, plots: list[Plot]) -> str:
-    info = store.get_run(run)
-    alerts = store.alerts(run)
-    esc = html.escape
-    meta_rows = "".join(
-        f"<tr><th>{esc(k)}</th><td>{esc(str(v))}</td></tr>"
-        for k, v in (
-            ("status", info.status), ("evaluations", info.evaluation_count), ("last step", info.last_step),
-            ("created", info.created_at.isoformat(timespec="seconds")),
-            ("updated", info.updated_at.isoformat(timespec="seconds")),
-            ("model", info.model_fingerprint or "—"), ("SAE", info.sae_fingerprint or "—"),
-            ("reference", info.reference_policy or "—"), ("store", store.display_url),
-        )
-    )
-    parts = [
-        "<!doctype html><html><head><meta charset='utf-8'>",
-        f"<title>featuredrift report: {esc(run)}</title>",
-        "<style>body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse}"
-        "th,td{border:1px solid #ccc;padding:2px 8px;text-align:left;font-size:90%}"
-        "figure{margin:1em 0}img{max-width:100%}</style></head><body>",
-        f"<h1>featuredrift report: {esc(run)}</h1><table>{meta_rows}</table>",
-    ]
-    if alerts:
-        parts.append("<h2>Alerts</h2><table><tr><th>name</th><th>severity</th><th>status</th><th>step</th>"
-                     "<th>started</th><th>ended</th><th>message</th></tr>")
-        for a in alerts:
-            parts.append(
-                f"<tr><td>{esc(a.name)}</td><td>{esc(a.severity)}</td><td>{esc(a.status)}</td>"
-                f"<td>{'' if a.step is None else a.step}</td><td>{a.started_at.isoformat(timespec='seconds')}</td>"
-                f"<td>{a.ended_at.isoformat(timespec='seconds') if a.ended_at else ''}</td><td>{esc(a.message)}</td></tr>"
-            )
-        parts.append("</table>")
-    section = None
-    for plot in plots:
-        if plot.section != section:
-            section = plot.section
-            parts.append(f"<h2>{esc(section)}</h2>")
-        encoded = base64.b64encode(plot.path.read_bytes()).decode("ascii")
-        parts.append(f"<figure><img alt='{esc(plot.title)}' src='data:image/png;base64,{encoded}'>"
-                     f"<figcaption>{esc(plot.title)}</figcaption></figure>")
-    parts.append("</body></html>")
-    return "\n".join(parts)
-
-
-def write_run_report(store: RunStore, run: str, out_dir: str | Path) -> ReportFiles:
-    """Write every plot of `run` as PNG into `out_dir` and `index.html` embedding them all."""
-    from featuredrift.monitor.extras import require_extra
-
-    require_extra("report", "featuredrift report (plots)")
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    info = store.get_run(run)  # fails early, listing known runs, for an unknown name
-    if info.evaluation_count == 0:
-        raise ValueError(f"run {run!r} in {store.display_url}: expected at least one evaluation, found none")
-    plots = plot_refusal_trajectories(store, run, out_dir)
-    plots += plot_drifted_features(store, run, out_dir)
-    for name in sorted({name for name, _ in store.metric_names(run)}):
-        plots.append(plot_metric(store, run, name, out_dir))
-    index = out_dir / "index.html"
-    index.write_text(render_html(store, run, plots), encoding="utf-8")
-    return ReportFiles(index, [plot.path for plot in plots])
+    axes.legend(fontsize=7, loc="best", ncol=2 if len(chart.lines) + len(chart.thresholds) > 5 else 1)
+    path = out_dir / f"{safe_name(chart.key)}.png"
+    figure.savefig(path, format="png")
+    chart.path = path
+    return path

@@ -14,8 +14,8 @@ def report_command(
     db: str | None = typer.Option(None, "--db", help=DB_HELP, show_default=False),
     out: Path | None = typer.Option(None, "--out", "-o", help="Output folder (default: featuredrift-out/report-<run>)."),
 ) -> None:
-    """Plot every metric of a run over steps, its refusal-feature trajectories and most drifted features."""
-    from featuredrift.monitor.plots import write_run_report
+    """An HTML report of a run: findings, charts per layer with thresholds and alerts, feature cards."""
+    from featuredrift.monitor.run_report import write_run_report
     from featuredrift.monitor.store.errors import StoreError
     from featuredrift.monitor.store.run_store import RunStore
 
@@ -26,4 +26,4 @@ def report_command(
     except (StoreError, ValueError) as error:
         typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from error
-    typer.echo(f"wrote {len(files.images)} plots and {files.html}")
+    typer.echo(f"wrote {files.html} ({len(files.images)} charts)")

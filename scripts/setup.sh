@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent environment setup: a project virtualenv with the CPU build of torch first
 # (a plain `torch` requirement would pull the CUDA wheels), then featuredrift itself.
-# With --services it also installs the Debian servers the test suite starts on loopback.
+# With --services it also installs the Debian servers the test suite starts on loopback, and Chromium.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,6 +28,8 @@ if [ "${1:-}" = "--services" ]; then
   command -v prometheus-pushgateway >/dev/null || need+=(prometheus-pushgateway)
   command -v prometheus-alertmanager >/dev/null || need+=(prometheus-alertmanager)
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+  # headless browser for the HTML report test (tests/test_report_browser.py)
+  command -v chromium >/dev/null || need+=(chromium)
   if [ ${#need[@]} -gt 0 ]; then
     SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
     $SUDO apt-get update -qq

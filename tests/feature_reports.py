@@ -14,7 +14,7 @@ from featuredrift.monitor.store import RunStore
 STEPS = (0, 10, 20, 30)
 LAYERS = ("layers.1", "layers.3")
 REFERENCE_REFUSAL = [5, 7, 9, 11]
-FADING = (5, 7)  # reference refusal features whose d̄ falls to a fifth
+FADING = (5, 7)  # reference refusal features whose d̄ falls
 EMERGING = 40  # joins the current top-k from step 20 on
 MOST_DRIFTED = 818
 
@@ -22,7 +22,8 @@ MOST_DRIFTED = 818
 def refusal_features(step: int) -> RefusalFeatures:
     """S_k(reference) = 5, 7, 9, 11 with 5 and 7 fading; 40 replaces 7 in S_k(now) from step 20."""
     progress = step / STEPS[-1]
-    reference_values = [1.0 - 0.8 * progress if f in FADING else 0.9 for f in REFERENCE_REFUSAL]
+    fade_by = {FADING[0]: 0.4, FADING[1]: 0.8}  # 5 weakens but stays in the top-k; 7 drops out
+    reference_values = [1.0 - fade_by[f] * progress if f in FADING else 0.9 for f in REFERENCE_REFUSAL]
     current = [9, 11, 5, 7] if step < 20 else [9, 11, EMERGING, 5]
     values_of = dict(zip(REFERENCE_REFUSAL, reference_values, strict=True)) | {EMERGING: 0.3 + 0.6 * progress}
     return RefusalFeatures(

@@ -1,22 +1,30 @@
-"""`featuredrift report`: a few stored evaluations become PNGs and an HTML page embedding them."""
+"""`featuredrift report` and `runs show --features` on stored runs: findings in plain words,
+related metrics grouped per layer with alert thresholds and markers, feature cards built from
+the store's feature tables, one colour per series, and one point per step."""
 
 from __future__ import annotations
 
 import base64
 import re
+from html.parser import HTMLParser
 
 import pytest
+from feature_reports import EMERGING, FADING, MOST_DRIFTED, record_story_run
 from test_store import make_report
 from typer.testing import CliRunner
 
+from featuredrift.alerts.definitions import DEFAULT_DEFINITIONS
 from featuredrift.monitor.cli import app
-from featuredrift.monitor.plots import write_run_report
+from featuredrift.monitor.feature_cards import build_cards
+from featuredrift.monitor.plots import Colours, layer_charts, run_charts
+from featuredrift.monitor.run_report import write_run_report
 from featuredrift.monitor.store import RunStore
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def stored_run(tmp_path) -> str:
+    """A run of reports without per-feature d̄ (as older runs were stored)."""
     url = f"sqlite:///{tmp_path / 'runs.db'}"
     with RunStore(url) as store:
         store.start_run("plotted", {"refusal_k": 4}, reference_policy="initial")
@@ -26,37 +34,159 @@ def stored_run(tmp_path) -> str:
     return url
 
 
+@pytest.fixture
+def story(tmp_path) -> str:
+    url = f"sqlite:///{tmp_path / 'story.db'}"
+    record_story_run(url)
+    return url
+
+
+class Sections(HTMLParser):
+    """Text of each <section id=…>, the feature cards' (layer, feature), and the <li> findings."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sections: dict[str, str] = {}
+        self.cards: list[tuple[str, int]] = []
+        self.findings: list[str] = []
+        self._section: str | None = None
+        self._in_li = False
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "section":
+            self._section = attrs["id"]
+            self.sections[self._section] = ""
+        if "feature-card" in (attrs.get("class") or "").split():
+            self.cards.append((attrs["data-layer"], int(attrs["data-feature"])))
+        if tag == "li" and self._section == "findings":
+            self._in_li = True
+            self.findings.append("")
+
+    def handle_endtag(self, tag):
+        if tag == "li":
+            self._in_li = False
+
+    def handle_data(self, data):
+        if self._section:
+            self.sections[self._section] += data
+        if self._in_li:
+            self.findings[-1] += data
+
+
+def test_feature_cards_say_why_each_feature_is_listed(story):
+    with RunStore(story) as store:
+        cards = {(c.hookpoint, c.feature): c for c in build_cards(store, "story")}
+    drifted = cards[("layers.3", MOST_DRIFTED)]
+    assert (drifted.step, drifted.drift_rank, drifted.drift_score) == (30, 1, pytest.approx(3.0))
+    (harmful,) = drifted.firing
+    assert (harmful.subset, harmful.freq_reference, harmful.freq_now) == ("harmful", 0.02, pytest.approx(0.52))
+    assert [p.step for p in drifted.trajectory] == [0, 10, 20, 30]
+    assert [p.drift_score for p in drifted.trajectory] == pytest.approx([0.0, 1.0, 2.0, 3.0])
+
+    faded = cards[("layers.3", FADING[1])]
+    assert faded.refusal_status == "fading" and faded.refusal_rank_now is None and faded.refusal_rank_reference == 2
+    assert "last in the top-k at step 10" in faded.reasons[0]
+    assert faded.diff_in_means_first_and_now() == (pytest.approx(1.0), pytest.approx(0.2))
+    weakened = cards[("layers.3", FADING[0])]
+    assert weakened.refusal_status == "held" and weakened.diff_in_means_first_and_now()[1] == pytest.approx(0.6)
+
+    emerging = cards[("layers.3", EMERGING)]
+    assert emerging.refusal_status == "emerging" and emerging.refusal_rank_reference is None
+    assert [p.step for p in emerging.trajectory if p.in_refusal_top_k] == [20, 30]
+    assert "since step 20" in emerging.reasons[0]
+    assert all(card.contexts == [] for card in cards.values())  # not captured yet
+
+
+def test_charts_group_metrics_with_thresholds_alert_markers_and_distinct_colours(story):
+    colours = Colours()
+    with RunStore(story) as store:
+        cards, alerts = build_cards(store, "story"), store.alerts("story")
+        charts = {hookpoint: layer_charts(store, "story", hookpoint, cards, alerts, colours)
+                  for hookpoint in ("layers.1", "layers.3")}
+        wide = run_charts(store, "story", alerts, colours)
+    refusal = charts["layers.3"][0]
+    assert [line.label for line in refusal.lines] == ["relative gap", "overlap of refusal features",
+                                                      "refusal-direction cosine"]
+    definitions = {d.name: d for d in DEFAULT_DEFINITIONS}
+    assert {(t.value, t.label.split()[0]) for t in refusal.thresholds} == {
+        (definitions[n].threshold, n) for n in ("RefusalFeaturesFading", "RefusalFeaturesWeakening", "RefusalDirectionDrifted")}
+    assert refusal.alert_steps == [(20, "RefusalFeaturesFading", "#d62728")]  # the alert fired on layers.3
+    assert charts["layers.1"][0].alert_steps == []
+    assert "Share of the reference top-k refusal features" in refusal.caption  # the meaning, not the name
+
+    every = [c for layer in charts.values() for c in layer] + wide
+    for chart in every:
+        assert len({line.colour for line in chart.lines}) == len(chart.lines), f"{chart.title}: colours reused"
+        for line in chart.lines:
+            steps = [step for step, _ in line.points]
+            assert steps == sorted(set(steps)), f"{chart.title} / {line.label}: a step drawn twice or out of order"
+    # one series, one colour, on every chart it appears on
+    assert charts["layers.1"][0].lines[0].colour == charts["layers.3"][0].lines[0].colour
+    drifted_chart = next(c for c in charts["layers.3"] if c.key == "drifted_layers.3")
+    carded = {f"feature {c.feature}" for c in cards if c.hookpoint == "layers.3" and c.drift_rank}
+    assert {line.label for line in drifted_chart.lines} == carded  # the chart shows the carded features
+    features_chart = next(c for c in charts["layers.3"] if c.key == "refusal_features_layers.3")
+    assert f"feature {EMERGING} (new)" in {line.label for line in features_chart.lines}
+    assert next(line for line in features_chart.lines if line.label == f"feature {EMERGING} (new)").dashed
+    assert {c.title for c in wide} == {"Refusal rate and safety score", "Output change (KL divergence)"}
+
+
 @pytest.mark.slow
-def test_report_writes_pngs_and_self_contained_html(tmp_path):
+def test_report_opens_with_findings_then_layers_cards_and_alerts(story, tmp_path):
+    with RunStore(story) as store:
+        files = write_run_report(store, "story", tmp_path / "report")
+    page = files.html.read_text()
+    parsed = Sections()
+    parsed.feed(page)
+    assert list(parsed.sections) == ["findings", "layer-layers.1", "layer-layers.3", "run-wide", "feature-cards",
+                                     "alerts"]
+    findings = " | ".join(parsed.findings)
+    assert "RefusalFeaturesFading (critical)" in findings and "fired at step 20" in findings
+    assert "Harmful prompts refused: 95% at step 0, 35% at step 30" in findings
+    assert f"({FADING[1]}) is no longer among the top 4 refusal features" in findings
+    assert f"{EMERGING} (since step 20)" in findings
+    assert f"Feature {MOST_DRIFTED} at layers.1 drifted most by step 30" in findings
+    assert "featuredrift_" not in page  # no raw metric names
+    assert {(layer, MOST_DRIFTED) for layer in ("layers.1", "layers.3")} <= set(parsed.cards)
+    assert {("layers.3", EMERGING), ("layers.3", FADING[1])} <= set(parsed.cards)
+    assert page.count("data-section='contexts'") == len(parsed.cards)
+    assert "not captured for this run" in parsed.sections["feature-cards"]
+
+    embedded = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", page)
+    assert len(embedded) == len(files.images) <= 12
+    assert sorted(base64.b64decode(e) for e in embedded) == sorted(p.read_bytes() for p in files.images)
+    assert all(p.read_bytes().startswith(PNG_MAGIC) for p in files.images)
+    assert "src='http" not in page and 'src="' not in page  # nothing fetched from elsewhere
+
+
+@pytest.mark.slow
+def test_report_of_a_run_without_per_feature_values(tmp_path):
     url = stored_run(tmp_path)
     with RunStore(url) as store:
         files = write_run_report(store, "plotted", tmp_path / "report")
-        metric_names = {name for name, _ in store.metric_names("plotted")}
-    names = {path.name for path in files.images}
-    assert {"refusal_layers.1.png", "refusal_layers.3.png", "drifted_layers.1.png", "drifted_layers.3.png"} <= names
-    assert {f"metric_{n.removeprefix('featuredrift_')}.png" for n in metric_names} <= names
-    for path in files.images:
-        assert path.read_bytes().startswith(PNG_MAGIC) and path.stat().st_size > 2000
     page = files.html.read_text()
-    embedded = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", page)
-    assert len(embedded) == len(files.images)
-    assert sorted(base64.b64decode(e) for e in embedded) == sorted(p.read_bytes() for p in files.images)
     assert "RefusalFeaturesFading" in page and "gap &lt;0.5&gt;" in page
-    assert "src='http" not in page and "src=\"" not in page  # nothing fetched from elsewhere
+    assert "id='findings'" in page and "class='feature-card'" in page
 
 
 @pytest.mark.slow
-def test_report_and_runs_commands(tmp_path):
+def test_report_and_runs_commands(tmp_path, story):
     url = stored_run(tmp_path)
     runner = CliRunner(env={"COLUMNS": "250"})
     result = runner.invoke(app, ["report", "plotted", "--db", url, "--out", str(tmp_path / "cli-report")])
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "cli-report" / "index.html").is_file()
+    assert (tmp_path / "cli-report" / "index.html").is_file() and "charts" in result.output
 
     listed = runner.invoke(app, ["runs", "list", "--db", url])
     assert listed.exit_code == 0 and "plotted" in listed.output
     shown = runner.invoke(app, ["runs", "show", "plotted", "--db", url])
     assert shown.exit_code == 0 and "RefusalFeaturesFading" in shown.output
+    features = runner.invoke(app, ["runs", "show", "story", "--features", "--db", story])
+    assert features.exit_code == 0, features.output
+    assert f"feature {MOST_DRIFTED} · layers.3 (step 30)" in features.output
+    assert f"feature {EMERGING} · layers.3" in features.output and "refusal feature emerging" in features.output
+    assert "fires on harmful" in features.output and "not captured for this run" in features.output
     out = tmp_path / "export.csv"
     exported = runner.invoke(app, ["runs", "export", "plotted", "--db", url, "--format", "csv", "--out", str(out)])
     assert exported.exit_code == 0 and out.read_text().startswith("run,step,timestamp")

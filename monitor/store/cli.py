@@ -89,10 +89,16 @@ def show_run(
     completions: int | None = typer.Option(
         None, "--completions", help="Print the completions judged at this step (the evidence behind refusal alerts)."
     ),
+    features: bool = typer.Option(
+        False, "--features", help="Print the feature cards of the latest evaluation: drifted and refusal features."
+    ),
 ) -> None:
     """A run's metadata, the latest value of every metric, and its alerts."""
     if completions is not None:
         _show_completions(run, completions, db)
+        return
+    if features:
+        _show_features(run, db)
         return
     from rich.console import Console
 
@@ -132,6 +138,44 @@ def show_run(
                 alert.ended_at.isoformat(timespec="seconds") if alert.ended_at else "—", alert.message,
             )
         console.print(table)
+
+
+def _show_features(run: str, db: str | None) -> None:
+    """One card per feature the latest evaluation singled out (see monitor/feature_cards.py)."""
+    from rich.console import Console
+
+    from featuredrift.monitor.feature_cards import build_cards
+    from featuredrift.monitor.store.errors import StoreError
+
+    with open_store(db) as store:
+        try:
+            cards = build_cards(store, run)
+        except StoreError as error:
+            fail(error)
+    console = Console()
+    if not cards:
+        console.print(f"run {run}: no drifted or refusal features stored yet")
+        return
+    for card in cards:
+        console.print(_card_table(card))
+
+
+def _card_table(card):
+    """A feature card as a rich table: why it is listed, firing per subset, trajectory, contexts."""
+    table = new_table(f"{card.title} (step {card.step})", ("", "reference (or first seen)", "now"))
+    for reason in card.reasons:
+        table.add_row("why", reason, "")
+    for firing in card.firing:
+        table.add_row(f"fires on {firing.subset}", _fmt(firing.freq_reference), _fmt(firing.freq_now))
+        table.add_row(f"mean activation on {firing.subset}", _fmt(firing.mean_reference), _fmt(firing.mean_now))
+    first, now = card.diff_in_means_first_and_now()
+    if first is not None:
+        table.add_row("d̄ (harmful − harmless)", _fmt(first), _fmt(now))
+    table.add_row("trajectory", "step: drift score / d̄", "  ".join(
+        f"{p.step}: {_fmt(p.drift_score)} / {_fmt(p.diff_in_means)}{'*' if p.in_refusal_top_k else ''}"
+        for p in card.trajectory) + "  (* in the refusal top-k)")
+    table.add_row("contexts", "not captured for this run", "")
+    return table
 
 
 def _show_completions(run: str, step: int, db: str | None) -> None:
