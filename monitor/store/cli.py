@@ -204,9 +204,14 @@ def _show_completions(run: str, step: int, db: str | None) -> None:
 
 
 @app.command("compare")
-def compare_runs(run_a: str, run_b: str, db: str | None = DbOption) -> None:
-    """Both runs aligned by step: each metric at the last step both evaluated, the first step at
-    which they diverge (more than 5% apart), and the config differences."""
+def compare_runs(
+    run_a: str,
+    run_b: str,
+    db: str | None = DbOption,
+    show_all: bool = typer.Option(False, "--all", help="Also list the series on which the runs agree."),
+) -> None:
+    """Both runs aligned by step and layer: where they diverge (more than 5% apart) first, with
+    the values at that step and at the last step both evaluated; then the config differences."""
     from rich.console import Console
 
     from featuredrift.monitor.store.errors import StoreError
@@ -215,23 +220,51 @@ def compare_runs(run_a: str, run_b: str, db: str | None = DbOption) -> None:
     with open_store(db) as store:
         try:
             comparison = store.compare(run_a, run_b)
+            aligned = store.aligned_series(run_a, run_b)
+            steps_a, steps_b = store.recorded_steps(run_a), store.recorded_steps(run_b)
         except StoreError as error:
             fail(error)
-    table = new_table(f"{run_a} vs {run_b}, aligned by step",
-                      ("metric", "labels", "step", run_a, run_b, "Δ (b − a)", "diverges at step"))
-    for row in comparison.metrics:
-        if row.step_a == row.step_b:
-            step = "—" if row.step_a is None else str(row.step_a)
-        else:  # no step in common: each run's latest
-            step = f"{'—' if row.step_a is None else row.step_a} / {'—' if row.step_b is None else row.step_b}"
-        diverges = "—" if row.diverges_at is None else str(row.diverges_at)
-        table.add_row(row.name, _labels(row.labels), step, _fmt(row.value_a), _fmt(row.value_b), _fmt(row.delta), diverges)
-    console.print(table)
+    console.print(_steps_summary(run_a, run_b, steps_a, steps_b))
+    from featuredrift.monitor.store.rows import labels_key
+
+    rows = sorted(comparison.metrics, key=lambda r: (r.labels.get("layer", ""), r.diverges_at is None,
+                                                     r.diverges_at or 0, r.name, _labels(r.labels)))
+    diverging = [r for r in rows if r.diverges_at is not None]
+    agreeing = [r for r in rows if r.diverges_at is None and r.name != "featuredrift_global_step"]
+    columns = ("layer", "metric", "labels", "diverges at step", f"{run_a} there", f"{run_b} there",
+               "last common step", run_a, run_b, "Δ (b − a)")
+    table = new_table(f"where {run_a} and {run_b} diverge (more than 5% apart), by layer", columns)
+    for row in diverging + (agreeing if show_all else []):
+        points = {p.step: p for p in aligned.get((row.name, labels_key(row.labels)), [])}
+        at = points.get(row.diverges_at)
+        step = row.step_a if row.step_a == row.step_b else f"{row.step_a} / {row.step_b}"
+        table.add_row(
+            row.labels.get("layer", "—"), row.name.removeprefix("featuredrift_"),
+            _labels({k: v for k, v in row.labels.items() if k != "layer"}),
+            "—" if row.diverges_at is None else str(row.diverges_at),
+            _fmt(at.value_a if at else None), _fmt(at.value_b if at else None),
+            "—" if step is None else str(step), _fmt(row.value_a), _fmt(row.value_b), _fmt(row.delta),
+        )
+    console.print(table if diverging or show_all else f"{run_a} and {run_b} agree within 5% at every common step")
+    if agreeing and not show_all:
+        console.print(f"{len(agreeing)} more series agree within 5% at every common step (--all lists them)")
     if comparison.config_differences:
         config = new_table("config differences", ("field", run_a, run_b))
         for field, (a, b) in comparison.config_differences.items():
             config.add_row(field, repr(a), repr(b))
         console.print(config)
+
+
+def _steps_summary(run_a: str, run_b: str, steps_a: list[int], steps_b: list[int]) -> str:
+    """Which steps the comparison can align, and which only one run evaluated."""
+    common = sorted(set(steps_a) & set(steps_b))
+    only_a, only_b = sorted(set(steps_a) - set(steps_b)), sorted(set(steps_b) - set(steps_a))
+    text = f"steps both evaluated: {', '.join(map(str, common)) or 'none'}"
+    if only_a:
+        text += f"; only {run_a}: {', '.join(map(str, only_a))}"
+    if only_b:
+        text += f"; only {run_b}: {', '.join(map(str, only_b))}"
+    return text
 
 
 @app.command("export")

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import delete, func, insert, select
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -69,6 +69,14 @@ ALERT_STATUSES = ("firing", "resolved")
 EXPORT_FORMATS = ("csv", "json")
 JSON_EXPORT_FORMAT = "featuredrift-run/1"
 CSV_COLUMNS = ("run", "step", "timestamp", "epoch", "metric", "labels", "value")
+
+
+class AlignedPoint(NamedTuple):
+    """One series of two runs at one step both evaluated."""
+
+    step: int
+    value_a: float
+    value_b: float
 
 
 class RunStore:
@@ -491,6 +499,15 @@ class RunStore:
             if info_a.config.get(k) != info_b.config.get(k)
         }
         return RunComparison(info_a, info_b, metrics, differences)
+
+    def aligned_series(self, run_a: str, run_b: str) -> dict[tuple[str, str], list[AlignedPoint]]:
+        """(metric, labels key) → the values of both runs at every step both evaluated, ascending."""
+        series_a, series_b = self._series_by_step(run_a), self._series_by_step(run_b)
+        return {
+            key: [AlignedPoint(step, series_a[key][step], series_b[key][step])
+                  for step in sorted(set(series_a[key]) & set(series_b[key]))]
+            for key in sorted(set(series_a) & set(series_b))
+        }
 
     def export(self, run_name: str, format: str = "csv", out: str | Path | None = None) -> str:
         """The run as CSV (one row per metric sample) or JSON (run, full reports, alerts).
