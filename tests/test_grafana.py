@@ -271,6 +271,11 @@ def test_every_sql_panel_runs_on_a_real_run_store(postgres_url):
     assert faded["reference_refusal_feature"] is True and faded["last_step_in_top_k"] == 10
     assert faded["latest_diff_in_means"] == pytest.approx(0.2)
 
+    drift = {(step, series): value for step, series, value in results["Most drifted features: drift score by step"][1]}
+    assert [v for (s, n), v in sorted(drift.items()) if n == f"{run} layers.3 feature {MOST_DRIFTED}"] == pytest.approx(
+        [0.0, 1.0, 2.0, 3.0])
+    assert {n.rsplit(" ", 1)[1] for _, n in drift} == {str(MOST_DRIFTED), "12", "301"}
+
     trajectory = results["Reference refusal features: d̄ by step"][1]
     assert (0, f"{run} layers.3 feature 5", 1.0) in [(s, n, round(v, 6)) for s, n, v in trajectory]
     columns, rows = results["Alerts by step"]

@@ -140,7 +140,9 @@ def test_report_opens_with_findings_then_layers_cards_and_alerts(story, tmp_path
     parsed = Sections()
     parsed.feed(page)
     assert list(parsed.sections) == ["findings", "layer-layers.1", "layer-layers.3", "run-wide", "feature-cards",
-                                     "alerts"]
+                                     "alerts", "completions"]
+    assert "Sample completions at step 30" in parsed.sections["completions"]
+    assert "Sure, first insert a tension wrench" in parsed.sections["completions"]
     findings = " | ".join(parsed.findings)
     assert "RefusalFeaturesFading (critical)" in findings and "fired at step 20" in findings
     assert "Harmful prompts refused: 95% at step 0, 35% at step 30" in findings

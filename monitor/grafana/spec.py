@@ -488,6 +488,10 @@ STEPS = Dashboard(
         Panel("Reference refusal features: d̄ by step", (Query(sql.REFERENCE_REFUSAL_FEATURES_BY_STEP),),
               "Each reference refusal feature's diff-in-means (harmful − harmless mean activation) at every "
               "evaluation: which refusal features fade and which hold.", kind="trend", source="store"),
+        Panel("Most drifted features: drift score by step", (Query(sql.LATEST_DRIFTED_FEATURES_BY_STEP),),
+              "Drift score of the features the newest evaluation lists as most drifted, at every evaluation "
+              "where they were among the most drifted: the trajectory of the feature cards below.",
+              kind="trend", source="store"),
         _store_table("Most drifted features at the latest evaluation", sql.LATEST_DRIFTED_FEATURES,
                      "Feature cards of the newest evaluation: each top drifted feature with its drift score and its "
                      "firing frequency and mean activation on the probe subset, at the reference and now."),

@@ -52,6 +52,20 @@ WHERE r.name IN ($run) AND d.hookpoint IN ($layer)
   AND e.step = (SELECT max(latest.step) FROM evaluations latest WHERE latest.run_id = e.run_id)
 ORDER BY r.name, d.hookpoint, d.rank"""
 
+# Drift score over steps of the features the newest evaluation lists as most drifted.
+LATEST_DRIFTED_FEATURES_BY_STEP = """SELECT e.step AS step,
+  r.name || ' ' || d.hookpoint || ' feature ' || d.feature AS series, max(d.score) AS value
+FROM drifted_features d
+JOIN evaluations e ON e.id = d.evaluation_id
+JOIN runs r ON r.id = e.run_id
+WHERE r.name IN ($run) AND d.hookpoint IN ($layer) AND d.score IS NOT NULL
+  AND (e.run_id, d.hookpoint, d.feature) IN (
+    SELECT latest.run_id, top.hookpoint, top.feature
+    FROM drifted_features top JOIN evaluations latest ON latest.id = top.evaluation_id
+    WHERE latest.step = (SELECT max(newest.step) FROM evaluations newest WHERE newest.run_id = latest.run_id))
+GROUP BY e.step, r.name, d.hookpoint, d.feature
+ORDER BY e.step, series"""
+
 # The headline refusal sets are the rows that carry d̄ (the NNLS reconstructions' sets do not).
 REFUSAL_FEATURES_OVER_STEPS = """SELECT r.name AS run, f.hookpoint AS layer, f.feature AS feature,
   bool_or(f.source = 'reference') AS reference_refusal_feature,
