@@ -25,7 +25,7 @@ PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
            "#17becf", "#393b79", "#e6550d", "#31a354", "#843c39", "#7b4173", "#3182bd", "#fd8d3c", "#74c476",
            "#ad494a", "#a55194", "#637939", "#8ca252", "#b5cf6b", "#8c6d31", "#bd9e39", "#e7ba52", "#6b6ecf",
            "#9c9ede", "#ce6dbd", "#de9ed6")
-REFUSAL_LINES = 10  # features drawn on a refusal-feature chart; the cards and Grafana have the rest
+REFERENCE_LINES, NEW_LINES = 6, 4  # refusal features drawn per chart; the cards and Grafana have the rest
 SEVERITY_COLOURS = {"critical": "#d62728", "warning": "#ff7f0e", "info": "#bcbd22"}
 
 
@@ -107,11 +107,17 @@ def _lines(store: RunStore, run: str, colours: Colours, specs: list[tuple[str, s
 
 
 def _markers(alerts: list[AlertInfo], names: tuple[str, ...], hookpoint: str | None) -> list[tuple[int, str, str]]:
-    return [
-        (a.step, a.name, SEVERITY_COLOURS.get(a.severity, "#7f7f7f"))
-        for a in alerts
-        if a.step is not None and a.name in names and (hookpoint is None or a.labels.get("layer") in (None, hookpoint))
-    ]
+    """One marker per step (alerts of one step share it, most severe colour first), so labels never overlap."""
+    by_step: dict[int, list[AlertInfo]] = {}
+    for a in alerts:
+        if a.step is not None and a.name in names and (hookpoint is None or a.labels.get("layer") in (None, hookpoint)):
+            by_step.setdefault(a.step, []).append(a)
+    severities = list(SEVERITY_COLOURS)
+    markers = []
+    for step, fired in sorted(by_step.items()):
+        fired.sort(key=lambda a: severities.index(a.severity) if a.severity in severities else len(severities))
+        markers.append((step, ", ".join(a.name for a in fired), SEVERITY_COLOURS.get(fired[0].severity, "#7f7f7f")))
+    return markers
 
 
 def layer_charts(store: RunStore, run: str, hookpoint: str, cards: list[FeatureCard], alerts: list[AlertInfo],
@@ -147,7 +153,8 @@ def layer_charts(store: RunStore, run: str, hookpoint: str, cards: list[FeatureC
 
 
 def _refusal_feature_chart(store: RunStore, run: str, hookpoint: str, colours: Colours) -> Chart | None:
-    """d̄ over steps of the refusal features that changed most: reference features solid, new ones dashed."""
+    """d̄ over steps of the reference refusal features that weakened most (solid) and the strongest new
+    ones (dashed): the whole top-k of a real model is too many lines to read."""
     rows = [r for r in headline_refusal_rows(store.refusal_features(run, hookpoint), None) if r.diff_in_means is not None]
     if not rows:
         return None
@@ -156,17 +163,22 @@ def _refusal_feature_chart(store: RunStore, run: str, hookpoint: str, colours: C
     for r in rows:
         by_feature.setdefault(r.feature, {})[r.step] = r.diff_in_means
 
-    def change(feature: int) -> float:
-        points = sorted(by_feature[feature].items())
-        return float("inf") if feature not in reference else abs(points[-1][1] - points[0][1])
+    def latest(feature: int) -> float:
+        return max(by_feature[feature].items())[1]
 
-    shown = sorted(by_feature, key=change, reverse=True)[:REFUSAL_LINES]
+    def drop(feature: int) -> float:
+        return min(by_feature[feature].items())[1] - latest(feature)
+
+    faded = sorted(reference, key=drop, reverse=True)[:REFERENCE_LINES]
+    new = sorted(set(by_feature) - reference, key=latest, reverse=True)[:NEW_LINES]
+    shown = faded + new
     lines = [Line(f"feature {f}" + ("" if f in reference else " (new)"), sorted(by_feature[f].items()),
                   colours(f"{hookpoint}/feature {f}"), dashed=f not in reference)
              for f in sorted(shown, key=lambda f: (f not in reference, f))]
     k = max(r.k for r in rows)
     hidden = len(by_feature) - len(shown)
-    more = f" The {hidden} that changed least are left out (see the cards and Grafana)." if hidden else ""
+    more = (f" Shown: the {len(faded)} reference features that weakened most and the {len(new)} strongest new ones; "
+            f"{hidden} more are in the cards and Grafana." if hidden else "")
     return Chart(f"refusal_features_{hookpoint}", f"Refusal features one by one (top {k})",
                  "d̄ of each feature: its mean activation on harmful minus harmless prompts, at every evaluation "
                  "where it was a refusal feature now or at the reference. Solid: a reference refusal feature; "

@@ -38,7 +38,14 @@ def _series(store: RunStore, run: str, metric: str, **labels: str) -> list[tuple
 
 
 def _percent(value: float) -> str:
-    return f"{100 * value:.0f}%"
+    """Whole percents, but two significant digits for rare events (a feature firing on 0.3% of tokens)."""
+    percent = 100 * value
+    return f"{percent:.0f}%" if percent >= 10 or percent == 0 else f"{percent:.2g}%"
+
+
+def _ids(features: list[int], shown: int = 8) -> str:
+    text = ", ".join(str(f) for f in features[:shown])
+    return text + (f" and {len(features) - shown} more" if len(features) > shown else "")
 
 
 def drift_finding(cards: list[FeatureCard]) -> Finding | None:
@@ -48,9 +55,11 @@ def drift_finding(cards: list[FeatureCard]) -> Finding | None:
     top = max(drifted, key=lambda c: c.drift_score)
     firing = max(top.firing, key=lambda f: abs((f.freq_now or 0) - (f.freq_reference or 0)), default=None)
     change = ""
-    if firing is not None and firing.freq_reference is not None and firing.freq_now is not None:
+    if firing is not None and None not in (firing.freq_reference, firing.freq_now):
         change = (f": on {firing.subset} prompts it fires on {_percent(firing.freq_now)} of tokens "
                   f"(reference {_percent(firing.freq_reference)})")
+        if None not in (firing.mean_reference, firing.mean_now):
+            change += f", mean activation {firing.mean_now:.3g} (reference {firing.mean_reference:.3g})"
     return Finding("What drifted most",
                    f"Feature {top.feature} at {top.hookpoint} drifted most by step {top.step} "
                    f"(drift score {top.drift_score:.3g}){change}. Its card is below.")
@@ -64,14 +73,14 @@ def refusal_feature_findings(cards: list[FeatureCard]) -> list[Finding]:
         emerging = [c for c in layer if c.refusal_status == "emerging"]
         reference = [c for c in layer if c.refusal_rank_reference is not None]
         if fading:
-            names = ", ".join(str(c.feature) for c in fading)
+            names = _ids([c.feature for c in fading])
             verb = "is" if len(fading) == 1 else "are"
             findings.append(Finding(f"Refusal features fading at {hookpoint}",
                                     f"{len(fading)} of the {len(reference)} reference refusal features ({names}) "
                                     f"{verb} no longer among the top {len(reference)} refusal features.", "alarm"))
         if emerging:
-            names = ", ".join(f"{c.feature} (since step {next(p.step for p in c.trajectory if p.in_refusal_top_k)})"
-                              for c in emerging)
+            first = {c.feature: next(p.step for p in c.trajectory if p.in_refusal_top_k) for c in emerging}
+            names = _ids([f"{f} (since step {step})" for f, step in first.items()])
             findings.append(Finding(f"Refusal features emerging at {hookpoint}",
                                     f"New refusal features not present at the reference: {names}."))
         if reference and not fading and not emerging:

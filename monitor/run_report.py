@@ -24,7 +24,8 @@ if TYPE_CHECKING:
     from featuredrift.monitor.store.run_store import RunStore
 
 esc = html.escape
-HELD_CARDS = 4  # refusal features that merely held get this many cards per layer; the rest are listed
+# Cards per layer and kind (a real model's top-k has dozens of refusal features); the rest are listed by id.
+CARDS_PER_KIND = {"fading": 8, "emerging": 8, "drifted": 6, "held": 4}
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:0 auto;padding:1.5em;max-width:1400px;color:#222}
@@ -116,17 +117,27 @@ def _card_html(card: FeatureCard, colours: Colours) -> str:
             f"<div class='contexts' data-section='contexts'>{contexts}</div></div>")
 
 
+def _kind(card: FeatureCard) -> str:
+    """What a card is mainly about: a refusal feature that changed, a drifted feature, or one that held."""
+    if card.refusal_status in ("fading", "emerging"):
+        return card.refusal_status
+    return "drifted" if card.drift_rank is not None else "held"
+
+
 def _cards_section(cards: list[FeatureCard], colours: Colours) -> str:
     if not cards:
         return "<section id='feature-cards'><h2>Feature cards</h2><p>No drifted or refusal features stored.</p></section>"
     parts = ["<section id='feature-cards'><h2>Feature cards</h2>"
              f"<p class='meta'>The features the latest evaluation (step {cards[0].step}) singled out, per layer.</p>"]
     for hookpoint in sorted({c.hookpoint for c in cards}):
-        layer = [c for c in cards if c.hookpoint == hookpoint]
-        held = [c for c in layer if c.refusal_status == "held" and c.drift_rank is None]
-        shown = [c for c in layer if c not in held] + held[:HELD_CARDS]
-        rest = ", ".join(str(c.feature) for c in held[HELD_CARDS:])
-        note = f"<p class='meta'>Refusal features that also held: {rest}.</p>" if rest else ""
+        shown, notes = [], []
+        for kind, cap in CARDS_PER_KIND.items():
+            of_kind = [c for c in cards if c.hookpoint == hookpoint and _kind(c) == kind]
+            shown += of_kind[:cap]
+            if of_kind[cap:]:
+                notes.append(f"{len(of_kind) - cap} more {kind}: {', '.join(str(c.feature) for c in of_kind[cap:])}")
+        shown.sort(key=cards.index)
+        note = f"<p class='meta'>Without a card here ({'; '.join(notes)}).</p>" if notes else ""
         parts.append(f"<h3>{esc(hookpoint)}</h3><div class='cards'>{''.join(_card_html(c, colours) for c in shown)}"
                      f"</div>{note}")
     return "".join(parts) + "</section>"

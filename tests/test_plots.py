@@ -198,3 +198,14 @@ def test_report_and_runs_commands(tmp_path, story):
     assert compared.exit_code == 0
     unknown = runner.invoke(app, ["report", "nope", "--db", url, "--out", str(tmp_path / "x")])
     assert unknown.exit_code == 2 and "known runs: plotted" in unknown.output
+
+
+def test_alerts_of_one_step_share_one_marker_coloured_by_the_most_severe(story):
+    with RunStore(story) as store:
+        store.record_alert("story", "RefusalFeaturesWeakening", "warning", step=20, labels={"layer": "layers.3"})
+        store.record_alert("story", "RefusalDirectionDrifted", "critical", step=30, labels={"layer": "layers.1"})
+        cards, alerts = build_cards(store, "story"), store.alerts("story")
+        layer3 = layer_charts(store, "story", "layers.3", cards, alerts, Colours())[0]
+        layer1 = layer_charts(store, "story", "layers.1", cards, alerts, Colours())[0]
+    assert layer3.alert_steps == [(20, "RefusalFeaturesFading, RefusalFeaturesWeakening", "#d62728")]
+    assert layer1.alert_steps == [(30, "RefusalDirectionDrifted", "#d62728")]
