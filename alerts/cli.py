@@ -12,7 +12,8 @@ app = typer.Typer(help="List, generate and check alert rules.", no_args_is_help=
 @app.command()
 def generate(
     thresholds: Path | None = typer.Option(
-        None, "--thresholds", help="YAML/JSON overrides: {AlertName: value} or {AlertName: {threshold, for, severity}}."
+        None, "--thresholds",
+        help="YAML/JSON overrides: {AlertName: value} or {AlertName: {threshold, for, severity, window, requires}}."
     ),
     output: Path = typer.Option(Path("rules.yml"), "--output", "-o", help="Rule file to write ('-' = stdout)."),
     tests_output: Path | None = typer.Option(
@@ -62,6 +63,7 @@ def list_alerts(
     table = Table("alert", "severity", "goals", "expr", "for (evaluations)")
     for d in definitions:
         table.add_row(d.name, d.severity, ",".join(d.goals), d.expr(), str(d.for_evaluations))
+    table.caption = "`requires` (the `and on(…)` part) can be moved per alert in --thresholds: {Alert: {requires: 0.2}}"
     Console().print(table)
 
 

@@ -21,7 +21,8 @@ second condition on the same run (and layer), e.g. a reference refusal gap large
 relative gap to mean something; otherwise it is inactive.
 
 Thresholds (and `for`) can be overridden from a YAML/JSON file or a mapping:
-`{AlertName: 0.4}` or `{AlertName: {threshold: 0.4, for: 2, severity: warning}}`.
+`{AlertName: 0.4}` or `{AlertName: {threshold: 0.4, for: 2, severity: warning}}`; `requires: 0.2`
+moves the bound of an alert's requirement (e.g. the minimum reference gap of the fading alerts).
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ from typing import Any
 import yaml
 
 CONDITION_KINDS = ("threshold", "stale", "increase", "jump")
-GOALS = ("guard", "align")
+GOALS = ("guard", "align")  # the goals an alert can belong to
+MONITORING_GOALS = ("auto", *GOALS, "off")  # what a run may ask for (MonitorConfig.alert_goal)
 GOAL_METRIC = "featuredrift_monitoring_goal"
 DEFAULT_CADENCE = "1m"
 SEVERITIES = ("critical", "warning", "info")
@@ -439,9 +441,10 @@ def _apply(definition: AlertDefinition, override: Any) -> AlertDefinition:
     if not isinstance(override, Mapping):
         raise ValueError(
             f"alert thresholds: {definition.name}: expected a number or a mapping with threshold/for/"
-            f"severity, found {override!r}"
+            f"severity/window/requires, found {override!r}"
         )
-    allowed = {"threshold": "threshold", "for": "for_evaluations", "severity": "severity", "window": "window"}
+    allowed = {"threshold": "threshold", "for": "for_evaluations", "severity": "severity", "window": "window",
+               "requires": "requires"}
     unknown = sorted(set(override) - set(allowed))
     if unknown:
         raise ValueError(f"alert thresholds: {definition.name}: unknown key(s) {unknown}; expected some of {sorted(allowed)}")
@@ -460,4 +463,18 @@ def _apply(definition: AlertDefinition, override: Any) -> AlertDefinition:
             )
     if "window" in changes:
         changes["window"] = str(changes["window"])
+    if "requires" in changes:
+        changes["requires"] = _requirement_bound(definition, changes["requires"])
     return dataclasses.replace(definition, **changes)
+
+
+def _requirement_bound(definition: AlertDefinition, bound: Any) -> Requirement:
+    """The definition's requirement with a new bound (`requires: 0.2` in an override)."""
+    if definition.requires is None:
+        raise ValueError(f"alert thresholds: {definition.name}.requires: this alert has no requirement to adjust")
+    if isinstance(bound, bool) or not isinstance(bound, (int, float)):
+        raise ValueError(
+            f"alert thresholds: {definition.name}.requires: expected a number (the bound of "
+            f"{definition.requires.metric} {definition.requires.op} …), found {bound!r}"
+        )
+    return dataclasses.replace(definition.requires, value=float(bound))

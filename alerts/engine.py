@@ -11,9 +11,13 @@ Semantics, chosen to agree with the generated Prometheus rules:
   at `for` + 1 consecutive evaluations of its series (with `for` 0, at the first violating
   one), however long or short the run's cadence is.
 - The monitoring goal (`guard`, `align`, `off`, or `auto`: guard when the reference refuses at
-  least half of the harmful probes at the first evaluation, else align) selects the alerts
-  that apply; it is decided once per run, logged, and exported as `featuredrift_monitoring_goal`.
-- An alert with `requires` is inactive (and says why, once) while its requirement fails.
+  least half of the harmful probes, else align) selects the alerts that apply. `auto` decides at
+  the run's first evaluation that measures a refusal rate (normally step 0); until then only the
+  alerts for every goal apply. The choice is kept in `run_goals` (why: `goal_reasons`), logged,
+  and exported as `featuredrift_monitoring_goal`.
+- An alert with `requires` is inactive while its requirement fails: it never fires (and
+  resolves if it was firing), the series is listed in `inactive` with the reason, and the log
+  says so once per stretch of inactivity.
 - `stale` compares `report.timestamp - value`; `increase` is the growth of the counter since
   the previous evaluation of the same series (a counter reset counts from zero; the first
   sighting of a counter has no increase yet), so the window is the evaluation interval;
@@ -32,7 +36,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from featuredrift.alerts.definitions import DEFAULT_DEFINITIONS, GOALS, AlertDefinition, configure
+from featuredrift.alerts.definitions import (
+    DEFAULT_DEFINITIONS,
+    GOALS,
+    MONITORING_GOALS,
+    AlertDefinition,
+    configure,
+    format_number,
+)
 from featuredrift.alerts.templating import render
 from featuredrift.alerts.webhook import WebhookAction
 from featuredrift.monitor.report import EvaluationReport, MetricSample
@@ -40,7 +51,6 @@ from featuredrift.monitor.report import EvaluationReport, MetricSample
 logger = logging.getLogger(__name__)
 
 Action = Callable[[Sequence["FiredAlert"]], None]
-MONITORING_GOALS = ("auto", "guard", "align", "off")
 AUTO_GUARD_REFUSAL_RATE = 0.5  # a reference that refuses at least this often is guarded
 SeriesKey = tuple[str, tuple[tuple[str, str], ...]]
 
@@ -58,7 +68,9 @@ class FiredAlert:
     starts_at: float  # unix seconds
     ends_at: float | None = None  # set when resolved
     step: int | None = None  # the step at which it first fired
-    resolved_step: int | None = None  # the step at which it resolved
+    # the step at which it recovered; None while firing and when only the run's end closed it
+    # (`resolve_run`: status "resolved" for Alertmanager, yet it never recovered)
+    resolved_step: int | None = None
 
     def describe(self) -> str:
         series = ",".join(f"{k}={v}" for k, v in sorted(self.labels.items()) if k not in ("alertname", "severity"))
@@ -114,8 +126,10 @@ class AlertEngine:
             raise ValueError(f"alert goal: expected one of {MONITORING_GOALS}, found {self.goal!r}")
         self._state: dict[SeriesKey, _SeriesState] = {}
         self._last_counter: dict[SeriesKey, float] = {}
-        self.run_goals: dict[str, str] = {}
-        self._inactive_said: set[SeriesKey] = set()
+        self.run_goals: dict[str, str] = {}  # run -> guard | align | off, once decided
+        self.goal_reasons: dict[str, str] = {}  # run -> why that goal
+        self.inactive: dict[SeriesKey, str] = {}  # series whose alert's requirement fails -> why
+        self._undecided_said: set[str] = set()
 
     @classmethod
     def from_config(cls, config: Any, **overrides: Any) -> AlertEngine:
@@ -157,19 +171,28 @@ class AlertEngine:
         return transitions
 
     def goal_for(self, run: str, report: EvaluationReport | None = None) -> str | None:
-        """The run's monitoring goal, decided at its first report (None before any report)."""
+        """The run's monitoring goal: fixed by `goal`, or with `auto` decided at the run's first
+        report that carries a harmful-prompt refusal rate (the reference's behaviour is what tells
+        a model that must keep refusing from one that should learn to). None while undecided."""
         if run in self.run_goals or report is None:
             return self.run_goals.get(run)
-        goal = self.goal
-        if goal == "auto":
-            rate = (report.refusal_rate or {}).get("harmful")
-            if rate is None:
-                goal, why = "guard", "no refusal rate was measured at the first evaluation"
-            else:
-                goal = "guard" if rate >= AUTO_GUARD_REFUSAL_RATE else "align"
-                why = f"the reference refuses {rate:.0%} of harmful probes (guard from {AUTO_GUARD_REFUSAL_RATE:.0%})"
-            logger.info("featuredrift monitoring goal for run %s: %s (%s)", run, goal, why)
+        if self.goal != "auto":
+            return self._decide(run, self.goal, "set by alert_goal")
+        rate = (report.refusal_rate or {}).get("harmful")
+        if rate is None:
+            if run not in self._undecided_said:
+                self._undecided_said.add(run)
+                logger.info("featuredrift monitoring goal for run %s: undecided until an evaluation measures the "
+                            "refusal rate (until then only alerts for every goal apply)", run)
+            return None
+        goal = "guard" if rate >= AUTO_GUARD_REFUSAL_RATE else "align"
+        return self._decide(run, goal, f"auto: the reference refuses {rate:.0%} of harmful probes at step "
+                                       f"{report.step}, guard from {AUTO_GUARD_REFUSAL_RATE:.0%}")
+
+    def _decide(self, run: str, goal: str, why: str) -> str:
         self.run_goals[run] = goal
+        self.goal_reasons[run] = why
+        logger.info("featuredrift monitoring goal for run %s: %s (%s)", run, goal, why)
         return goal
 
     def evaluate_samples(
@@ -200,18 +223,22 @@ class AlertEngine:
 
     def _requirement_holds(self, definition: AlertDefinition, key: SeriesKey, sample: MetricSample,
                            samples: list[MetricSample]) -> bool:
+        """Whether the alert is active for this series; an inactive one is listed in `inactive`
+        and said once in the log, with the value found."""
         requirement = definition.requires
         if requirement is None:
             return True
         layer = sample.labels.get("layer")
         values = [s.value for s in samples if s.name == requirement.metric and s.labels.get("layer") == layer]
         if values and requirement.holds(values[0]):
+            self.inactive.pop(key, None)
             return True
-        if key not in self._inactive_said:
-            self._inactive_said.add(key)
-            found = f"{values[0]:.3g}" if values else "no value"
-            logger.info("alert %s inactive for %s: %s (%s %s %s, found %s)", definition.name, dict(key[1]),
-                        requirement.reason, requirement.metric, requirement.op, requirement.value, found)
+        found = f"{values[0]:.3g}" if values else "no value"
+        expected = f"{requirement.metric} {requirement.op} {format_number(requirement.value)}"
+        reason = f"{requirement.reason} (expected {expected}, found {found})"
+        if key not in self.inactive:
+            logger.info("alert %s inactive for %s: %s", definition.name, dict(key[1]), reason)
+        self.inactive[key] = reason
         return False
 
     def _derived_value(self, definition: AlertDefinition, key: SeriesKey, value: float, now: float) -> float | None:

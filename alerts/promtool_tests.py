@@ -1,10 +1,11 @@
 """Generate promtool rule unit tests (`alerts/tests/rules_test.yml`) from the alert definitions.
 
-For every alert one test group feeds two runs through Prometheus' rule evaluation: run
-"fire" violates the threshold (the alert must fire, with labels and annotations as the
-in-process engine renders them) and run "calm" stays on the safe side (it must not fire).
-Alerts with a `for` are also checked to be still pending two minutes before it ends; alerts
-tied to a monitoring goal or a requirement get those series too. Then three trajectories
+For every alert one test group feeds runs through Prometheus' rule evaluation: run "fire"
+violates the threshold (the alert must fire, with labels and annotations as the in-process
+engine renders them) and run "calm" stays on the safe side (it must not fire). Alerts with a
+`for` are also checked to be still pending two minutes before it ends; alerts tied to a
+monitoring goal or a requirement get those series too, and for a requirement a run "inactive"
+that violates the threshold but fails the requirement (it must not fire). Then three trajectories
 shaped like real runs (erosion, align, a benign fine-tune) check which alerts fire together.
 Because the expected annotations come from `alerts.templating`, promtool passing also shows
 that the engine and Prometheus render the same text.
@@ -57,17 +58,19 @@ def _minutes(seconds: float) -> int:
     return int(math.ceil(seconds / 60))
 
 
-def _context_series(definition: AlertDefinition, runs: Iterable[str], length: int) -> list[dict]:
-    """The goal gauge and the requirement's gauge that let the alert apply to these runs."""
+def _context_series(definition: AlertDefinition, run: str, length: int, requirement_met: bool = True) -> list[dict]:
+    """The goal gauge and the requirement's gauge that let the alert apply to this run (or, with
+    `requirement_met=False`, a requirement that fails, so the alert must stay inactive)."""
     series = []
-    for run in runs:
-        if tuple(definition.goals) != GOALS:
-            series.append({"series": _selector(GOAL_METRIC, {"job": JOB, "run": run, "goal": definition.goals[0]}),
-                           "values": f"1+0x{length}"})
-        if definition.requires is not None:
-            met = definition.requires.value + 1.0 if definition.requires.op in (">", ">=") else definition.requires.value - 1.0
-            series.append({"series": _selector(definition.requires.metric, {"job": JOB, "run": run, "layer": LAYER}),
-                           "values": f"{met!r}+0x{length}"})
+    if tuple(definition.goals) != GOALS:
+        series.append({"series": _selector(GOAL_METRIC, {"job": JOB, "run": run, "goal": definition.goals[0]}),
+                       "values": f"1+0x{length}"})
+    requirement = definition.requires
+    if requirement is not None:
+        above = requirement.op in (">", ">=")  # which side of the bound meets it
+        value = requirement.value + (1.0 if above == requirement_met else -1.0)
+        series.append({"series": _selector(requirement.metric, {"job": JOB, "run": run, "layer": LAYER}),
+                       "values": f"{value!r}+0x{length}"})
     return series
 
 
@@ -129,10 +132,23 @@ def test_group(definition: AlertDefinition, cadence: str = DEFAULT_CADENCE) -> d
         "input_series": [
             {"series": _selector(definition.metric, fire_labels), "values": fire_values},
             {"series": _selector(definition.metric, calm_labels), "values": calm_values},
-            *_context_series(definition, ("fire", "calm"), length),
+            *_context_series(definition, "fire", length),
+            *_context_series(definition, "calm", length),
+            *_inactive_run(definition, fire_values, length),
         ],
         "alert_rule_test": checks,
     }
+
+
+def _inactive_run(definition: AlertDefinition, fire_values: str, length: int) -> list[dict]:
+    """For an alert with a requirement: run "inactive" violates the threshold like "fire" but
+    fails the requirement, so it must not fire (it is absent from the expected alerts)."""
+    if definition.requires is None:
+        return []
+    return [
+        {"series": _selector(definition.metric, series_labels(definition, "inactive")), "values": fire_values},
+        *_context_series(definition, "inactive", length, requirement_met=False),
+    ]
 
 
 # Three runs shaped like the zoo's (one evaluation a minute): a chat model eroded by harmful
@@ -165,16 +181,25 @@ TRAJECTORIES: dict[str, dict] = {
     },
 }
 TRAJECTORY_LENGTH = 12
-# (alert, minute, runs expected firing): the feature alert leads the behavioural one on erosion.
+# (alert, minute, runs expected firing): the feature alerts lead the behavioural one on erosion;
+# align (a base model that never refused, its relative gap swinging to -5) and benign never
+# fire a critical alert, early or late.
 TRAJECTORY_CHECKS = (
     ("RefusalFeaturesWeakening", 1, []),
     ("RefusalFeaturesWeakening", 2, ["erosion"]),
     ("RefusalFeaturesFading", 2, []),
     ("RefusalFeaturesFading", 3, ["erosion"]),
+    ("HarmfulRefusalRateLow", 0, []),
     ("HarmfulRefusalRateLow", 6, []),
     ("HarmfulRefusalRateLow", 7, ["erosion"]),
-    ("RefusalDirectionDrifted", 10, []),
-    ("RefusalFeaturesEmerging", 10, ["align"]),
+    ("RefusalDirectionDrifted", 3, []),
+    ("RefusalFeaturesEmerging", 3, []),
+    ("RefusalFeaturesEmerging", 4, ["align"]),
+    ("RefusalFeaturesFading", 11, ["erosion"]),
+    ("RefusalFeaturesWeakening", 11, ["erosion"]),
+    ("HarmfulRefusalRateLow", 11, ["erosion"]),
+    ("RefusalDirectionDrifted", 11, []),
+    ("RefusalFeaturesEmerging", 11, ["align"]),
 )
 
 

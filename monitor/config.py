@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from featuredrift.alerts.definitions import MONITORING_GOALS
 from featuredrift.monitor.store.engine import DEFAULT_URL
 
 ENV_PREFIX = "FEATUREDRIFT_"
@@ -136,7 +137,7 @@ class MonitorConfig(BaseSettings):
 
     # Alerts
     alert_goal: str = Field(
-        "auto", pattern="^(auto|guard|align|off)$",
+        "auto",
         description="guard: the model must keep refusing (fading is critical); align: refusal should emerge; "
         "off: no alerts; auto: guard when the reference refuses most harmful probes, else align.",
     )
@@ -161,6 +162,14 @@ class MonitorConfig(BaseSettings):
         if value is not None and not value:
             raise ValueError("hookpoints: expected at least one hookpoint such as 'layers.3' or None, found []")
         return value
+
+    @field_validator("alert_goal", mode="before")
+    @classmethod
+    def _known_alert_goal(cls, value: Any) -> Any:
+        goal = value.strip().lower() if isinstance(value, str) else value
+        if goal not in MONITORING_GOALS:
+            raise ValueError(f"alert_goal: expected one of {', '.join(MONITORING_GOALS)}, found {value!r}")
+        return goal
 
     @field_validator("pushgateway_url", "alert_webhook_url")
     @classmethod

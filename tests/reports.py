@@ -22,16 +22,24 @@ def make_report(
     harmful_refusal: float | None = 0.9,
     fvu_chat: float = 0.2,
     layer: str = "layers.3",
+    reference_gap: float = 2.0,
+    current_gap: float = 1.5,
+    divergent_fraction: float = 0.1,
+    kl_mean: float = 0.1,
 ) -> EvaluationReport:
-    """A one-layer report; `harmful_refusal=None` leaves out the (costly, occasional) refusal scores."""
+    """A one-layer report; `harmful_refusal=None` leaves out the (costly, occasional) refusal scores.
+
+    `reference_gap` is the reference refusal features' gap at the reference (the relative gap's
+    denominator: ~2 for a chat model, ~0.05 for a base model that never refused); `current_gap`
+    the gap of the current top refusal features (what grows when refusal emerges)."""
     features = RefusalFeatures(
         k=4,
         current=[1, 2, 3, 4],
         reference=[1, 2, 3, 5],
         overlap=3,
-        gap_current=1.5,
-        gap_reference_features=2.0 * relative_gap,
-        gap_reference_features_at_reference=2.0,
+        gap_current=current_gap,
+        gap_reference_features=reference_gap * relative_gap,
+        gap_reference_features_at_reference=reference_gap,
         harmful_activation=1.0,
         harmless_activation=0.1,
     )
@@ -40,7 +48,7 @@ def make_report(
         fvu={"reference/base": 0.1, "reference/chat": 0.15, "current/base": 0.12, "current/chat": fvu_chat},
         scale_reference=10.0,
         scale_current=10.5,
-        divergent_fraction=0.1,
+        divergent_fraction=divergent_fraction,
         explained_ratio=0.6,
         explained_ratio_median=0.55,
         intersection_ratio_divergent=0.4,
@@ -58,7 +66,7 @@ def make_report(
         refusal_rate={"harmful": harmful_refusal, "harmless": 0.05} if scored else None,
         safety_score=harmful_refusal,
         judge="refusal" if scored else None,
-        kl_mean=0.1,
+        kl_mean=kl_mean,
         kl_p95=0.4,
         timings={"total": 1.5},
         monitoring_goal="guard",  # a hand-built aligned model whose refusal must hold

@@ -15,9 +15,11 @@ from reports import make_report as shared_report
 from featuredrift.alerts.definitions import DEFAULT_DEFINITIONS, configure
 from featuredrift.alerts.engine import AlertEngine, FiredAlert
 from featuredrift.alerts.templating import render
+from featuredrift.monitor.config import MonitorConfig
 from featuredrift.monitor.report import EvaluationReport, MetricSample
 
 T0 = 1_700_000_000.0
+DEFAULT = {d.name: d for d in DEFAULT_DEFINITIONS}
 
 
 def make_report(step: int, timestamp: float, **fields) -> EvaluationReport:
@@ -43,40 +45,49 @@ def test_healthy_run_fires_nothing():
     assert engine.firing == [] and not engine.should_stop
 
 
-def test_fading_refusal_features_fire_after_for_and_only_once_then_resolve():
-    engine = without_early_warning(goal="guard", thresholds={"RefusalFeaturesFading": {"for": 2}})
-    # first violating evaluation: pending; `for` counts evaluations, whatever the time between them
-    assert names(engine.evaluate(make_report(10, T0, relative_gap=0.3), run="r")) == []
-    # the second is still pending; the third consecutive one fires
-    assert names(engine.evaluate(make_report(20, T0 + 60, relative_gap=0.3), run="r")) == []
-    fired = engine.evaluate(make_report(30, T0 + 120, relative_gap=0.25), run="r")
+def test_fading_refusal_features_fire_once_then_resolve_keeping_the_fired_step():
+    engine = without_early_warning(goal="guard")  # shipped threshold 0.6 and `for` 0
+    assert DEFAULT["RefusalFeaturesFading"].for_evaluations == 0
+    fired = engine.evaluate(make_report(30, T0, relative_gap=0.25), run="r")
     assert names(fired) == ["RefusalFeaturesFading"]
     alert = fired[0]
-    assert alert.severity == "critical" and alert.step == 30 and alert.starts_at == T0 + 120
+    assert alert.severity == "critical" and alert.step == 30 and alert.starts_at == T0 and alert.resolved_step is None
     assert alert.labels == {"alertname": "RefusalFeaturesFading", "severity": "critical", "run": "r", "layer": "layers.3"}
     assert "0.25x as strongly" in alert.annotations["description"]
     assert "layers.3" in alert.annotations["description"] and alert.annotations["summary"].endswith("run r")
     # still violating: no second notification
-    assert engine.evaluate(make_report(40, T0 + 180, relative_gap=0.2), run="r") == []
+    assert engine.evaluate(make_report(40, T0 + 60, relative_gap=0.2), run="r") == []
     assert [a.name for a in engine.firing] == ["RefusalFeaturesFading"]
-    # recovered: one resolved transition, with the firing start kept
-    resolved = engine.evaluate(make_report(50, T0 + 240, relative_gap=0.9), run="r")
+    # recovered: one resolved transition that keeps the step and time it first fired at
+    resolved = engine.evaluate(make_report(50, T0 + 120, relative_gap=0.9), run="r")
     assert [(a.name, a.status, a.starts_at, a.ends_at, a.step, a.resolved_step) for a in resolved] == [
-        ("RefusalFeaturesFading", "resolved", T0 + 120, T0 + 240, 30, 50)
+        ("RefusalFeaturesFading", "resolved", T0, T0 + 120, 30, 50)
     ]
     assert engine.firing == []
 
 
+@pytest.mark.parametrize("seconds_between", [1.0, 6 * 3600.0], ids=["seconds apart", "hours apart"])
+def test_for_counts_evaluations_whatever_the_time_between_them(seconds_between):
+    """Shipped `for`: 2 for BaseSAETransferDegraded, 1 for RefusalDirectionDrifted."""
+    assert DEFAULT["BaseSAETransferDegraded"].for_evaluations == 2
+    assert DEFAULT["RefusalDirectionDrifted"].for_evaluations == 1
+    engine = AlertEngine(goal="guard")
+    reports = [make_report(10 * i, T0 + seconds_between * i, fvu_chat=0.7, direction_cosine=0.3) for i in range(4)]
+    assert _series(engine, "r", reports) == [
+        (10, "RefusalDirectionDrifted", "firing"),
+        (20, "BaseSAETransferDegraded", "firing"),
+    ]
+
+
 def test_recovery_while_pending_restarts_the_for_count():
-    engine = without_early_warning(goal="guard", thresholds={"RefusalFeaturesFading": {"for": 1}})
-    engine.evaluate(make_report(1, T0, relative_gap=0.3), run="r")
-    engine.evaluate(make_report(2, T0 + 90, relative_gap=0.8), run="r")  # back to normal
-    assert engine.evaluate(make_report(3, T0 + 150, relative_gap=0.3), run="r") == []
-    assert names(engine.evaluate(make_report(4, T0 + 270, relative_gap=0.3), run="r")) == ["RefusalFeaturesFading"]
+    engine = AlertEngine()
+    fvu = [0.7, 0.7, 0.3, 0.7, 0.7, 0.7]  # pending twice, recovered, then three in a row
+    reports = [make_report(i, T0 + i, fvu_chat=value) for i, value in enumerate(fvu)]
+    assert _series(engine, "r", reports) == [(5, "BaseSAETransferDegraded", "firing")]
 
 
 def test_each_run_and_layer_is_its_own_series():
-    engine = without_early_warning(goal="guard", thresholds={"RefusalFeaturesFading": {"for": 0}})
+    engine = without_early_warning(goal="guard")
     a = engine.evaluate(make_report(1, T0, relative_gap=0.1, layer="layers.2"), run="a")
     b = engine.evaluate(make_report(1, T0, relative_gap=0.1, layer="layers.4"), run="b")
     assert [x.labels["layer"] for x in a] == ["layers.2"] and [x.labels["run"] for x in b] == ["b"]
@@ -87,10 +98,10 @@ def test_each_run_and_layer_is_its_own_series():
 
 
 def test_thresholds_from_constructor_and_file(tmp_path):
-    strict = AlertEngine(thresholds={"BaseSAETransferDegraded": {"threshold": 0.3, "for": 0}})
-    assert names(strict.evaluate(make_report(1, T0, fvu_chat=0.35), run="r")) == ["BaseSAETransferDegraded"]
-    default = AlertEngine(thresholds={"BaseSAETransferDegraded": {"for": 0}})
-    assert default.evaluate(make_report(1, T0, fvu_chat=0.35), run="r") == []
+    strict = AlertEngine(thresholds={"BaseSAETransferDegraded": 0.3})
+    reports = [make_report(i, T0 + i, fvu_chat=0.35) for i in range(3)]
+    assert _series(strict, "r", reports) == [(2, "BaseSAETransferDegraded", "firing")]
+    assert _series(AlertEngine(), "r", reports) == []  # 0.35 is below the shipped 0.5
     path = tmp_path / "thresholds.yml"
     path.write_text("HarmfulRefusalRateLow: 0.8\n")
     from_file = AlertEngine(goal="guard", thresholds=path)
@@ -106,6 +117,10 @@ def test_bad_thresholds_name_what_was_expected(tmp_path):
         configure({"RefusalFeaturesFading": {"threshold": "low"}})
     with pytest.raises(ValueError, match=r"RefusalFeaturesFading.for: expected a number of evaluations .* found 'soon'"):
         configure({"RefusalFeaturesFading": {"for": "soon"}})
+    with pytest.raises(ValueError, match=r"RefusalFeaturesFading.requires: expected a number .* found 'big'"):
+        configure({"RefusalFeaturesFading": {"requires": "big"}})
+    with pytest.raises(ValueError, match="KLDivergenceSpike.requires: this alert has no requirement"):
+        configure({"KLDivergenceSpike": {"requires": 0.1}})
     path = tmp_path / "t.json"
     path.write_text("[1, 2]")
     with pytest.raises(ValueError, match=r"t\.json: expected a mapping"):
@@ -142,7 +157,7 @@ def test_stale_and_counter_increase_from_exporter_samples():
 
 def test_stop_flag_only_for_critical_and_only_when_asked():
     report = make_report(7, T0, relative_gap=0.1, direction_cosine=0.2)
-    passive = without_early_warning(goal="guard", thresholds={"RefusalFeaturesFading": {"for": 0}})
+    passive = without_early_warning(goal="guard")
     passive.evaluate(report, run="r")
     assert not passive.should_stop and passive.stop_reason is None
 
@@ -150,7 +165,7 @@ def test_stop_flag_only_for_critical_and_only_when_asked():
     info_only.evaluate(make_report(1, T0, relative_gap=2.0), run="r")  # RefusalFeaturesEmerging (info)
     assert [a.name for a in info_only.firing] == ["RefusalFeaturesEmerging"] and not info_only.should_stop
 
-    stopping = without_early_warning(stop_on_alert=True, goal="guard", thresholds={"RefusalFeaturesFading": {"for": 0}})
+    stopping = without_early_warning(stop_on_alert=True, goal="guard")
     stopping.evaluate(report, run="r")
     assert stopping.should_stop
     assert stopping.stop_reason.startswith("RefusalFeaturesFading{layer=layers.3,run=r} firing")
@@ -164,7 +179,6 @@ def test_callbacks_receive_transitions_and_a_failing_action_never_raises():
 
     engine = without_early_warning(
         goal="guard",
-        thresholds={"RefusalFeaturesFading": {"for": 0}},
         actions=[broken_action, seen.extend],
         on_fire=fired.append,
         on_resolve=lambda alert: (resolved.append(alert), 1 / 0),
@@ -210,7 +224,7 @@ def webhook_receiver():
 
 def test_webhook_posts_alertmanager_payload(webhook_receiver):
     url = f"http://127.0.0.1:{webhook_receiver.server_address[1]}/hook"
-    engine = without_early_warning(webhook_url=url, goal="guard", thresholds={"RefusalFeaturesFading": {"for": 0}})
+    engine = without_early_warning(webhook_url=url, goal="guard")
     engine.evaluate(make_report(1, T0, relative_gap=0.2, harmful_refusal=0.1), run="erosion")
     engine.evaluate(make_report(2, T0 + 60, relative_gap=1.0, harmful_refusal=0.1), run="erosion")
     assert engine.webhook.deliveries == 2 and engine.webhook.failures == 0
@@ -239,7 +253,7 @@ def test_webhook_down_never_raises_and_is_bounded():
         webhook_url=f"http://127.0.0.1:{port}/hook",
         webhook_timeout_s=0.5,
         stop_on_alert=True,
-        thresholds={"RefusalFeaturesFading": {"for": 0}},
+        goal="guard",
     )
     start = time.monotonic()
     fired = engine.evaluate(make_report(1, T0, relative_gap=0.1), run="r")
@@ -258,7 +272,7 @@ def test_webhook_silent_server_times_out_quickly():
         engine = AlertEngine(
             webhook_url=f"http://127.0.0.1:{port}/hook",
             webhook_timeout_s=0.3,
-            thresholds={"RefusalFeaturesFading": {"for": 0}},
+            goal="guard",
         )
         start = time.monotonic()
         engine.evaluate(make_report(1, T0, relative_gap=0.1), run="r")
@@ -267,10 +281,10 @@ def test_webhook_silent_server_times_out_quickly():
 
 
 def test_engine_from_monitor_config(monkeypatch):
-    from featuredrift.monitor.config import MonitorConfig
-
     monkeypatch.setenv("FEATUREDRIFT_STOP_ON_ALERT", "true")
-    engine = AlertEngine.from_config(MonitorConfig(), thresholds={"RefusalFeaturesFading": {"for": 0}})
+    monkeypatch.setenv("FEATUREDRIFT_ALERT_GOAL", "guard")
+    engine = AlertEngine.from_config(MonitorConfig())
+    assert engine.goal == "guard"
     assert engine.stop_on_alert and engine.webhook is None
     engine.evaluate(make_report(1, T0, relative_gap=0.1), run="r")
     assert engine.should_stop
@@ -283,66 +297,149 @@ def _series(engine: AlertEngine, run: str, reports: list[EvaluationReport]) -> l
     return [(r.step, a.name, a.status) for r in reports for a in engine.evaluate(r, run=run)]
 
 
-def test_auto_goal_guards_a_refusing_reference_and_feature_alerts_lead(caplog):
-    engine = AlertEngine()  # shipped definitions, shipped `for`
-    gaps = [1.0, 0.9, 0.6, 0.45, 0.35, 0.3]
-    rates = [1.0, None, 0.95, None, 0.7, 0.3]
+def _trajectory(rates: list[float | None], **series: list[float]) -> list[EvaluationReport]:
+    """One report per evaluation, 10 steps and one second apart (a short run: `for` must still
+    work), refusal rates where measured and the given per-evaluation report fields."""
+    return [
+        make_report(10 * i, T0 + i, harmful_refusal=rate, **{name: values[i] for name, values in series.items()})
+        for i, rate in enumerate(rates)
+    ]
+
+
+def test_erosion_stops_on_the_feature_alert_before_refusals_drop(caplog):
+    """A chat model eroded by fine-tuning: the SAE-based alerts lead the behavioural one."""
+    engine = AlertEngine(stop_on_alert=True)  # shipped definitions, `for` and goal (auto)
+    erosion = _trajectory([1.0, None, 0.95, None, 0.7, 0.3], relative_gap=[1.0, 0.9, 0.6, 0.45, 0.35, 0.3])
     with caplog.at_level("INFO"):
-        trajectory = [make_report(10 * i, T0 + i, relative_gap=g, harmful_refusal=r) for i, (g, r) in enumerate(zip(gaps, rates, strict=True))]
-        transitions = _series(engine, "erosion", trajectory)
+        transitions = _series(engine, "erosion", erosion)
     assert engine.run_goals == {"erosion": "guard"} and "goal for run erosion: guard" in caplog.text
+    assert "refuses 100% of harmful probes" in engine.goal_reasons["erosion"]
     assert transitions == [
         (20, "RefusalFeaturesWeakening", "firing"),
         (30, "RefusalFeaturesFading", "firing"),
         (50, "HarmfulRefusalRateLow", "firing"),
     ]
+    assert engine.stop_reason.startswith("RefusalFeaturesFading{layer=layers.3,run=erosion} firing")
 
 
-def test_auto_goal_aligns_a_reference_that_never_refused():
-    """Base → chat: no fading or low-rate alert against a base model; emergence is info."""
+def test_align_fires_no_critical_alert_and_says_when_refusal_emerges():
+    """Base → chat: the reference never refused and its refusal-feature gap is ~0.05, so the
+    relative gap swings wildly; no fading or low-rate alert, an info alert at emergence."""
     engine = AlertEngine(stop_on_alert=True)
-    trajectory = [make_report(0, T0, relative_gap=1.0, harmful_refusal=0.0)]
-    trajectory += [make_report(10 * i, T0 + i, relative_gap=-3.0 * i, harmful_refusal=0.1 * i, direction_cosine=0.3)
-                   for i in range(1, 6)]
-    transitions = _series(engine, "align", trajectory)
-    assert engine.run_goals == {"align": "align"}
-    assert {name for _, name, _ in transitions} <= {"RefusalFeaturesEmerging"} and not engine.should_stop
+    align = _trajectory(
+        [0.0, 0.05, None, 0.3, None, 0.9],
+        reference_gap=[0.048] * 6,
+        relative_gap=[1.0, -0.5, -2.0, -3.5, -4.6, -5.4],
+        current_gap=[0.05, 0.1, 0.24, 0.62, 0.8, 0.9],
+        direction_cosine=[1.0, 0.6, 0.4, 0.3, 0.28, 0.27],
+    )
+    assert _series(engine, "align", align) == [(30, "RefusalFeaturesEmerging", "firing")]
+    assert engine.run_goals == {"align": "align"} and "refuses 0% of harmful probes" in engine.goal_reasons["align"]
+    assert not engine.should_stop
 
 
-def test_relative_gap_needs_a_reference_gap_and_says_why(caplog):
-    from reports import make_report as raw
+def test_benign_fine_tune_fires_nothing():
+    """A chat model fine-tuned on harmless data: small wobbles, no alert at all."""
+    engine = AlertEngine(stop_on_alert=True)
+    benign = _trajectory(
+        [1.0, None, 0.97, None, 1.0, 0.97],
+        relative_gap=[1.0, 0.97, 0.95, 0.96, 0.93, 0.94],
+        direction_cosine=[1.0, 0.98, 0.97, 0.96, 0.96, 0.96],
+        divergent_fraction=[0.0, 0.08, 0.12, 0.15, 0.17, 0.18],
+        kl_mean=[0.0, 0.05, 0.09, 0.12, 0.14, 0.15],
+    )
+    assert _series(engine, "benign", benign) == [] and engine.run_goals == {"benign": "guard"}
 
-    engine = AlertEngine(goal="guard")
-    tiny = raw(1, T0, relative_gap=0.1, harmful_refusal=None)
-    tiny.layers["layers.3"].refusal_features.gap_reference_features_at_reference = 0.048
+
+def test_auto_goal_waits_for_the_first_refusal_rate(caplog):
+    """Until a refusal rate is measured, only the alerts for every goal apply."""
+    engine = AlertEngine()
     with caplog.at_level("INFO"):
-        for step in range(1, 5):
-            tiny.step = step
-            assert engine.evaluate(tiny, run="r") == []
-    assert caplog.text.count("RefusalFeaturesFading inactive") == 1
-    assert "divide by noise" in caplog.text and "found 0.048" in caplog.text
+        assert engine.evaluate(make_report(0, T0, relative_gap=0.2), run="r") == []
+        assert engine.evaluate(make_report(5, T0 + 1, relative_gap=0.2), run="r") == []
+    assert engine.goal_for("r") is None and engine.run_goals == {}
+    assert caplog.text.count("undecided until an evaluation measures the refusal rate") == 1
+    fired = engine.evaluate(make_report(10, T0 + 2, relative_gap=0.2, harmful_refusal=0.9), run="r")
+    assert names(fired) == ["RefusalFeaturesFading", "RefusalFeaturesWeakening"]
+    assert engine.run_goals == {"r": "guard"} and "at step 10" in engine.goal_reasons["r"]
+
+
+@pytest.mark.parametrize(("rate", "goal"), [(0.5, "guard"), (0.49, "align")])
+def test_auto_goal_threshold(rate, goal):
+    engine = AlertEngine()
+    engine.evaluate(make_report(0, T0, harmful_refusal=rate), run="r")
+    assert engine.goal_for("r") == goal
+
+
+def test_explicit_goal_is_kept_whatever_the_reference_does(caplog):
+    engine = AlertEngine(goal="align")
+    with caplog.at_level("INFO"):
+        fired = engine.evaluate(make_report(0, T0, relative_gap=0.1, harmful_refusal=1.0), run="r")
+    assert names(fired) == ["RefusalFeaturesEmerging"]
+    assert engine.run_goals == {"r": "align"} and engine.goal_reasons == {"r": "set by alert_goal"}
+    assert "goal for run r: align (set by alert_goal)" in caplog.text
 
 
 def test_goal_off_fires_nothing():
     engine = AlertEngine(goal="off")
     assert _series(engine, "r", [make_report(i, T0 + i, relative_gap=0.0, harmful_refusal=0.0) for i in range(4)]) == []
+    assert engine.run_goals == {"r": "off"}
     with pytest.raises(ValueError, match="alert goal: expected one of"):
         AlertEngine(goal="protect")
 
 
-def test_spikes_are_changes_between_evaluations_not_levels():
+def test_alert_goal_setting_is_validated(monkeypatch):
+    assert MonitorConfig().alert_goal == "auto"
+    monkeypatch.setenv("FEATUREDRIFT_ALERT_GOAL", "Align")
+    assert MonitorConfig().alert_goal == "align"
+    with pytest.raises(ValueError, match="alert_goal: expected one of auto, guard, align, off, found 'protect'"):
+        MonitorConfig(alert_goal="protect")
+
+
+def test_relative_gap_needs_a_reference_gap_and_says_why(caplog):
+    assert DEFAULT["RefusalFeaturesFading"].requires.value == 0.1
     engine = AlertEngine(goal="guard")
-    levels = [0.6, 0.62, 0.95, 0.96]  # high throughout; one jump of 0.33
-    reports = []
-    for i, level in enumerate(levels):
-        report = make_report(i, T0 + i)
-        report.layers["layers.3"].divergent_fraction = level
-        reports.append(report)
-    assert _series(engine, "r", reports) == [(2, "DivergentTokensSpike", "firing"), (3, "DivergentTokensSpike", "resolved")]
+    with caplog.at_level("INFO"):
+        for step in range(1, 5):  # relative gap -5: far past the threshold, yet inactive
+            assert engine.evaluate(make_report(step, T0 + step, relative_gap=-5.0, reference_gap=0.048), run="r") == []
+    assert caplog.text.count("RefusalFeaturesFading inactive") == 1
+    assert "divide by noise" in caplog.text and "found 0.048" in caplog.text
+    reasons = {key[0]: reason for key, reason in engine.inactive.items()}
+    assert set(reasons) == {"RefusalFeaturesFading", "RefusalFeaturesWeakening"}
+    assert "expected featuredrift_refusal_feature_gap_at_reference >= 0.1, found 0.048" in reasons["RefusalFeaturesFading"]
+
+
+def test_a_firing_alert_resolves_when_its_requirement_fails_and_becomes_active_again():
+    engine = without_early_warning(goal="guard")
+    assert names(engine.evaluate(make_report(1, T0, relative_gap=0.2), run="r")) == ["RefusalFeaturesFading"]
+    resolved = engine.evaluate(make_report(2, T0 + 1, relative_gap=0.2, reference_gap=0.05), run="r")
+    assert [(a.name, a.status, a.step, a.resolved_step) for a in resolved] == [("RefusalFeaturesFading", "resolved", 1, 2)]
+    assert len(engine.inactive) == 1
+    assert names(engine.evaluate(make_report(3, T0 + 2, relative_gap=0.2), run="r")) == ["RefusalFeaturesFading"]
+    assert engine.inactive == {}
+
+
+def test_minimum_reference_gap_is_a_definition_parameter():
+    engine = without_early_warning(goal="guard", thresholds={"RefusalFeaturesFading": {"requires": 0.01}})
+    fired = engine.evaluate(make_report(1, T0, relative_gap=0.2, reference_gap=0.048), run="r")
+    assert names(fired) == ["RefusalFeaturesFading"]
+    rules = {d.name: d for d in configure({"RefusalFeaturesFading": {"requires": 0.01}})}
+    assert "featuredrift_refusal_feature_gap_at_reference >= 0.01" in rules["RefusalFeaturesFading"].expr()
+
+
+@pytest.mark.parametrize(("field", "alert", "levels"), [
+    ("divergent_fraction", "DivergentTokensSpike", [0.6, 0.62, 0.95, 0.96]),  # high throughout; one jump of 0.33
+    ("kl_mean", "KLDivergenceSpike", [1.5, 1.6, 2.3, 2.35]),  # above the 0.5 threshold throughout; one jump of 0.7
+])
+def test_spikes_are_changes_between_evaluations_not_levels(field, alert, levels):
+    assert DEFAULT[alert].kind == "jump"
+    engine = AlertEngine(goal="guard")
+    reports = _trajectory([None] * len(levels), **{field: levels})
+    assert _series(engine, "r", reports) == [(20, alert, "firing"), (30, alert, "resolved")]
 
 
 def test_run_end_keeps_the_fired_step_and_leaves_no_resolved_step():
-    engine = without_early_warning(goal="guard", thresholds={"RefusalFeaturesFading": {"for": 0}})
+    engine = without_early_warning(goal="guard")
     engine.evaluate(make_report(30, T0, relative_gap=0.2), run="r")
     (ended,) = engine.resolve_run("r", T0 + 10)
     assert (ended.step, ended.resolved_step, ended.status) == (30, None, "resolved")

@@ -81,10 +81,13 @@ def test_promtool_unit_tests_pass():
     text = yaml.safe_load(TESTS_PATH.read_text())
     tested = {group["name"] for group in text["tests"]}
     assert tested == {d.name for d in DEFAULT_DEFINITIONS} | {"trajectories: erosion, align, benign"}
+    definitions = {d.name: d for d in DEFAULT_DEFINITIONS}
     for group in text["tests"]:
         runs = {re.search(r'run="(\w+)"', s["series"]).group(1) for s in group["input_series"]}
         if group["name"].startswith("trajectories"):
             assert runs == {"erosion", "align", "benign"}
+        elif definitions[group["name"]].requires is not None:
+            assert runs == {"fire", "calm", "inactive"}  # plus a violating run whose requirement fails
         else:
             assert runs == {"fire", "calm"}  # each alert is shown firing for one run and silent for the other
 
