@@ -220,13 +220,10 @@ def compare_runs(
     with open_store(db) as store:
         try:
             comparison = store.compare(run_a, run_b)
-            aligned = store.aligned_series(run_a, run_b)
             steps_a, steps_b = store.recorded_steps(run_a), store.recorded_steps(run_b)
         except StoreError as error:
             fail(error)
     console.print(_steps_summary(run_a, run_b, steps_a, steps_b))
-    from featuredrift.monitor.store.rows import labels_key
-
     rows = sorted(comparison.metrics, key=lambda r: (r.labels.get("layer", ""), r.diverges_at is None,
                                                      r.diverges_at or 0, r.name, _labels(r.labels)))
     diverging = [r for r in rows if r.diverges_at is not None]
@@ -235,14 +232,12 @@ def compare_runs(
                "last common step", run_a, run_b, "Δ (b − a)")
     table = new_table(f"where {run_a} and {run_b} diverge (more than 5% apart), by layer", columns)
     for row in diverging + (agreeing if show_all else []):
-        points = {p.step: p for p in aligned.get((row.name, labels_key(row.labels)), [])}
-        at = points.get(row.diverges_at)
         step = row.step_a if row.step_a == row.step_b else f"{row.step_a} / {row.step_b}"
         table.add_row(
             row.labels.get("layer", "—"), row.name.removeprefix("featuredrift_"),
             _labels({k: v for k, v in row.labels.items() if k != "layer"}),
             "—" if row.diverges_at is None else str(row.diverges_at),
-            _fmt(at.value_a if at else None), _fmt(at.value_b if at else None),
+            _fmt(row.diverged_a), _fmt(row.diverged_b),
             "—" if step is None else str(step), _fmt(row.value_a), _fmt(row.value_b), _fmt(row.delta),
         )
     console.print(table if diverging or show_all else f"{run_a} and {run_b} agree within 5% at every common step")

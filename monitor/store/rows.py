@@ -67,6 +67,8 @@ class MetricComparison(NamedTuple):
     value_b: float | None
     common_steps: int = 0  # steps both runs evaluated
     diverges_at: int | None = None  # first common step where the values differ beyond tolerance
+    diverged_a: float | None = None  # the two values at `diverges_at`
+    diverged_b: float | None = None
 
     @property
     def delta(self) -> float | None:

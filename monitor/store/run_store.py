@@ -491,7 +491,7 @@ class RunStore:
             step_b = common[-1] if common else (max(b) if b else None)
             diverges = next((s for s in common if _differs(a[s], b[s], tolerance)), None)
             metrics.append(MetricComparison(name, json.loads(key), step_a, a.get(step_a), step_b, b.get(step_b),
-                                            len(common), diverges))
+                                            len(common), diverges, a.get(diverges), b.get(diverges)))
         keys = sorted(set(info_a.config) | set(info_b.config))
         differences = {
             k: (info_a.config.get(k), info_b.config.get(k))
