@@ -22,6 +22,8 @@ from featuredrift.monitor.hookpoints import resolve_hookpoint, unwrap_model
 from featuredrift.monitor.prompts import PromptFormat, format_prompts
 
 PaddingSide = Literal["right", "left"]
+# How probe tokens are chosen (see `content_token_mask`): ours, or Appx. A.2 read literally.
+TOKEN_MASK_RULES = ("content", "bos_eos")
 
 
 class TokenBatch(NamedTuple):
@@ -137,8 +139,8 @@ def content_token_mask(
         ends = [t for t in (tokenizer.bos_token_id, tokenizer.eos_token_id) if t is not None]
         ids = torch.as_tensor(ends, dtype=input_ids.dtype, device=input_ids.device)
         return attention_mask.bool() & ~torch.isin(input_ids, ids)
-    if rule != "content":
-        raise ValueError(f"token mask rule: expected 'content' or 'bos_eos', found {rule!r}")
+    if rule not in TOKEN_MASK_RULES:
+        raise ValueError(f"token mask rule: expected one of {TOKEN_MASK_RULES}, found {rule!r}")
     control = torch.as_tensor(control_token_ids(tokenizer), dtype=input_ids.dtype, device=input_ids.device)
     mask = attention_mask.bool() & ~torch.isin(input_ids, control)
     if skip_first:
@@ -292,12 +294,14 @@ def collect_token_activations(
     device: torch.device | str | None = None,
     stop_early: bool = True,
     conversations: Sequence[Sequence[dict]] | None = None,
+    rule: str = "content",
 ) -> TokenActivations:
     """Content-token activations of many texts, flattened to `[N, d]` per hookpoint.
 
     Rendered conversations already hold their special tokens: pass `add_special_tokens=False`,
     and the `conversations` themselves (aligned with `texts`) so only message contents are read,
-    exactly as the live monitor reads its chat probes. Outputs stay on the model's device unless
+    exactly as the live monitor reads its chat probes. `rule` is `content_token_mask`'s (with
+    'bos_eos' the template's tokens are read too). Outputs stay on the model's device unless
     `device` is given.
     """
     if conversations is not None and len(conversations) != len(texts):
@@ -312,8 +316,8 @@ def collect_token_activations(
             tokenizer, batch, max_length=max_length, padding_side=padding_side, add_special_tokens=add_special_tokens
         )
         output = capture_activations(model, *tokens, hookpoints, stop_early=stop_early)
-        mask = content_token_mask(*tokens, tokenizer)
-        if conversations is not None:
+        mask = content_token_mask(*tokens, tokenizer, rule=rule)
+        if conversations is not None and rule == "content":
             first = batch_number * batch_size
             mask &= chat_content_mask(tokenizer, batch, conversations[first : first + len(batch)], tokens,
                                       padding_side=padding_side)

@@ -124,6 +124,7 @@ def activation_scale(x: Tensor, *, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Tens
 
 
 SCALE_READINGS = ("sigma", "energy", "unit_norm")
+ER_AGGREGATES = ("ratio_of_sums", "median", "mean")
 
 
 def scale_for(x: Tensor, reading: str = "sigma") -> Tensor:
@@ -178,16 +179,16 @@ class ExplainedRatio(NamedTuple):
     median: Tensor
     """Median over divergent tokens of the per-token ratio (lower median for an even count)."""
     num_tokens: int
+    """Number of divergent tokens the ratio is taken over."""
     mean: Tensor | None = None
     """Mean over divergent tokens of the per-token ratio."""
 
     def aggregate(self, how: str) -> Tensor:
         """The headline ER: 'ratio_of_sums' (Eq. 3 as we read it), 'median' or 'mean' of per-token ratios."""
         values = {"ratio_of_sums": self.ratio, "median": self.median, "mean": self.mean}
-        if how not in values:
-            raise MetricInputError(f"ER aggregate: expected one of {tuple(values)}, found {how!r}")
+        if how not in ER_AGGREGATES:
+            raise MetricInputError(f"ER aggregate: expected one of {ER_AGGREGATES}, found {how!r}")
         return values[how]
-    """Number of divergent tokens the ratio is taken over."""
 
 
 def explained_ratio(

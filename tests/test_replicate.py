@@ -181,6 +181,48 @@ def test_streamed_fvu_and_drift_equal_whole_set_metrics():
     summary = drift.summary()
     assert summary["explained_ratio"] == pytest.approx(float(er.ratio), rel=1e-9)
     assert summary["divergent_fraction"] == pytest.approx(float(mask.double().mean()))
+    assert summary["explained_ratio_mean"] == pytest.approx(float(er.mean), rel=1e-6)
+    assert summary["explained_ratio_median"] == pytest.approx(float(er.median), rel=1e-6)
+
+
+def test_streamed_scale_readings_equal_the_monitors():
+    from featuredrift.monitor.metrics import SCALE_READINGS, scale_for
+    from featuredrift.monitor.replicate.streaming import MomentSum
+
+    torch.manual_seed(0)
+    x = 3 * torch.randn(200, 8) + 1
+    moments = MomentSum()
+    for rows in (slice(0, 50), slice(50, 200)):
+        moments.add(x[rows])
+    for reading in SCALE_READINGS:
+        assert moments.scale_for(reading) == pytest.approx(float(scale_for(x, reading)), rel=1e-9)
+
+
+def test_data_files_honour_probe_split_labels(tmp_path):
+    """Rows labelled train/heldout (the probe files' `split`) are read only for their split;
+    unlabelled rows belong to every split; the splits are part of the stages' cache keys."""
+    from featuredrift.monitor.replicate.context import RunContext
+    from featuredrift.monitor.replicate.pipeline import stage_inputs
+
+    rows = [{"instruction": f"train {i}", "split": "train"} for i in range(3)]
+    rows += [{"instruction": f"held {i}", "split": "heldout"} for i in range(2)] + [{"instruction": "any"}]
+    path = tmp_path / "harmful.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
+    data = {"harmful": str(path), "harmful_eval": str(path), "harmless": str(path), "harmless_eval": str(path)}
+    config = load_config(pair_config(tmp_path, data=data))
+    ctx = RunContext(config=config, out=tmp_path)
+    assert ctx.instructions("harmful", 100) == ["train 0", "train 1", "train 2", "any"]
+    assert ctx.instructions("harmful_eval", 100) == ["held 0", "held 1", "any"]
+    everything = load_config(pair_config(tmp_path, data={**data, "splits": {"harmful": "all"}}))
+    assert len(RunContext(config=everything, out=tmp_path).instructions("harmful", 100)) == 6
+    assert stage_inputs(everything, "refusal", {"base": "b", "chat": "c"}) != stage_inputs(config, "refusal", {"base": "b", "chat": "c"})
+    labelled = tmp_path / "labelled.jsonl"
+    labelled.write_text("\n".join(json.dumps(r) for r in rows[:-1]), encoding="utf-8")
+    with pytest.raises(ConfigError, match="split 'nope'"):
+        unknown = {**data, "harmful": str(labelled), "splits": {"harmful": "nope"}}
+        RunContext(config=load_config(pair_config(tmp_path, data=unknown)), out=tmp_path).instructions("harmful", 100)
+    with pytest.raises(ConfigError, match="data.splits.*harmfull"):
+        load_config(pair_config(tmp_path, data={**data, "splits": {"harmfull": "train"}}))
 
 
 # ------------------------------------------------------------------ pipeline on the tiny pair
@@ -241,6 +283,29 @@ def test_pipeline_all_stages_write_reports(pair, tmp_path):
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 3 and "Table 1" in html
     assert "Table 1" in (out / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_paper_readings_are_honoured_and_recorded_in_results(pair, tmp_path):
+    """The ambiguity parameters (the live monitor's names and defaults) change the drift stage
+    as documented and are written into results.json's provenance."""
+    from featuredrift.monitor.config import MonitorConfig
+
+    default = run_replication(load_config(pair_config(pair["root"])), tmp_path / "ours", stages="drift", progress=False)
+    readings = default["provenance"]["paper_readings"]
+    assert readings == {name: MonitorConfig.model_fields[name].default for name in readings}
+    literal = {"scale_reading": "energy", "er_aggregate": "median", "token_mask": "bos_eos"}
+    other = run_replication(load_config(pair_config(pair["root"], paper_readings=literal)), tmp_path / "literal",
+                            stages="drift", progress=False)
+    validate_results(json.loads((tmp_path / "literal" / "results.json").read_text()))
+    assert other["provenance"]["paper_readings"] == literal
+    for hookpoint in default["stages"]["drift"]["hookpoints"]:
+        ours, read = default["stages"]["drift"]["hookpoints"][hookpoint], other["stages"]["drift"]["hookpoints"][hookpoint]
+        # bos_eos also reads the chat template's role headers and turn delimiters
+        assert read["chat"]["tokens"] > ours["chat"]["tokens"]
+        assert read["base"]["explained_ratio"] == read["base"]["explained_ratio_median"]
+        assert read["base"]["scale_base"] == pytest.approx(ours["base"]["scale_base"] ** 2, rel=1e-6)
+    assert "token mask bos_eos" in (tmp_path / "literal" / "report.md").read_text()
 
 
 # ------------------------------------------------------------------ the zoo preset end to end

@@ -13,6 +13,8 @@ Source specs used below:
 * data: ``zoo:<size>:<part>`` (part: base_corpus, chat_sft, base_text, chat_text, harmful,
   harmless), ``hf:NAME:SPLIT:COLUMN`` (Hugging Face ``datasets``, for real runs only), or a
   local ``.jsonl``/``.txt`` file. Several sources may be given as a list; they are concatenated.
+  JSONL rows carrying a ``split`` label (the probe files' ``train``/``heldout``) are read only
+  for the split ``data.splits`` names for that field; unlabelled rows belong to every split.
 """
 
 from __future__ import annotations
@@ -26,6 +28,11 @@ STAGES = ("activations", "saes", "transfer", "drift", "refusal", "interventions"
 PRESETS_DIR = Path(__file__).parent / "presets"
 
 Sources = list[str]
+SOURCE_FIELDS = (
+    "base_text_train", "base_text_eval", "chat_text_train", "chat_text_eval",
+    "harmful", "harmless", "harmful_eval", "harmless_eval",
+)
+ALL_SPLITS = "all"
 
 
 class ConfigError(ValueError):
@@ -52,11 +59,42 @@ class DataConfig(_Strict):
     max_eval_texts: int = Field(256, ge=1)
     max_prompts: int = Field(128, ge=2, description="Prompts per class for the refusal direction.")
     max_eval_prompts: int = Field(32, ge=1, description="Prompts per class for interventions.")
+    # Probe files label rows train/heldout: the refusal direction is found on train prompts and
+    # judged on held-out ones, as the live monitor keeps them apart (`probe_split`).
+    splits: dict[str, str] = Field(
+        default_factory=lambda: {"harmful": "train", "harmless": "train", "harmful_eval": "heldout", "harmless_eval": "heldout"},
+        description="Per data field, the split label of the rows it reads ('all' or absent: every row).",
+    )
 
-    @field_validator("*", mode="before")
+    @field_validator(*SOURCE_FIELDS, mode="before")
     @classmethod
     def _one_source_is_a_list(cls, value):
         return [value] if isinstance(value, str) else value
+
+    @field_validator("splits")
+    @classmethod
+    def _splits_name_fields(cls, value: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(value) - set(SOURCE_FIELDS))
+        if unknown:
+            raise ValueError(f"expected data fields from {list(SOURCE_FIELDS)}, found {unknown}")
+        return value
+
+    def split_of(self, field_name: str) -> str:
+        return self.splits.get(field_name, ALL_SPLITS)
+
+
+class PaperReadings(_Strict):
+    """The paper's ambiguities, as the live monitor's `MonitorConfig` names them (defaults: ours)."""
+
+    scale_reading: Literal["sigma", "energy", "unit_norm"] = Field(
+        "sigma", description="ER's normaliser (Appx. B): sqrt(E|x|^2), E|x|^2 (the text) or mean|x|/sqrt(d) (the code)."
+    )
+    er_aggregate: Literal["ratio_of_sums", "median", "mean"] = Field(
+        "ratio_of_sums", description="The headline ER over divergent tokens."
+    )
+    token_mask: Literal["content", "bos_eos"] = Field(
+        "content", description="content: no control, template or first (sink) tokens; bos_eos: only BOS/EOS out (Appx. A.2)."
+    )
 
 
 class SaeTrainConfig(_Strict):
@@ -151,6 +189,7 @@ class ReplicateConfig(_Strict):
     batch_size: int = Field(16, ge=1, description="Texts per forward pass.")
     shard_tokens: int = Field(262_144, ge=1, description="Tokens per activation shard.")
     divergence_threshold: float = Field(0.9, ge=-1.0, le=1.0)
+    paper_readings: PaperReadings = Field(default_factory=PaperReadings)
     data: DataConfig
     sae: SaeConfig = Field(default_factory=SaeConfig)
     refusal: RefusalConfig = Field(default_factory=RefusalConfig)

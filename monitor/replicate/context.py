@@ -49,19 +49,23 @@ class RunContext:
         """The chat model's tokenizer: renders conversations and tokenizes text for both models."""
         return self.model("chat")[1]
 
+    def _items(self, field_name: str, limit: int):
+        data = self.config.data
+        return load_items(getattr(data, field_name), field_name, limit, data.split_of(field_name))
+
     def texts(self, field_name: str, limit: int) -> tuple[list[str], bool]:
         """Rendered texts of a data field and whether they already hold special tokens."""
-        items = load_items(getattr(self.config.data, field_name), field_name, limit)
+        items = self._items(field_name, limit)
         return render_texts(items, self.tokenizer)
 
     def conversations(self, field_name: str, limit: int) -> list | None:
         """The conversations behind a data field's rendered texts (None for plain texts), so
         captures read only message contents, as the live monitor does."""
-        items = load_items(getattr(self.config.data, field_name), field_name, limit)
+        items = self._items(field_name, limit)
         return None if all(isinstance(i, str) for i in items) else [i if not isinstance(i, str) else [] for i in items]
 
     def instructions(self, field_name: str, limit: int) -> list[str]:
-        items = load_items(getattr(self.config.data, field_name), field_name, limit)
+        items = self._items(field_name, limit)
         return instructions_of(items, field_name)
 
     def track(self, iterable, description: str, total: int | None = None):

@@ -39,32 +39,34 @@ def stage_inputs(config: ReplicateConfig, stage: str, identities: dict) -> dict:
             **models, "hookpoints": config.hookpoints, "activation_dtype": config.activation_dtype,
             "shard_tokens": config.shard_tokens, "max_length": data.max_length, "max_eval_texts": data.max_eval_texts,
             "base_text_eval": data.base_text_eval, "chat_text_eval": data.chat_text_eval,
+            "token_mask": config.paper_readings.token_mask, "splits": data.splits,
         }
     if stage == "saes":
         return {
             **models, "hookpoints": config.hookpoints, "sae": config.sae.model_dump(), "sae_source": identities["sae"],
             "seed": config.seed, "max_length": data.max_length, "max_train_texts": data.max_train_texts,
-            "base_text_train": data.base_text_train, "chat_text_train": data.chat_text_train,
+            "base_text_train": data.base_text_train, "chat_text_train": data.chat_text_train, "splits": data.splits,
         }
     if stage == "transfer":
         return {}
     if stage == "drift":
-        return {"threshold": config.divergence_threshold}
+        return {"threshold": config.divergence_threshold, "scale_reading": config.paper_readings.scale_reading,
+                "er_aggregate": config.paper_readings.er_aggregate}
     if stage == "refusal":
         return {
             **models, "hookpoint": config.main_hookpoint, "ks": config.refusal.ks, "max_prompts": data.max_prompts,
-            "harmful": data.harmful, "harmless": data.harmless,
+            "harmful": data.harmful, "harmless": data.harmless, "splits": data.splits,
         }
     if stage == "interventions":
         return {
             **models, "settings": config.interventions.model_dump(), "max_eval_prompts": data.max_eval_prompts,
-            "harmful_eval": data.harmful_eval, "harmless_eval": data.harmless_eval,
+            "harmful_eval": data.harmful_eval, "harmless_eval": data.harmless_eval, "splits": data.splits,
         }
     if stage == "diffsae":
         return {
             **models, "hookpoint": config.diff_hookpoint, "settings": config.diffsae.model_dump(), "seed": config.seed,
             "max_length": data.max_length, "max_train_texts": data.max_train_texts, "max_eval_texts": data.max_eval_texts,
-            "train": [data.base_text_train, data.chat_text_train], "eval": data.chat_text_eval,
+            "train": [data.base_text_train, data.chat_text_train], "eval": data.chat_text_eval, "splits": data.splits,
         }
     raise KeyError(stage)
 

@@ -49,7 +49,10 @@ def markdown_sections(results: dict) -> list[tuple[str, list[str], str | None]]:
                 rows.append([h, data, r["tokens"], r["divergent_fraction"], r["explained_ratio"],
                              r["explained_ratio_median"], r["intersection_ratio_divergent"], r["intersection_ratio_all"]])
         header = ["hookpoint", "data", "tokens", f"divergent (cos<{d['threshold']})", "ER", "ER median", "IR (divergent)", "IR (all)"]
-        sections.append(("Fig. 3 — feature drift (ER, IR)", _table(header, rows), "fig3"))
+        readings = results["provenance"].get("paper_readings") or {}
+        lines = ([f"Paper readings: scale {readings.get('scale_reading')}, ER {readings.get('er_aggregate')}, "
+                  f"token mask {readings.get('token_mask')}.", ""] if readings else [])
+        sections.append(("Fig. 3 — feature drift (ER, IR)", lines + _table(header, rows), "fig3"))
     if "refusal" in stages:
         r = stages["refusal"]
         rows = [[row["k"], row["base"]["nmse"], row["base"]["cosine"], row["chat"]["nmse"], row["chat"]["cosine"], row["overlap"]]

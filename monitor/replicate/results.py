@@ -36,6 +36,7 @@ class Provenance(BaseModel):
     model_shape: dict[str, int]
     saes: dict[str, dict[str, Any]]
     data: dict[str, Any]
+    paper_readings: dict[str, str]
     seed: int
     device: str
     packages: dict[str, str]
@@ -91,6 +92,8 @@ def build_results(config: ReplicateConfig, identities: dict, records, selected: 
             for kind in ("base", "chat")
         },
         "data": config.data.model_dump(),
+        # The paper's ambiguities as this run read them (the live monitor records the same names).
+        "paper_readings": config.paper_readings.model_dump(),
         "seed": config.seed,
         "device": config.device or ("cuda" if torch.cuda.is_available() else "cpu"),
         "packages": package_versions(),

@@ -11,7 +11,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from featuredrift.monitor.replicate.config import ConfigError
+from featuredrift.monitor.replicate.config import ALL_SPLITS, ConfigError
 
 ZOO_PARTS = ("base_corpus", "chat_sft", "base_text", "chat_text", "harmful", "harmless")
 Item = str | list[dict[str, str]]
@@ -72,8 +72,9 @@ def split_slice(spec: str) -> tuple[str, slice]:
     return spec, slice(None)
 
 
-def load_items(specs: Sequence[str], field: str, limit: int | None = None) -> list[Item]:
-    """Concatenate the items of several source specs, up to `limit`."""
+def load_items(specs: Sequence[str], field: str, limit: int | None = None, split: str = ALL_SPLITS) -> list[Item]:
+    """Concatenate the items of several source specs, up to `limit`; file rows labelled with
+    another `split` are skipped (before any `[a:b]` slice applies)."""
     items: list[Item] = []
     for spec in specs:
         base, part = split_slice(spec)
@@ -81,17 +82,18 @@ def load_items(specs: Sequence[str], field: str, limit: int | None = None) -> li
         if limit is not None:
             wanted = (part.start or 0) + limit - len(items)
             stop = wanted if stop is None else min(stop, wanted)
-        items.extend(load_one(base, field, stop)[part.start : stop])
+        items.extend(load_one(base, field, stop, split)[part.start : stop])
         if limit is not None and len(items) >= limit:
             return items[:limit]
     if not items:
-        raise ConfigError(f"data.{field}: expected at least one text, found none in {list(specs)}")
+        where = f" of split {split!r} (data.splits)" if split != ALL_SPLITS else ""
+        raise ConfigError(f"data.{field}: expected at least one text{where}, found none in {list(specs)}")
     return items
 
 
-def load_one(spec: str, field: str, limit: int | None = None) -> list[Item]:
+def load_one(spec: str, field: str, limit: int | None = None, split: str = ALL_SPLITS) -> list[Item]:
     if spec.startswith("zoo:"):
-        return _zoo_items(spec, field)
+        return _zoo_items(spec, field, split)
     if spec.startswith("hf:"):
         return _hub_items(spec, field, limit)
     path = Path(spec).expanduser()
@@ -100,16 +102,16 @@ def load_one(spec: str, field: str, limit: int | None = None) -> list[Item]:
             f"data.{field}: expected 'zoo:<size>:<part>', 'hf:NAME:SPLIT:COLUMN' or an existing "
             f".jsonl/.txt file, found {spec!r}"
         )
-    return _file_items(path, field)
+    return _file_items(path, field, split)
 
 
-def _zoo_items(spec: str, field: str) -> list[Item]:
+def _zoo_items(spec: str, field: str, split: str) -> list[Item]:
     parts = spec.split(":")
     if len(parts) != 3 or parts[2] not in ZOO_PARTS:
         raise ConfigError(f"data.{field}: expected 'zoo:<size>:<part>' with part in {ZOO_PARTS}, found {spec!r}")
     from featuredrift.monitor.replicate.zoo_data import zoo_part
 
-    return zoo_part(parts[1], parts[2])
+    return zoo_part(parts[1], parts[2], split)
 
 
 def _hub_items(spec: str, field: str, limit: int | None) -> list[Item]:
@@ -136,7 +138,9 @@ def _hub_items(spec: str, field: str, limit: int | None) -> list[Item]:
     return items
 
 
-def _file_items(path: Path, field: str) -> list[Item]:
+def _file_items(path: Path, field: str, split: str = ALL_SPLITS) -> list[Item]:
+    """A .txt file's lines or a .jsonl file's rows; rows whose `split` label is another split
+    are skipped (unlabelled rows belong to every split, as in the live monitor's probe sets)."""
     if path.suffix == ".txt":
         return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     items = []
@@ -145,6 +149,9 @@ def _file_items(path: Path, field: str) -> list[Item]:
             continue
         row = json.loads(line)
         if isinstance(row, dict):
+            label = row.get("split")
+            if split != ALL_SPLITS and label is not None and label != split:
+                continue
             row = next((row[k] for k in ("messages", "conversation", "instruction", "text", "prompt") if k in row), None)
         items.append(_normalise(row, f"{path}:{number}", field))
     return items

@@ -1,5 +1,6 @@
 """Stage `activations`: the base and chat model's residual activations on held-out base-like
-and chat-like text, paired on identical tokens, special tokens excluded, written in shards.
+and chat-like text, paired on identical tokens, written in shards. Which tokens are read is
+`paper_readings.token_mask` (default: no control, template or first/sink tokens).
 
 Shard boundaries are fixed by text counts, so an interrupted stage resumes at the first
 missing shard and both models' shards always pair.
@@ -39,6 +40,7 @@ def run(ctx: RunContext, folder) -> dict:
                     batch_size=cfg.batch_size, max_length=cfg.data.max_length,
                     add_special_tokens=not has_special, device="cpu",
                     conversations=conversations[offset : offset + len(shard_texts)] if conversations else None,
+                    rule=cfg.paper_readings.token_mask,
                 )
                 meta = {"token_ids": acts.token_ids, "text_index": acts.text_index + offset, "position": acts.position}
                 write_shard(path, acts.activations, meta, store_dtype)

@@ -11,7 +11,8 @@ from featuredrift.monitor.replicate.stage_activations import DATA_FIELDS
 from featuredrift.monitor.replicate.streaming import DriftSum, MomentSum
 
 
-def drift_of(sae, folder, data: str, hookpoint: str, threshold: float, device) -> dict:
+def drift_of(sae, folder, data: str, hookpoint: str, threshold: float, device, readings=None) -> dict:
+    """Drift of one (hookpoint, data set); `readings` (`PaperReadings`) picks ER's scale and headline."""
     from featuredrift.monitor.metrics import encode_batched, intersection_ratio
 
     scales = {}
@@ -19,8 +20,8 @@ def drift_of(sae, folder, data: str, hookpoint: str, threshold: float, device) -
         moments = MomentSum()
         for x in iter_model(folder, model, data, hookpoint):
             moments.add(x)
-        scales[model] = moments.scale
-    total = DriftSum(scales["base"], scales["chat"], threshold)
+        scales[model] = moments.scale_for(readings.scale_reading if readings else "sigma")
+    total = DriftSum(scales["base"], scales["chat"], threshold, readings.er_aggregate if readings else "ratio_of_sums")
     for x_base, x_chat, _ in iter_paired(folder, data, hookpoint):
         x_base, x_chat = x_base.to(device), x_chat.to(device)
         codes_base, codes_chat = encode_batched(sae, x_base), encode_batched(sae, x_chat)
@@ -33,10 +34,11 @@ def run(ctx: RunContext, folder) -> dict:
     activations = ctx.stage_dirs["activations"]
     saes = load_stage_saes(ctx, "base")
     cfg = ctx.config
-    result: dict = {"threshold": cfg.divergence_threshold, "hookpoints": {}}
+    result: dict = {"threshold": cfg.divergence_threshold, "paper_readings": cfg.paper_readings.model_dump(), "hookpoints": {}}
     for hookpoint in ctx.track(cfg.hookpoints, "feature drift", len(cfg.hookpoints)):
         result["hookpoints"][hookpoint] = {
-            data: drift_of(saes[hookpoint], activations, data, hookpoint, cfg.divergence_threshold, ctx.device)
+            data: drift_of(saes[hookpoint], activations, data, hookpoint, cfg.divergence_threshold, ctx.device,
+                           cfg.paper_readings)
             for data in DATA_FIELDS
         }
     return result

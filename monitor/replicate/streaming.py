@@ -3,8 +3,9 @@ hold in memory. Pure tensor code: every `add` takes one shard's tensors; totals 
 
 The reported numbers equal `monitor.metrics` on the concatenated shards (tests check this):
 FVU is Σ‖x − x̂‖² / Σ‖x − mean(x)‖² with the mean of the whole set (first pass: `MomentSum`);
-ER is Σ unexplained / Σ divergence over divergent tokens of the whole set, on activations
-scaled by each model's σ = sqrt(E‖x‖²) over the whole set.
+ER is Σ unexplained / Σ divergence over divergent tokens of the whole set (or the per-token
+median or mean: `er_aggregate`), on activations scaled by each model's scale over the whole set
+(`metrics.scale_for`'s readings; σ = sqrt(E‖x‖²) by default).
 """
 
 from __future__ import annotations
@@ -17,16 +18,18 @@ from torch import Tensor
 
 @dataclass
 class MomentSum:
-    """Σx and Σ‖x‖² over tokens: the mean (for FVU) and σ = sqrt(E‖x‖²) (for scaling)."""
+    """Σx, Σ‖x‖² and Σ‖x‖ over tokens: the mean (for FVU) and the scale (for ER)."""
 
     count: int = 0
     total: Tensor | None = None
     squared: float = 0.0
+    norms: float = 0.0
 
     def add(self, x: Tensor) -> None:
         x64 = x.double()
         self.total = x64.sum(0) if self.total is None else self.total + x64.sum(0)
         self.squared += float(x64.pow(2).sum())
+        self.norms += float(x64.norm(dim=1).sum())
         self.count += x.shape[0]
 
     @property
@@ -36,6 +39,18 @@ class MomentSum:
     @property
     def scale(self) -> float:
         return (self.squared / self.count) ** 0.5
+
+    def scale_for(self, reading: str = "sigma") -> float:
+        """`metrics.scale_for` over the whole set: sigma, energy (E‖x‖²) or unit_norm (mean‖x‖/√d)."""
+        from featuredrift.monitor.metrics import SCALE_READINGS
+
+        if reading == "sigma":
+            return self.scale
+        if reading == "energy":
+            return self.squared / self.count
+        if reading == "unit_norm":
+            return self.norms / self.count / self.total.shape[0] ** 0.5
+        raise ValueError(f"scale reading: expected one of {SCALE_READINGS}, found {reading!r}")
 
 
 @dataclass
@@ -63,6 +78,7 @@ class DriftSum:
     scale_base: float
     scale_chat: float
     threshold: float
+    aggregate: str = "ratio_of_sums"  # the headline ER: ratio_of_sums, median or mean
     tokens: int = 0
     divergent: int = 0
     unexplained: float = 0.0
@@ -94,13 +110,21 @@ class DriftSum:
     def summary(self) -> dict:
         ratios = torch.cat(self.per_token_er) if self.per_token_er else torch.empty(0)
         nan = float("nan")
+        readings = {
+            "ratio_of_sums": self.unexplained / self.divergence if self.divergence > 0 else nan,
+            "median": float(ratios.median()) if ratios.numel() else nan,
+            "mean": float(ratios.double().mean()) if ratios.numel() else nan,
+        }
         return {
             "tokens": self.tokens,
             "divergent_tokens": self.divergent,
             "divergent_fraction": self.divergent / self.tokens if self.tokens else nan,
             "mean_cosine": self.cosine_sum / self.tokens if self.tokens else nan,
-            "explained_ratio": self.unexplained / self.divergence if self.divergence > 0 else nan,
-            "explained_ratio_median": float(ratios.median()) if ratios.numel() else nan,
+            "explained_ratio": readings[self.aggregate],
+            "explained_ratio_aggregate": self.aggregate,
+            "explained_ratio_ratio_of_sums": readings["ratio_of_sums"],
+            "explained_ratio_median": readings["median"],
+            "explained_ratio_mean": readings["mean"],
             "intersection_ratio_divergent": self.ir_divergent / self.divergent if self.divergent else nan,
             "intersection_ratio_all": self.ir_all / self.tokens if self.tokens else nan,
             "scale_base": self.scale_base,

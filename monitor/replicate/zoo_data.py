@@ -15,8 +15,8 @@ ZOO_FILES = {
 }
 
 
-def zoo_part(size: str, part: str) -> list:
+def zoo_part(size: str, part: str, split: str = "all") -> list:
     from featuredrift.monitor.replicate.sources import _file_items, zoo_paths
 
     folder, name = ZOO_FILES[part]
-    return _file_items(Path(zoo_paths(size).root) / folder / name, part)
+    return _file_items(Path(zoo_paths(size).root) / folder / name, part, split)
