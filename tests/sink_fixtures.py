@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-__all__ = ["sink_pair"]
+__all__ = ["sink_pair"]  # build_sink_pair and the constants are imported by name
 
 HOOKPOINT = "layers.2"
 PROBES = Path(__file__).parents[1] / "monitor" / "data" / "probes"
@@ -61,9 +61,9 @@ def monitor_settings(pair_root: Path, sae: Path) -> dict:
                 store_url=f"sqlite:///{pair_root}/runs.db", metrics_port=-1, run_name="sink-sft")
 
 
-@pytest.fixture(scope="session")
-def sink_pair(tmp_path_factory) -> SinkPair:
-    """Build the pair: tokenizer, sink base model, SAE (`featuredrift sae train`), SFT with the callback."""
+def build_sink_pair(root: Path) -> SinkPair:
+    """Build the pair in `root`: tokenizer, sink base model, SAE (`featuredrift sae train`), SFT
+    with the callback attached, the fine-tuned model saved."""
     from chat_tokenizers import build_tokenizer
     from sink_model import build_sink_model, sink_config
     from transformers import AutoTokenizer
@@ -74,7 +74,6 @@ def sink_pair(tmp_path_factory) -> SinkPair:
     from featuredrift.monitor.config import MonitorConfig
     from featuredrift.monitor.finetune import make_sft_trainer
 
-    root = tmp_path_factory.mktemp("sink-pair")
     texts = corpus()
     # Saved beside a Qwen2 config and read back first: beside a model, transformers loads it as a
     # Qwen2 tokenizer (its own pre-tokenizer, an added <|endoftext|>), as every later reader
@@ -94,7 +93,8 @@ def sink_pair(tmp_path_factory) -> SinkPair:
         "--out", str(root / "sae"), "--num-latents", "256", "--k", "8", "--ctx-len", "32", "--batch-size", "8",
         "--lr", "0.004", "--device", "cpu",
     ])
-    assert result.exit_code == 0, result.output
+    if result.exit_code != 0:
+        raise RuntimeError(f"featuredrift sae train failed: {result.output}")
 
     settings = monitor_settings(root, root / "sae")
     callback = FeatureDriftCallback(MonitorConfig(**settings, eval_every=10))
@@ -108,3 +108,47 @@ def sink_pair(tmp_path_factory) -> SinkPair:
         sae_training=json.loads((root / "sae" / "training.json").read_text()), texts=lines,
         store_url=settings["store_url"], reports=list(callback.reports), provenance=callback.monitor.provenance(),
     )
+
+
+def replicate_config(pair: SinkPair):
+    """`replicate` on the pair's saved base/fine-tuned models, its SAE and the probe texts the
+    live monitor read (all of them)."""
+    from featuredrift.monitor.replicate.config import load_config
+
+    probes = {name: str(PROBES / f"{name}.jsonl") for name in ("base_text", "chat_text", "harmful", "harmless")}
+    return load_config({
+        "name": "sink-pair", "base_model": str(pair.base), "chat_model": str(pair.chat),
+        "hookpoints": [pair.hookpoint], "device": "cpu", "batch_size": 16,
+        "data": {
+            "base_text_train": probes["base_text"], "base_text_eval": probes["base_text"],
+            "chat_text_train": probes["chat_text"], "chat_text_eval": probes["chat_text"],
+            "harmful": probes["harmful"], "harmless": probes["harmless"],
+            "harmful_eval": probes["harmful"], "harmless_eval": probes["harmless"],
+            "max_length": 128, "max_eval_texts": 1000,
+        },
+        "sae": {"base": str(pair.sae), "train_missing": False, "chat": False},
+    })
+
+
+def live_and_replicated(pair: SinkPair, results: dict) -> dict[str, tuple[float, float]]:
+    """name → (the callback's value, replicate's) for every number both compute: FVU of the four
+    transfer settings (step 0 for the base model, the final evaluation for the fine-tuned one),
+    σ, divergent fraction and IR on base text."""
+    transfer = results["stages"]["transfer"]["hookpoints"][pair.hookpoint]["base_sae"]
+    drift = results["stages"]["drift"]["hookpoints"][pair.hookpoint]["base"]
+    first, last = (report.layers[pair.hookpoint] for report in (pair.reports[0], pair.reports[-1]))
+    return {
+        "B-LLM+B-Data FVU": (first.fvu["reference/base"], transfer["B-LLM+B-Data"]),
+        "B-LLM+C-Data FVU": (first.fvu["reference/chat"], transfer["B-LLM+C-Data"]),
+        "C-LLM+B-Data FVU": (last.fvu["current/base"], transfer["C-LLM+B-Data"]),
+        "C-LLM+C-Data FVU": (last.fvu["current/chat"], transfer["C-LLM+C-Data"]),
+        "sigma base": (last.scale_reference, drift["scale_base"]),
+        "sigma fine-tuned": (last.scale_current, drift["scale_chat"]),
+        "divergent fraction": (last.divergent_fraction, drift["divergent_fraction"]),
+        "IR (all)": (last.intersection_ratio_all, drift["intersection_ratio_all"]),
+    }
+
+
+@pytest.fixture(scope="session")
+def sink_pair(tmp_path_factory) -> SinkPair:
+    return build_sink_pair(tmp_path_factory.mktemp("sink-pair"))

@@ -13,7 +13,7 @@ import math
 
 import pytest
 import torch
-from sink_fixtures import PROBES, monitor_settings
+from sink_fixtures import PROBES, live_and_replicated, monitor_settings, replicate_config
 
 from featuredrift import sae_store  # noqa: F401  (Triton guard)
 
@@ -116,38 +116,13 @@ def test_sae_train_leaves_the_sink_out(sink_pair, tmp_path):
 def test_live_numbers_agree_with_replicate(sink_pair, tmp_path):
     """The callback's step-0 and final evaluations equal `replicate` on the saved base/fine-tuned
     pair, the same SAE and the same probe texts: one capture path, one token mask."""
-    from featuredrift.monitor.replicate.config import load_config
     from featuredrift.monitor.replicate.pipeline import run_replication
 
-    probes = {name: str(PROBES / f"{name}.jsonl") for name in ("base_text", "chat_text", "harmful", "harmless")}
-    config = load_config({
-        "name": "sink-pair", "base_model": str(sink_pair.base), "chat_model": str(sink_pair.chat),
-        "hookpoints": [sink_pair.hookpoint], "device": "cpu", "batch_size": 16,
-        "data": {
-            "base_text_train": probes["base_text"], "base_text_eval": probes["base_text"],
-            "chat_text_train": probes["chat_text"], "chat_text_eval": probes["chat_text"],
-            "harmful": probes["harmful"], "harmless": probes["harmless"],
-            "harmful_eval": probes["harmful"], "harmless_eval": probes["harmless"],
-            "max_length": 128, "max_eval_texts": 1000,
-        },
-        "sae": {"base": str(sink_pair.sae), "train_missing": False, "chat": False},
-    })
-    results = run_replication(config, tmp_path / "replicate", stages="transfer,drift", progress=False)
-    transfer = results["stages"]["transfer"]["hookpoints"][sink_pair.hookpoint]["base_sae"]
-    drift = results["stages"]["drift"]["hookpoints"][sink_pair.hookpoint]["base"]
-    first, last = (report.layers[sink_pair.hookpoint] for report in (sink_pair.reports[0], sink_pair.reports[-1]))
-    pairs = {
-        "B-LLM+B-Data": (first.fvu["reference/base"], transfer["B-LLM+B-Data"]),
-        "B-LLM+C-Data": (first.fvu["reference/chat"], transfer["B-LLM+C-Data"]),
-        "C-LLM+B-Data": (last.fvu["current/base"], transfer["C-LLM+B-Data"]),
-        "C-LLM+C-Data": (last.fvu["current/chat"], transfer["C-LLM+C-Data"]),
-        "scale base": (last.scale_reference, drift["scale_base"]),
-        "scale chat": (last.scale_current, drift["scale_chat"]),
-        "divergent fraction": (last.divergent_fraction, drift["divergent_fraction"]),
-        "IR (all)": (last.intersection_ratio_all, drift["intersection_ratio_all"]),
-    }
-    for name, (live, batch) in pairs.items():
+    results = run_replication(replicate_config(sink_pair), tmp_path / "replicate", stages="transfer,drift", progress=False)
+    for name, (live, batch) in live_and_replicated(sink_pair, results).items():
         assert live == pytest.approx(batch, rel=1e-4, abs=1e-6), name
+    last = sink_pair.reports[-1].layers[sink_pair.hookpoint]
+    drift = results["stages"]["drift"]["hookpoints"][sink_pair.hookpoint]["base"]
     # No token passes τ = 0.9 in either: ER is undefined in both (results.json writes NaN as null).
     assert math.isnan(last.explained_ratio) and drift["explained_ratio"] is None
 
