@@ -100,6 +100,11 @@ class MonitorConfig(BaseSettings):
     refusal_k: int = Field(32, ge=1, description="Headline number of refusal features (clipped to the SAE's latents).")
     reconstruction_ks: Annotated[list[int], NoDecode] = Field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])
     top_n_features: int = Field(20, ge=0, description="Most drifted features kept per evaluation.")
+    feature_contexts: int = Field(
+        3, ge=0, le=16, description="Top-activating probe contexts stored per listed feature, at the reference and "
+        "now (0 = none).",
+    )
+    feature_context_tokens: int = Field(4, ge=0, le=32, description="Tokens of context decoded on each side of a context's token.")
 
     # When to measure
     eval_every: int | None = Field(None, ge=1, description="Steps between evaluations; None = eval_steps, else 50.")

@@ -24,8 +24,8 @@ import torch
 from torch import Tensor, nn
 
 from featuredrift import sae_store
+from featuredrift.monitor import feature_contexts, metrics, refusal
 from featuredrift.monitor import kl as kl_metrics
-from featuredrift.monitor import metrics, refusal
 from featuredrift.monitor.capture import (
     capture_activations,
     chat_content_mask,
@@ -42,6 +42,7 @@ from featuredrift.monitor.probes import ProbeSet, load_probe_set
 from featuredrift.monitor.prompts import format_prompts, render_conversation
 from featuredrift.monitor.report import (
     EvaluationReport,
+    FeatureContext,
     LayerReport,
     Reconstruction,
     RefusalFeatures,
@@ -88,6 +89,7 @@ class LayerReference:
     direction: Tensor
     dbar: Tensor
     refusal_features: Tensor
+    top_rows: feature_contexts.TopRows | None = None  # every latent's strongest probe tokens (contexts on)
 
 
 @dataclass
@@ -104,6 +106,7 @@ class _State:
     sae_fingerprint: str = ""
     model_fingerprint: str = ""  # architecture and weights of the reference model
     evaluation_dtype: str = ""  # the parameters' dtype the probe forward runs in (autocast off)
+    probe_tokens: feature_contexts.ProbeTokens | None = None  # reading rows → probe and position (contexts on)
 
 
 class DriftMonitor:
@@ -209,6 +212,8 @@ class DriftMonitor:
                                    "will need reference=<base model path>", reference_cache, error)
         state.keep = self._outlier_keep(state.reference)
         state.reference = _kept(state.reference, state.keep)
+        if cfg.feature_contexts:
+            state.probe_tokens = feature_contexts.ProbeTokens.from_batches(state.batches, state.keep)
         for hookpoint, sae in state.saes.items():
             state.layer_reference[hookpoint] = self._summarise_reference(hookpoint, sae, state.reference)
 
@@ -326,6 +331,12 @@ class DriftMonitor:
         direction = refusal.refusal_direction(acts["harmful"], acts["harmless"])
         dbar = refusal.feature_diff_in_means(codes["harmful"][:2], codes["harmless"][:2], sae.num_latents)
         k = min(self.config.refusal_k, sae.num_latents)
+        probe_tokens = self._require_started().probe_tokens
+        top_rows = None
+        if probe_tokens is not None:
+            # Once per run, for every latent: evaluations then only look their features up.
+            top_rows = feature_contexts.top_rows_all_latents(
+                *feature_contexts.concat_codes(codes, probe_tokens.subsets), sae.num_latents, self.config.feature_contexts)
         return LayerReference(
             codes=codes,
             fvu=fvu,
@@ -334,6 +345,7 @@ class DriftMonitor:
             direction=direction,
             dbar=dbar,
             refusal_features=refusal.top_refusal_features(dbar, k, strict=False),
+            top_rows=top_rows,
         )
 
     # --------------------------------------------------------------- evaluate
@@ -351,8 +363,8 @@ class DriftMonitor:
         timings["forward"] = time.perf_counter() - t0
 
         t = time.perf_counter()
-        layers = {h: self._layer_report(h, sae, reading) for h, sae in state.saes.items()}
-        timings["metrics"] = time.perf_counter() - t
+        layers = {h: self._layer_report(h, sae, reading, timings) for h, sae in state.saes.items()}
+        timings["metrics"] = time.perf_counter() - t - timings.get("contexts", 0.0)
 
         report = EvaluationReport(step=int(step), timestamp=time.time(), layers=layers, epoch=epoch, final=final)
         if do_kl:
@@ -369,7 +381,7 @@ class DriftMonitor:
         state.evaluations += 1
         return report
 
-    def _layer_report(self, hookpoint: str, sae, reading: ModelReading) -> LayerReport:
+    def _layer_report(self, hookpoint: str, sae, reading: ModelReading, timings: dict[str, float]) -> LayerReport:
         cfg = self.config
         ref = self._require_started().layer_reference[hookpoint]
         ref_acts = self._state.reference.activations
@@ -433,6 +445,10 @@ class DriftMonitor:
                         cosine=float(rec.cosine),
                     )
                 )
+        t = time.perf_counter()
+        listed = _listed_features(drifted, current_features, reference_features)
+        contexts = self._feature_contexts(ref, codes, listed, sae.num_latents)
+        timings["contexts"] = timings.get("contexts", 0.0) + time.perf_counter() - t
         return LayerReport(
             hookpoint=hookpoint,
             fvu=fvu,
@@ -452,7 +468,25 @@ class DriftMonitor:
             divergent_fraction_by_tau={f"{t:g}": v for t, v in profile.fractions.items()},
             explained_ratio_most_divergent=float(er_top.ratio) if er_top else math.nan,
             intersection_ratio_most_divergent=float(ir_top.divergent) if ir_top.divergent is not None else math.nan,
+            feature_contexts=contexts,
         )
+
+    def _feature_contexts(self, ref: LayerReference, codes: dict[str, metrics.SaeCodes], features: list[int],
+                          num_latents: int) -> list[FeatureContext]:
+        """Top-activating probe contexts of `features` at the reference (looked up) and now (from this
+        evaluation's codes, no extra forward pass); empty when contexts are off."""
+        probe_tokens = self._require_started().probe_tokens
+        if probe_tokens is None or ref.top_rows is None or not features:
+            return []
+        window = self.config.feature_context_tokens
+        index = torch.tensor(features, dtype=torch.long, device=ref.top_rows.values.device)
+        at_reference = feature_contexts.TopRows(ref.top_rows.values[index], ref.top_rows.rows[index])
+        now = feature_contexts.top_rows(*feature_contexts.concat_codes(codes, probe_tokens.subsets),
+                                        torch.tensor(features), num_latents, self.config.feature_contexts)
+        return [
+            *feature_contexts.contexts(features, at_reference, probe_tokens, self.tokenizer, model="reference", window=window),
+            *feature_contexts.contexts(features, now, probe_tokens, self.tokenizer, model="current", window=window),
+        ]
 
     def _score_refusals(self, model: nn.Module, report: EvaluationReport) -> None:
         from featuredrift.monitor.generation import generate_greedy
@@ -570,6 +604,12 @@ def _kept(reading: ModelReading, keep: dict[str, Tensor]) -> ModelReading:
         for s, per in reading.activations.items()
     }
     return ModelReading(activations, reading.kl_logprobs)
+
+
+def _listed_features(drifted, current_refusal: Tensor, reference_refusal: Tensor) -> list[int]:
+    """The features a layer report lists (drifted, then current and reference refusal features), each once."""
+    listed = [d.feature for d in drifted] + current_refusal.tolist() + reference_refusal.tolist()
+    return list(dict.fromkeys(int(f) for f in listed))
 
 
 def _mean_activation(codes: metrics.SaeCodes, features: Tensor, num_latents: int) -> float:

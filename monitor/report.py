@@ -67,6 +67,22 @@ class FeatureDrift:
 
 
 @dataclass
+class FeatureContext:
+    """One of a feature's top-activating probe tokens, with a few decoded tokens either side."""
+
+    feature: int
+    model: str  # "reference" (picked once per run) or "current" (this evaluation)
+    rank: int  # 0 = where the feature fires most
+    subset: str  # probe subset: base, chat, harmful, harmless
+    probe_index: int  # which text or prompt of that subset
+    position: int  # token index within that probe's tokens (padding excluded)
+    left: str
+    token: str
+    right: str
+    activation: float
+
+
+@dataclass
 class Reconstruction:
     """NNLS reconstruction of the current refusal direction from `k` refusal features."""
 
@@ -133,6 +149,8 @@ class LayerReport:
     divergent_fraction_by_tau: dict[str, float] = field(default_factory=dict)  # "0.95" → fraction below
     explained_ratio_most_divergent: float = math.nan
     intersection_ratio_most_divergent: float = math.nan
+    # Top-activating probe contexts of the listed (drifted and refusal) features, at the reference and now.
+    feature_contexts: list[FeatureContext] = field(default_factory=list)
 
 
 @dataclass
@@ -169,6 +187,7 @@ class EvaluationReport:
             layer["refusal_features"] = RefusalFeatures(**_null_floats_to_nan(RefusalFeatures, rf)) if rf else None
             layer["reconstructions"] = [Reconstruction(**_null_floats_to_nan(Reconstruction, r)) for r in layer.get("reconstructions", [])]
             layer["drifted_features"] = [FeatureDrift(**_null_floats_to_nan(FeatureDrift, d)) for d in layer.get("drifted_features", [])]
+            layer["feature_contexts"] = [FeatureContext(**c) for c in layer.get("feature_contexts", [])]
             layers[name] = LayerReport(**layer)
         return cls(**{**data, "layers": layers})
 

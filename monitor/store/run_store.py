@@ -45,6 +45,7 @@ from featuredrift.monitor.store.models import (
     Alert,
     DriftedFeature,
     Evaluation,
+    FeatureContext,
     MetricValue,
     RefusalFeature,
     Run,
@@ -54,6 +55,7 @@ from featuredrift.monitor.store.rows import (
     AlertInfo,
     DriftedFeatureRow,
     EvaluationInfo,
+    FeatureContextRow,
     MetricComparison,
     RefusalFeatureRow,
     RunComparison,
@@ -235,7 +237,7 @@ class RunStore:
             evaluation = Evaluation(run_id=run.id, step=step)
             session.add(evaluation)
         else:
-            for table in (MetricValue, DriftedFeature, RefusalFeature):
+            for table in (MetricValue, DriftedFeature, RefusalFeature, FeatureContext):
                 session.execute(delete(table).where(table.evaluation_id == evaluation.id))
         evaluation.timestamp = float(report.timestamp)
         evaluation.epoch = rows.finite_or_none(report.epoch)
@@ -260,8 +262,12 @@ class RunStore:
                     for (name, labels), value in samples.items()
                 ],
             )
-        drifted, refusal = [], []
+        drifted, refusal, contexts = [], [], []
         for hookpoint, layer in report.layers.items():
+            contexts += [
+                {"evaluation_id": evaluation.id, "hookpoint": hookpoint, **fields}
+                for fields in rows.feature_context_fields(layer)
+            ]
             drifted += [
                 {"evaluation_id": evaluation.id, "hookpoint": hookpoint, **fields}
                 for fields in rows.drifted_feature_fields(layer)
@@ -274,6 +280,8 @@ class RunStore:
             session.execute(insert(DriftedFeature), drifted)
         if refusal:
             session.execute(insert(RefusalFeature), refusal)
+        if contexts:
+            session.execute(insert(FeatureContext), contexts)
         return evaluation.id
 
     def recorded_steps(self, run_name: str) -> list[int]:
@@ -364,6 +372,25 @@ class RunStore:
             return [
                 RefusalFeatureRow(step, r.hookpoint, r.k, r.feature, r.source, r.rank, r.diff_in_means, r.nnls_weight)
                 for step, r in session.execute(query).all()
+            ]
+
+    def feature_contexts(self, run_name: str, step: int | None = None) -> list[FeatureContextRow]:
+        """Stored top-activating contexts of `run_name`, at `step` or at every step."""
+        with self._transaction() as session:
+            run = self._require_run(session, run_name)
+            query = (
+                select(Evaluation.step, FeatureContext)
+                .join(Evaluation, FeatureContext.evaluation_id == Evaluation.id)
+                .where(Evaluation.run_id == run.id)
+                .order_by(Evaluation.step, FeatureContext.hookpoint, FeatureContext.feature,
+                          FeatureContext.model, FeatureContext.rank)
+            )
+            if step is not None:
+                query = query.where(Evaluation.step == step)
+            return [
+                FeatureContextRow(step, c.hookpoint, c.feature, c.model, c.rank, c.subset, c.probe_index, c.position,
+                                  c.left_text, c.token, c.right_text, c.activation)
+                for step, c in session.execute(query).all()
             ]
 
     # ---- alerts -----------------------------------------------------------------------
