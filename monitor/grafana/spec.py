@@ -495,6 +495,10 @@ STEPS = Dashboard(
         _store_table("Most drifted features at the latest evaluation", sql.LATEST_DRIFTED_FEATURES,
                      "Feature cards of the newest evaluation: each top drifted feature with its drift score and its "
                      "firing frequency and mean activation on the probe subset, at the reference and now."),
+        _store_table("Feature contexts at the latest evaluation", sql.LATEST_FEATURE_CONTEXTS,
+                     "Top-activating probe contexts of each listed feature (drifted and refusal features): the token "
+                     "in 【brackets】 with a few tokens either side and the feature's activation there, at the "
+                     "reference and now. Runs recorded before contexts were captured have no rows here."),
         _store_table("Refusal features over steps", sql.REFUSAL_FEATURES_OVER_STEPS,
                      "Every feature that was a refusal feature (top-k diff-in-means) at some evaluation: whether it was "
                      "one at the reference, the steps it was in the current top-k, its best rank and latest d̄. "
