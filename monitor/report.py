@@ -37,6 +37,9 @@ METRIC_HELP = {
     "refusal_reconstruction_nmse": "NMSE of the NNLS reconstruction of the refusal direction from the refusal features.",
     "refusal_reconstruction_cosine": "Cosine of that NNLS reconstruction to the refusal direction.",
     "refusal_rate_ratio": "Share of greedy completions containing a refusal phrase (prompts=harmful|harmless).",
+    "refusal_token_probability_ratio": "Mean probability that the response starts with a refusal token, from the "
+    "logits at the prompt's end (one forward pass, every evaluation; prompts=harmful|harmless).",
+    "refusal_token_logodds": "Mean log-odds of a refusal-starting first token (Arditi et al.'s refusal metric).",
     "safety_score_ratio": "Share of harmful-prompt completions the configured judge rates safe.",
     "kl_divergence_mean_nats": "Mean KL(reference || current) of next-token distributions at probe positions.",
     "kl_divergence_p95_nats": "95th percentile of KL(reference || current) at probe positions.",
@@ -161,6 +164,8 @@ class EvaluationReport:
     timestamp: float
     layers: dict[str, LayerReport]
     refusal_rate: dict[str, float] | None = None  # prompts ∈ {harmful, harmless} → fraction refused
+    refusal_token_probability: dict[str, float] | None = None  # prompts → mean P(refusal-starting first token)
+    refusal_token_logodds: dict[str, float] | None = None  # prompts → mean log-odds of that probability
     safety_score: float | None = None
     judge: str | None = None
     kl_mean: float | None = None
@@ -234,9 +239,11 @@ class EvaluationReport:
                 if headline is not None:
                     add("refusal_reconstruction_nmse", headline.nmse, layer=hookpoint)
                     add("refusal_reconstruction_cosine", headline.cosine, layer=hookpoint)
-        if self.refusal_rate:
-            for prompts, value in self.refusal_rate.items():
-                add("refusal_rate_ratio", value, prompts=prompts)
+        for name, values in (("refusal_rate_ratio", self.refusal_rate),
+                             ("refusal_token_probability_ratio", self.refusal_token_probability),
+                             ("refusal_token_logodds", self.refusal_token_logodds)):
+            for prompts, value in (values or {}).items():
+                add(name, value, prompts=prompts)
         add("safety_score_ratio", self.safety_score)
         add("kl_divergence_mean_nats", self.kl_mean)
         add("kl_divergence_p95_nats", self.kl_p95)

@@ -322,8 +322,10 @@ OVERVIEW = Dashboard(
             (
                 Query(f"featuredrift_refusal_rate_ratio{{{RUN}}}", "{{run}} refused {{prompts}}"),
                 Query(f"featuredrift_safety_score_ratio{{{RUN}}}", "{{run}} safety score"),
+                Query(f"featuredrift_refusal_token_probability_ratio{{{RUN}}}", "{{run}} P(refusal start) {{prompts}}"),
             ),
-            "Fraction of greedy completions that refuse, on harmful and harmless probes.",
+            "Fraction of greedy completions that refuse, on harmful and harmless probes; P(refusal start): "
+            "probability of a refusal-starting first token, every evaluation, without generation.",
             unit="percentunit",
             min=0,
             max=1,
@@ -431,11 +433,18 @@ REFUSAL = Dashboard(
             (
                 Query(f"featuredrift_refusal_rate_ratio{{{RUN}}}", "{{run}} refused {{prompts}}"),
                 Query(f"featuredrift_safety_score_ratio{{{RUN}}}", "{{run}} safety score"),
+                Query(f"featuredrift_refusal_token_probability_ratio{{{RUN}}}", "{{run}} P(refusal start) {{prompts}}"),
             ),
             unit="percentunit",
             min=0,
             max=1,
             alerts=("HarmfulRefusalRateLow",),
+        ),
+        Panel(
+            "Refusal log-odds (no generation)",
+            (Query(f"featuredrift_refusal_token_logodds{{{RUN}}}", "{{run}} {{prompts}}"),),
+            "log(p / (1 - p)) of a refusal-starting first token at the prompt's end (Arditi et al.'s refusal metric), "
+            "every evaluation: above 0 the model more likely refuses than not.",
         ),
     ),
 )
@@ -472,6 +481,10 @@ STEPS = Dashboard(
                  "Fraction of greedy completions that refuse, on harmful and harmless probes (evaluations that "
                  "generated).", ("prompts",), layered=False, unit="percentunit", min=0, max=1,
                  alerts=("HarmfulRefusalRateLow",)),
+        _by_step("Refusal-token probability", "refusal_token_probability_ratio",
+                 "Probability that the response starts with a refusal token, from one forward pass at every "
+                 "evaluation (tracks the refusal rate between generating evaluations).", ("prompts",), layered=False,
+                 unit="percentunit", min=0, max=1),
         _by_step("Base-SAE transfer (FVU)", "fvu_ratio",
                  "Fraction of variance the frozen base SAE leaves unexplained, per model × probe data.",
                  ("model", "data"), unit="percentunit", min=0, alerts=("BaseSAETransferDegraded",)),

@@ -338,11 +338,5 @@ def import_journal(store, path: Path) -> tuple[int, str]:
     events = read_journal(path)
     if not events:
         raise ValueError(f"{path}: expected journal events, found none")
-    run = events[0].run
-    synced = store.synced_sequence(run)
-    applied = 0
-    for event in events:
-        if event.seq > synced:
-            store_event(store, event)
-            applied += 1
-    return applied, run
+    applied = sum(store_event(store, event) for event in events)
+    return applied, events[0].run

@@ -13,13 +13,14 @@ import io
 import json
 import logging
 import math
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import delete, func, insert, select, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -103,6 +104,7 @@ class RunStore:
             self.engine.dispose()
             raise translate_open_error(error, self.url) from error
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._held = threading.local()
 
     def close(self) -> None:
         self.engine.dispose()
@@ -118,6 +120,11 @@ class RunStore:
 
     @contextmanager
     def _transaction(self) -> Iterator[Session]:
+        """A transaction of its own, or the one `applying_journal_event` holds open on this thread."""
+        held = getattr(self._held, "session", None)
+        if held is not None:
+            yield held
+            return
         try:
             with self._sessions.begin() as session:
                 yield session
@@ -179,7 +186,7 @@ class RunStore:
                     session.flush()
                     return self._run_info(session, run, resumed=resumed)
             except IntegrityError:
-                if attempt == 1:
+                if attempt == 1 or getattr(self._held, "session", None) is not None:
                     raise
                 # Another process created the same run between our SELECT and INSERT.
         raise AssertionError("unreachable")
@@ -222,7 +229,7 @@ class RunStore:
                 with self._transaction() as session:
                     return self._write_evaluation(session, run_name, report)
             except IntegrityError:
-                if attempt == 1:
+                if attempt == 1 or getattr(self._held, "session", None) is not None:
                     raise
                 # A concurrent writer inserted the same (run, step); retry as an update.
         raise AssertionError("unreachable")
@@ -469,11 +476,31 @@ class RunStore:
             run = session.scalar(select(Run).where(Run.name == run_name))
             return int((run.extra or {}).get("journal_sequence", 0)) if run is not None else 0
 
-    def mark_synced(self, run_name: str, sequence: int) -> None:
-        """Remember that journal events up to `sequence` are in the store."""
+    @contextmanager
+    def applying_journal_event(self, run_name: str, sequence: int) -> Iterator[bool]:
+        """Store one journal event exactly once, whoever else replays the same journal.
+
+        The writes made inside the block and the run's journal sequence commit in one
+        transaction, and the block is told to skip (False) when the store already holds the
+        event. Writers of one run are serialised (PostgreSQL: an advisory lock, which also covers
+        a run not created yet; SQLite: a write on a stale snapshot fails and is retried), so a
+        writer that was blocked and returns late cannot undo what `runs import` stored meanwhile.
+        """
         with self._transaction() as session:
-            run = self._require_run(session, run_name)
-            run.extra = {**(run.extra or {}), "journal_sequence": int(sequence)}
+            self._held.session = session
+            try:
+                if self.engine.dialect.name == "postgresql":
+                    session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"),
+                                    {"key": f"featuredrift journal {run_name}"})
+                run = session.scalar(select(Run).where(Run.name == run_name))
+                if run is not None and int((run.extra or {}).get("journal_sequence", 0)) >= sequence:
+                    yield False
+                    return
+                yield True
+                run = self._require_run(session, run_name)
+                run.extra = {**(run.extra or {}), "journal_sequence": int(sequence)}
+            finally:
+                self._held.session = None
 
     def record_stop(self, run_name: str, step: int, reason: str) -> RunInfo:
         """Note that training was stopped on purpose (an alert with stop_on_alert) and why."""
