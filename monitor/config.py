@@ -75,6 +75,11 @@ class MonitorConfig(BaseSettings):
     batch_size: int = Field(16, ge=1)
     encode_batch_size: int = Field(4096, ge=1, description="Tokens per SAE encode chunk.")
     kl_max_positions: int = Field(512, ge=0, description="Probe positions whose reference log-probs are cached for KL (0 = all).")
+    kl_top_k: int | None = Field(
+        256, ge=1,
+        description="Reference next-token tokens kept per KL position: the top k and the rest's mass (None = the whole "
+        "vocabulary, exact). KL over these k+1 bins is a lower bound of the full KL.",
+    )
     divergence_threshold: float = Field(0.9, gt=-1.0, lt=1.0, description="τ: token pairs with cos < τ are divergent.")
     # The paper's ambiguities, as parameters (defaults: our readings; recorded with the run).
     scale_reading: str = Field(
@@ -100,6 +105,11 @@ class MonitorConfig(BaseSettings):
     refusal_k: int = Field(32, ge=1, description="Headline number of refusal features (clipped to the SAE's latents).")
     reconstruction_ks: Annotated[list[int], NoDecode] = Field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])
     top_n_features: int = Field(20, ge=0, description="Most drifted features kept per evaluation.")
+    feature_contexts: int = Field(
+        3, ge=0, le=16, description="Top-activating probe contexts stored per listed feature, at the reference and "
+        "now (0 = none).",
+    )
+    feature_context_tokens: int = Field(4, ge=0, le=32, description="Tokens of context decoded on each side of a context's token.")
 
     # When to measure
     eval_every: int | None = Field(None, ge=1, description="Steps between evaluations; None = eval_steps, else 50.")
@@ -108,6 +118,10 @@ class MonitorConfig(BaseSettings):
         4, ge=0, description="Run generation-based refusal scores every Nth evaluation (0 = never; first and last always when > 0)."
     )
     kl_every: int = Field(1, ge=0, description="Compute KL every Nth evaluation (0 = never).")
+    refusal_logits: bool = Field(
+        True, description="Every evaluation, the probability that the response to each harmful/harmless prompt starts "
+        "with a refusal token, from the prompt pass's logits (no generation).",
+    )
     max_new_tokens: int = Field(24, ge=1)
     generation_batch_size: int = Field(64, ge=1, description="Prompts per batch in refusal-score generation.")
     completions_kept: int = Field(8, ge=0, description="Completions stored per prompt subset at each generating evaluation.")

@@ -24,8 +24,8 @@ import torch
 from torch import Tensor, nn
 
 from featuredrift import sae_store
+from featuredrift.monitor import feature_contexts, metrics, refusal
 from featuredrift.monitor import kl as kl_metrics
-from featuredrift.monitor import metrics, refusal
 from featuredrift.monitor.capture import (
     capture_activations,
     chat_content_mask,
@@ -36,12 +36,22 @@ from featuredrift.monitor.capture import (
     tokenize_texts,
 )
 from featuredrift.monitor.config import MonitorConfig
-from featuredrift.monitor.distributed import gather_list, gather_rows, padded_shard, world
+from featuredrift.monitor.distributed import (
+    broadcast_from_main,
+    broadcast_tensor_from_main,
+    gather_list,
+    gather_rows,
+    is_main_process,
+    padded_shard,
+    world,
+)
 from featuredrift.monitor.hookpoints import hidden_size, resolve_hookpoint, unwrap_model
+from featuredrift.monitor.judges import refusal_start_tokens
 from featuredrift.monitor.probes import ProbeSet, load_probe_set
 from featuredrift.monitor.prompts import format_prompts, render_conversation
 from featuredrift.monitor.report import (
     EvaluationReport,
+    FeatureContext,
     LayerReport,
     Reconstruction,
     RefusalFeatures,
@@ -49,6 +59,7 @@ from featuredrift.monitor.report import (
 
 logger = logging.getLogger(__name__)
 TEXT_SUBSETS = ("base", "chat")
+REFERENCE_FORMAT = "featuredrift-reference-3"  # 3: next-token log-probs kept compactly (top-k + rest)
 PROMPT_SUBSETS = ("harmful", "harmless")
 
 
@@ -70,11 +81,13 @@ class ModelReading:
     """What one model produced on the probe set: activations per subset and hookpoint."""
 
     activations: dict[str, dict[str, Tensor]]  # subset → hookpoint → [N, d] (float32)
-    kl_logprobs: Tensor | None = None  # [N_kl, V] next-token log-probs at the KL positions
+    next_token: kl_metrics.CompactLogProbs | None = None  # next-token log-probs at the KL positions
+    refusal_probability: dict[str, Tensor] = field(default_factory=dict)  # prompt subset → [N] P(refusal start)
 
     def to(self, device: torch.device) -> ModelReading:
         moved = {s: {h: x.to(device) for h, x in per.items()} for s, per in self.activations.items()}
-        return ModelReading(moved, None if self.kl_logprobs is None else self.kl_logprobs.to(device))
+        return ModelReading(moved, None if self.next_token is None else self.next_token.to(device),
+                            {s: p.to(device) for s, p in self.refusal_probability.items()})
 
 
 @dataclass
@@ -88,6 +101,7 @@ class LayerReference:
     direction: Tensor
     dbar: Tensor
     refusal_features: Tensor
+    top_rows: feature_contexts.TopRows | None = None  # every latent's strongest probe tokens (contexts on)
 
 
 @dataclass
@@ -104,6 +118,9 @@ class _State:
     sae_fingerprint: str = ""
     model_fingerprint: str = ""  # architecture and weights of the reference model
     evaluation_dtype: str = ""  # the parameters' dtype the probe forward runs in (autocast off)
+    probe_tokens: feature_contexts.ProbeTokens | None = None  # reading rows → probe and position (contexts on)
+    refusal_tokens: list[int] = field(default_factory=list)  # the logit refusal score's tokens ([]: off)
+    kl_support: Tensor | None = None  # [N_kl, k] the reference's next-token ids, on every rank
 
 
 class DriftMonitor:
@@ -181,15 +198,22 @@ class DriftMonitor:
         state.prompt_format = _prompt_format(tokenizer, cfg.prompt_format)
         state.evaluation_dtype = str(next(unwrap_model(model).parameters()).dtype).removeprefix("torch.")
         state.batches = self._tokenise(tokenizer, probes, state.prompt_format)
+        if cfg.refusal_logits and probes.harmful:
+            first_prompt = format_prompts(tokenizer, [probes.harmful[0]], state.prompt_format)[0]
+            state.refusal_tokens = refusal_start_tokens(tokenizer, first_prompt)
         state.probes = probes
         state.sae_fingerprint = _sae_fingerprint(state.saes)
         state.fingerprint = _fingerprint(state)
         self._state = state
 
-        cached = _load_reading(reference_cache, state.fingerprint) if reference_cache else None
-        if cached is not None:
-            state.reference = cached.reading.to(device)
-            state.model_fingerprint = cached.model_fingerprint
+        cache_key = f"{state.fingerprint}/next-token {cfg.kl_max_positions} top {cfg.kl_top_k}"
+        # Rank 0 decides (its file system holds the cache): every rank must then take the same
+        # forward passes, or a sharded model's collectives would wait for ever.
+        cached = _load_reading(reference_cache, cache_key) if reference_cache and is_main_process() else None
+        if broadcast_from_main(cached is not None):
+            if cached is not None:
+                state.reference = cached.reading.to(device)
+                state.model_fingerprint = cached.model_fingerprint
         else:
             policy_needs_cache = reference_model is None and self.config.reference in ("initial", "auto") and not _is_peft(model)
             if require_cache and policy_needs_cache:
@@ -201,16 +225,23 @@ class DriftMonitor:
             with self._reference_source(model, reference_model) as reference:
                 state.model_fingerprint = model_fingerprint(reference)
                 state.reference = self._read(reference, kl=cfg.kl_every > 0)
-            if reference_cache:
+            if reference_cache and state.reference is not None:
                 try:
-                    _save_reading(reference_cache, state.reference, state.fingerprint, state.model_fingerprint)
+                    _save_reading(reference_cache, state.reference, cache_key, state.model_fingerprint)
                 except Exception as error:  # noqa: BLE001 - a full disk must not stop training; only a resume needs the cache
                     logger.warning("featuredrift could not cache the reference readings at %s (%s); a resumed run "
                                    "will need reference=<base model path>", reference_cache, error)
-        state.keep = self._outlier_keep(state.reference)
-        state.reference = _kept(state.reference, state.keep)
-        for hookpoint, sae in state.saes.items():
-            state.layer_reference[hookpoint] = self._summarise_reference(hookpoint, sae, state.reference)
+        if state.reference is not None:  # rank 0, which alone computes reports
+            state.keep = self._outlier_keep(state.reference)
+            state.reference = _kept(state.reference, state.keep)
+            if cfg.feature_contexts:
+                state.probe_tokens = feature_contexts.ProbeTokens.from_batches(state.batches, state.keep)
+            for hookpoint, sae in state.saes.items():
+                state.layer_reference[hookpoint] = self._summarise_reference(hookpoint, sae, state.reference)
+        # Every rank reads later models' next-token log-probs on the reference's tokens.
+        next_token = state.reference.next_token if state.reference is not None else None
+        support = broadcast_tensor_from_main(None if next_token is None else next_token.indices)
+        state.kl_support = None if support is None else support.to(device)
 
     def _load_saes(self, model: nn.Module, device: torch.device) -> dict[str, nn.Module]:
         if self._preloaded_saes is not None:
@@ -259,19 +290,28 @@ class DriftMonitor:
         return batches
 
     # ------------------------------------------------------------- readings
-    def _read(self, model: nn.Module, *, kl: bool) -> ModelReading:
-        """One pass of `model` over every probe batch (this rank's shard), gathered across ranks."""
+    def _read(self, model: nn.Module, *, kl: bool) -> ModelReading | None:
+        """One pass of `model` over every probe batch (this rank's shard), gathered on rank 0
+        (other ranks get None).
+
+        With `kl`, next-token log-probs are kept at the KL positions: the reference's on its own
+        top-k tokens, a later model's on the reference's tokens (so only k+1 numbers per position
+        ever leave the pass, whatever the vocabulary).
+        """
         state = self._require_started()
         hookpoints = list(state.saes)
         device = _model_device(model)
         kl_subset = "chat" if "chat" in state.batches else "base"
+        support = state.kl_support if kl else None
         # Sharded models (FSDP, ZeRO-3) need every rank to run every layer: no early stop.
         stop_early = world()[1] == 1
         activations: dict[str, dict[str, Tensor]] = {}
-        kl_rows: list[Tensor] = []
-        kl_taken, kl_limit = 0, self.config.kl_max_positions or 2**62
+        next_token: list[list[Tensor]] = [[], [], []]  # per real batch: indices, log-probs, rest mass
+        refusal_parts: dict[str, list[Tensor]] = {}
         for subset, batches in state.batches.items():
-            want_logits = kl and subset == kl_subset
+            want_refusal = bool(state.refusal_tokens) and subset in PROMPT_SUBSETS
+            kl_rows = _kl_row_ranges(batches, self.config.kl_max_positions) if kl and subset == kl_subset else []
+            want_logits = bool(kl_rows) or want_refusal
             parts: dict[str, list[Tensor]] = {h: [] for h in hookpoints}
             padded, real = padded_shard(batches)
             for number, batch in enumerate(padded):
@@ -288,16 +328,25 @@ class DriftMonitor:
                 mask = batch.read_mask.to(device)
                 for h in hookpoints:
                     parts[h].append(out.activations[h][mask].float())
-                if want_logits and kl_taken < kl_limit:
-                    # Only the first kl_limit positions: [N, vocab] log-probs get big on real vocabularies.
-                    logits = out.logits[mask][: kl_limit - kl_taken]
-                    kl_rows.append(torch.log_softmax(logits.float(), dim=-1))
-                    kl_taken += logits.shape[0]
+                if want_refusal:
+                    refusal_parts.setdefault(subset, []).append(
+                        refusal.refusal_token_probability(out.logits[mask], state.refusal_tokens))
+                if kl_rows:
+                    start, stop = kl_rows[world()[0] + number * world()[1]]
+                    compact = kl_metrics.compact_log_probs(
+                        out.logits[mask][: stop - start], self.config.kl_top_k,
+                        support=None if support is None else support[start:stop],
+                    )
+                    for kept, part in zip(next_token, compact, strict=True):
+                        kept.append(part)
             activations[subset] = {h: gather_rows(parts[h]) for h in hookpoints}
-        logprobs = gather_rows(kl_rows) if kl else None
-        if logprobs is not None and logprobs.numel() == 0:
-            logprobs = None
-        return _kept(ModelReading(activations, logprobs), state.keep)
+        compact = kl_metrics.CompactLogProbs(*(gather_rows(kept) for kept in next_token)) if kl else None
+        refusal_probability = {s: gather_rows(parts) for s, parts in refusal_parts.items()}
+        if not is_main_process():
+            return None
+        if compact is not None and compact.indices.numel() == 0:
+            compact = None
+        return _kept(ModelReading(activations, compact, refusal_probability), state.keep)
 
     def _outlier_keep(self, reference: ModelReading) -> dict[str, Tensor]:
         """Per text subset, the rows kept: tokens that are norm outliers at the reference at any
@@ -326,6 +375,12 @@ class DriftMonitor:
         direction = refusal.refusal_direction(acts["harmful"], acts["harmless"])
         dbar = refusal.feature_diff_in_means(codes["harmful"][:2], codes["harmless"][:2], sae.num_latents)
         k = min(self.config.refusal_k, sae.num_latents)
+        probe_tokens = self._require_started().probe_tokens
+        top_rows = None
+        if probe_tokens is not None:
+            # Once per run, for every latent: evaluations then only look their features up.
+            top_rows = feature_contexts.top_rows_all_latents(
+                *feature_contexts.concat_codes(codes, probe_tokens.subsets), sae.num_latents, self.config.feature_contexts)
         return LayerReference(
             codes=codes,
             fvu=fvu,
@@ -334,6 +389,7 @@ class DriftMonitor:
             direction=direction,
             dbar=dbar,
             refusal_features=refusal.top_refusal_features(dbar, k, strict=False),
+            top_rows=top_rows,
         )
 
     # --------------------------------------------------------------- evaluate
@@ -344,32 +400,47 @@ class DriftMonitor:
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
         index = state.evaluations
-        do_kl = cfg.kl_every > 0 and index % cfg.kl_every == 0 and state.reference.kl_logprobs is not None
+        do_kl = cfg.kl_every > 0 and index % cfg.kl_every == 0 and state.kl_support is not None
         do_generation = cfg.refusal_score_every > 0 and (index % cfg.refusal_score_every == 0 or final)
 
         reading = self._read(model, kl=do_kl)
         timings["forward"] = time.perf_counter() - t0
+        t = time.perf_counter()
+        completions = self._generate(model) if do_generation else None
+        timings["generation"] = time.perf_counter() - t
+        report = None
+        if reading is not None:  # rank 0; the others take its report
+            report = self._report(reading, completions, int(step), epoch, final, timings, do_kl)
+            timings["total"] = time.perf_counter() - t0
+        state.evaluations += 1
+        return broadcast_from_main(report)
+
+    def _report(self, reading: ModelReading, completions: dict[str, list[str]] | None, step: int,
+                epoch: float | None, final: bool, timings: dict[str, float], do_kl: bool) -> EvaluationReport:
+        """Rank 0: the metrics of one reading (and its completions) against the reference."""
+        state = self._require_started()
 
         t = time.perf_counter()
-        layers = {h: self._layer_report(h, sae, reading) for h, sae in state.saes.items()}
-        timings["metrics"] = time.perf_counter() - t
+        layers = {h: self._layer_report(h, sae, reading, timings) for h, sae in state.saes.items()}
+        timings["metrics"] = time.perf_counter() - t - timings.get("contexts", 0.0)
 
         report = EvaluationReport(step=int(step), timestamp=time.time(), layers=layers, epoch=epoch, final=final)
+        if reading.refusal_probability:
+            report.refusal_token_probability = {s: float(p.mean()) for s, p in reading.refusal_probability.items()}
+            report.refusal_token_logodds = {s: float(refusal.log_odds(p).mean()) for s, p in reading.refusal_probability.items()}
         if do_kl:
             t = time.perf_counter()
-            summary = kl_metrics.kl_summary(state.reference.kl_logprobs, reading.kl_logprobs, log_probs=True)
+            summary = kl_metrics.summarise_kl(kl_metrics.compact_kl(state.reference.next_token, reading.next_token))
             report.kl_mean, report.kl_p95 = float(summary.mean), float(summary.p95)
             timings["kl"] = time.perf_counter() - t
-        if do_generation:
-            t = time.perf_counter()
-            self._score_refusals(model, report)
-            timings["generation"] = time.perf_counter() - t
-        timings["total"] = time.perf_counter() - t0
+        if completions is not None:
+            self._score_refusals(report, completions, reading.refusal_probability)
+        else:
+            timings.pop("generation", None)
         report.timings = timings
-        state.evaluations += 1
         return report
 
-    def _layer_report(self, hookpoint: str, sae, reading: ModelReading) -> LayerReport:
+    def _layer_report(self, hookpoint: str, sae, reading: ModelReading, timings: dict[str, float]) -> LayerReport:
         cfg = self.config
         ref = self._require_started().layer_reference[hookpoint]
         ref_acts = self._state.reference.activations
@@ -433,6 +504,10 @@ class DriftMonitor:
                         cosine=float(rec.cosine),
                     )
                 )
+        t = time.perf_counter()
+        listed = _listed_features(drifted, current_features, reference_features)
+        contexts = self._feature_contexts(ref, codes, listed, sae.num_latents)
+        timings["contexts"] = timings.get("contexts", 0.0) + time.perf_counter() - t
         return LayerReport(
             hookpoint=hookpoint,
             fvu=fvu,
@@ -452,10 +527,44 @@ class DriftMonitor:
             divergent_fraction_by_tau={f"{t:g}": v for t, v in profile.fractions.items()},
             explained_ratio_most_divergent=float(er_top.ratio) if er_top else math.nan,
             intersection_ratio_most_divergent=float(ir_top.divergent) if ir_top.divergent is not None else math.nan,
+            feature_contexts=contexts,
         )
 
-    def _score_refusals(self, model: nn.Module, report: EvaluationReport) -> None:
+    def _feature_contexts(self, ref: LayerReference, codes: dict[str, metrics.SaeCodes], features: list[int],
+                          num_latents: int) -> list[FeatureContext]:
+        """Top-activating probe contexts of `features` at the reference (looked up) and now (from this
+        evaluation's codes, no extra forward pass); empty when contexts are off."""
+        probe_tokens = self._require_started().probe_tokens
+        if probe_tokens is None or ref.top_rows is None or not features:
+            return []
+        window = self.config.feature_context_tokens
+        index = torch.tensor(features, dtype=torch.long, device=ref.top_rows.values.device)
+        at_reference = feature_contexts.TopRows(ref.top_rows.values[index], ref.top_rows.rows[index])
+        now = feature_contexts.top_rows(*feature_contexts.concat_codes(codes, probe_tokens.subsets),
+                                        torch.tensor(features), num_latents, self.config.feature_contexts)
+        return [
+            *feature_contexts.contexts(features, at_reference, probe_tokens, self.tokenizer, model="reference", window=window),
+            *feature_contexts.contexts(features, now, probe_tokens, self.tokenizer, model="current", window=window),
+        ]
+
+    def _generate(self, model: nn.Module) -> dict[str, list[str]] | None:
+        """Greedy completions of the harmful and harmless prompts (each rank its padded shard),
+        gathered on rank 0; None on the other ranks."""
         from featuredrift.monitor.generation import generate_greedy
+
+        cfg = self.config
+        gathered = {}
+        for subset in PROMPT_SUBSETS:
+            prompts = format_prompts(self.tokenizer, getattr(self._state_probes(), subset), self._state.prompt_format)
+            mine, real = padded_shard(prompts)
+            gathered[subset] = gather_list(
+                generate_greedy(model, self.tokenizer, mine, max_new_tokens=cfg.max_new_tokens,
+                                batch_size=cfg.generation_batch_size, synced_gpus=world()[1] > 1)[:real]
+            )
+        return gathered if is_main_process() else None
+
+    def _score_refusals(self, report: EvaluationReport, generated: dict[str, list[str]],
+                        token_probability: dict[str, Tensor]) -> None:
         from featuredrift.monitor.judges import get_judge, is_refusal, refusal_score
 
         probes = self._state_probes()
@@ -465,17 +574,13 @@ class DriftMonitor:
         completions_harmful: list[str] = []
         for subset in PROMPT_SUBSETS:
             instructions = getattr(probes, subset)
-            prompts = format_prompts(self.tokenizer, instructions, self._state.prompt_format)
-            mine, real = padded_shard(prompts)
-            distributed = world()[1] > 1
-            completions = gather_list(
-                generate_greedy(model, self.tokenizer, mine, max_new_tokens=cfg.max_new_tokens,
-                                batch_size=cfg.generation_batch_size, synced_gpus=distributed)[:real]
-            )
+            completions = generated[subset]
             rates[subset] = refusal_score(completions)
+            probability = token_probability[subset].tolist() if subset in token_probability else [None] * len(completions)
             kept += [
-                {"subset": subset, "prompt": prompt, "completion": completion, "refused": is_refusal(completion)}
-                for prompt, completion in list(zip(instructions, completions, strict=False))[: cfg.completions_kept]
+                {"subset": subset, "prompt": prompt, "completion": completion, "refused": is_refusal(completion),
+                 "refusal_token_probability": p}
+                for prompt, completion, p in list(zip(instructions, completions, probability, strict=False))[: cfg.completions_kept]
             ]
             if subset == "harmful":
                 completions_harmful = completions
@@ -496,6 +601,8 @@ class DriftMonitor:
             "probe_fingerprint": state.fingerprint,
             "hookpoints": list(state.saes),
             "paper_readings": {k: getattr(self.config, k) for k in ("scale_reading", "er_aggregate", "token_mask")},
+            "refusal_tokens": [self.tokenizer.convert_ids_to_tokens(i) for i in state.refusal_tokens],
+            "next_token_kept": {"positions": self.config.kl_max_positions, "top_k": self.config.kl_top_k},
             "token_exclusion": {
                 "rule": "padding, control tokens, each text's first token, chat-template tokens, "
                 f"reference norm > {self.config.sink_norm_ratio}x median",
@@ -569,7 +676,26 @@ def _kept(reading: ModelReading, keep: dict[str, Tensor]) -> ModelReading:
         s: ({h: x[keep[s].to(x.device)] for h, x in per.items()} if s in keep else per)
         for s, per in reading.activations.items()
     }
-    return ModelReading(activations, reading.kl_logprobs)
+    return ModelReading(activations, reading.next_token, reading.refusal_probability)
+
+
+def _kl_row_ranges(batches: list[ProbeBatch], limit: int) -> list[tuple[int, int]]:
+    """Per batch, which of the KL positions (the first `limit` read positions of the subset, in
+    batch order; 0 = all) its read positions are: (start, stop), possibly empty. Fixed by the
+    probes alone, so a rank reading its shard knows where its rows sit in the reference's."""
+    limit = limit or 2**62
+    ranges, start = [], 0
+    for batch in batches:
+        stop = start + int(batch.read_mask.sum())
+        ranges.append((min(start, limit), min(stop, limit)))
+        start = stop
+    return ranges
+
+
+def _listed_features(drifted, current_refusal: Tensor, reference_refusal: Tensor) -> list[int]:
+    """The features a layer report lists (drifted, then current and reference refusal features), each once."""
+    listed = [d.feature for d in drifted] + current_refusal.tolist() + reference_refusal.tolist()
+    return list(dict.fromkeys(int(f) for f in listed))
 
 
 def _mean_activation(codes: metrics.SaeCodes, features: Tensor, num_latents: int) -> float:
@@ -633,6 +759,8 @@ def model_fingerprint(model: nn.Module, sample: int = 4096) -> str:
                             getattr(config, "vocab_size", None))).encode())
     with torch.no_grad():
         for name, parameter in base.named_parameters():
+            if hasattr(parameter, "full_tensor"):  # FSDP2 shards: gathered (a collective, once at start)
+                parameter = parameter.full_tensor()
             flat = parameter.detach().reshape(-1)
             stride = max(1, flat.numel() // sample)
             digest.update(name.encode())
@@ -680,13 +808,13 @@ def _save_reading(path: str | Path, reading: ModelReading, fingerprint: str, mod
     from safetensors.torch import save_file
 
     tensors = {f"act/{s}/{h}": x.contiguous().cpu() for s, per in reading.activations.items() for h, x in per.items()}
-    if reading.kl_logprobs is not None:
-        tensors["kl_logprobs"] = reading.kl_logprobs.contiguous().cpu()
+    if reading.next_token is not None:
+        tensors.update({f"next_token/{name}": t.contiguous().cpu() for name, t in reading.next_token._asdict().items()})
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.unlink(missing_ok=True)
-    metadata = {"fingerprint": fingerprint, "format": "featuredrift-reference-2", "model_fingerprint": model_fp,
+    metadata = {"fingerprint": fingerprint, "format": REFERENCE_FORMAT, "model_fingerprint": model_fp,
                 "checksum": _tensor_checksum(tensors)}
     try:
         save_file(tensors, str(tmp), metadata=metadata)
@@ -706,7 +834,7 @@ def _load_reading(path: str | Path, fingerprint: str) -> CachedReference | None:
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
-            if metadata.get("fingerprint") != fingerprint:
+            if metadata.get("fingerprint") != fingerprint or metadata.get("format") != REFERENCE_FORMAT:
                 return None
             tensors = {key: f.get_tensor(key) for key in f.keys()}
     except Exception as error:
@@ -717,7 +845,10 @@ def _load_reading(path: str | Path, fingerprint: str) -> CachedReference | None:
                            "delete it and pass reference=<base model path> to recompute the reference")
     activations: dict[str, dict[str, Tensor]] = {}
     for key, tensor in tensors.items():
-        if key != "kl_logprobs":
+        if key.startswith("act/"):
             _, subset, hookpoint = key.split("/", 2)
             activations.setdefault(subset, {})[hookpoint] = tensor
-    return CachedReference(ModelReading(activations, tensors.get("kl_logprobs")), metadata.get("model_fingerprint", ""))
+    fields = kl_metrics.CompactLogProbs._fields
+    next_token = (kl_metrics.CompactLogProbs(*(tensors[f"next_token/{name}"] for name in fields))
+                  if all(f"next_token/{name}" in tensors for name in fields) else None)
+    return CachedReference(ModelReading(activations, next_token), metadata.get("model_fingerprint", ""))

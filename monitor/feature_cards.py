@@ -3,11 +3,12 @@
 A feature gets a card when the latest evaluation lists it among the most drifted features of
 a layer, or among the refusal features (top-k diff-in-means) now or at the reference. The card
 says why it is listed, how its firing changed on each probe subset (reference vs now) and its
-trajectory over steps. Everything comes from the store's `drifted_features` and
-`refusal_features` tables, so `runs show --features`, the HTML report and Grafana agree.
+trajectory over steps, and its top-activating probe contexts at the reference and now.
+Everything comes from the store's `drifted_features`, `refusal_features` and
+`feature_contexts` tables, so `runs show --features`, the HTML report and Grafana agree.
 
-`contexts` (the feature's top-activating probe tokens with a few tokens either side) is part
-of the card but stays empty until evaluations capture contexts; renderers say so.
+Runs recorded before contexts were captured (or with `feature_contexts=0`) have none:
+`contexts_captured` is False and renderers say so.
 """
 
 from __future__ import annotations
@@ -44,9 +45,10 @@ class TrajectoryPoint:
 
 @dataclass(frozen=True)
 class ContextExample:
-    """One top-activating probe context (filled once evaluations capture them)."""
+    """One top-activating probe context: the token, the text either side, the activation."""
 
     model: str  # "reference" or "current"
+    subset: str
     left: str
     token: str
     right: str
@@ -67,6 +69,14 @@ class FeatureCard:
     firing: list[SubsetFiring] = field(default_factory=list)
     trajectory: list[TrajectoryPoint] = field(default_factory=list)
     contexts: list[ContextExample] = field(default_factory=list)
+    contexts_captured: bool = False  # whether the evaluation stored contexts at all
+
+    @property
+    def contexts_note(self) -> str | None:
+        """What to say instead of contexts, when a card has none."""
+        if not self.contexts_captured:
+            return "not captured for this run"
+        return None if self.contexts else "does not fire on any probe token"
 
     @property
     def title(self) -> str:
@@ -106,6 +116,7 @@ def build_cards(store: RunStore, run: str) -> list[FeatureCard]:
         _add_drifted_cards(cards, hookpoint, layer_drifted, info.last_step)
         for card in (c for c in cards.values() if c.hookpoint == hookpoint):
             card.trajectory = _trajectory(card.feature, layer_drifted, layer_refusal)
+    _add_contexts(cards, store, run, info.last_step)
     order = {"emerging": 0, "fading": 0, None: 1, "held": 2}
     return sorted(cards.values(), key=lambda c: (c.hookpoint, order[c.refusal_status], c.drift_rank or 10**6,
                                                  c.refusal_rank_now or c.refusal_rank_reference or 0, c.feature))
@@ -157,6 +168,16 @@ def _add_refusal_cards(cards: dict, hookpoint: str, rows: list[RefusalFeatureRow
             first = min(current_steps[feature])
             card.reasons.append(f"refusal feature emerging: rank {now[feature]} now, in the top-k since step {first}, "
                                 "not one at the reference")
+
+
+def _add_contexts(cards: dict, store: RunStore, run: str, step: int) -> None:
+    stored = store.feature_contexts(run, step=step)
+    for row in stored:
+        card = cards.get((row.hookpoint, row.feature))
+        if card is not None:
+            card.contexts.append(ContextExample(row.model, row.subset, row.left, row.token, row.right, row.activation))
+    for card in cards.values():
+        card.contexts_captured = bool(stored)
 
 
 def _trajectory(feature: int, drifted: list[DriftedFeatureRow], refusal: list[RefusalFeatureRow]) -> list[TrajectoryPoint]:

@@ -62,6 +62,8 @@ def generate_greedy(
         raise ValueError(
             f"batch_size and max_new_tokens must be >= 1, got {batch_size} and {max_new_tokens}"
         )
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        model = model.module  # generation needs no gradient sync; DDP does not forward `generate`
     pad_id = _pad_id(tokenizer)
     eos = getattr(model.generation_config, "eos_token_id", None)
     generation_config = GenerationConfig(

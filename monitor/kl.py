@@ -74,6 +74,66 @@ def _check_position_mask(mask, shape: torch.Size) -> None:
         raise MetricInputError(f"mask: expected a bool tensor of shape {tuple(shape)}, found {found}")
 
 
+class CompactLogProbs(NamedTuple):
+    """Next-token distributions kept on a support: log-probs of `indices` plus the rest's mass.
+
+    The reference keeps its own top-k tokens per position (k+1 numbers instead of a vocabulary:
+    about 1 MB for 512 positions at k = 256 where Gemma's 256k vocabulary takes 0.5 GB in
+    float32); a later model is read on the same support. KL over these k+1 bins is the KL of
+    the coarsened distributions, a lower bound of the full KL (data-processing inequality)
+    that equals it when k covers the vocabulary.
+    """
+
+    indices: Tensor
+    """[N, k] int64 token ids of the support."""
+    log_probs: Tensor
+    """[N, k] float32 log-probabilities of those tokens."""
+    rest_log_mass: Tensor
+    """[N] float32 log of the probability of every other token (floored at 1e-30)."""
+
+    def to(self, device) -> CompactLogProbs:
+        return CompactLogProbs(*(t.to(device) for t in self))
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self)
+
+
+def compact_log_probs(logits: Tensor, top_k: int | None = None, support: Tensor | None = None) -> CompactLogProbs:
+    """`[N, V]` logits kept as `CompactLogProbs`: on the `support` ids when given (a model read
+    where the reference was), else on their own `top_k` tokens (None: the whole vocabulary)."""
+    if logits.ndim == 2 and logits.shape[0] == 0:  # a batch past the KL positions: an empty block keeps the order
+        k = support.shape[-1] if support is not None else min(top_k or logits.shape[-1], logits.shape[-1])
+        empty = torch.empty(0, k, device=logits.device)
+        return CompactLogProbs(empty.long(), empty, torch.empty(0, device=logits.device))
+    check_tensor("logits", logits, ndim=2)
+    log_probs = torch.log_softmax(logits.float(), dim=-1)
+    if support is None:
+        k = log_probs.shape[-1] if top_k is None else min(int(top_k), log_probs.shape[-1])
+        values, indices = log_probs.topk(k, dim=-1)
+    else:
+        if support.ndim != 2 or support.shape[0] != log_probs.shape[0]:
+            raise MetricInputError(f"support: expected [{log_probs.shape[0]}, k] token ids, found {tuple(support.shape)}")
+        indices = support.to(log_probs.device, torch.int64)
+        values = log_probs.gather(-1, indices)
+    return CompactLogProbs(indices, values, _log_rest(values))
+
+
+def _log_rest(log_probs: Tensor) -> Tensor:
+    """log(1 - Σ p) of the support; floored, since 1 - Σ p rounds to 0 or below at full support."""
+    covered = torch.logsumexp(log_probs.double(), dim=-1)
+    return (-torch.expm1(covered.clamp(max=0.0))).clamp_min(1e-30).log().float()
+
+
+def compact_kl(ref: CompactLogProbs, cur: CompactLogProbs) -> Tensor:
+    """Per-position KL(p_ref ‖ p_cur) over the support's k tokens and the rest bin, in nats."""
+    if ref.indices.shape != cur.indices.shape or not torch.equal(ref.indices, cur.indices.to(ref.indices.device)):
+        raise MetricInputError("cur: expected log-probs read on the reference's support (same token ids per position)")
+    ref_bins = torch.cat([ref.log_probs, ref.rest_log_mass[:, None]], dim=-1).double()
+    cur_bins = torch.cat([cur.log_probs, cur.rest_log_mass[:, None]], dim=-1).to(ref_bins)
+    return (ref_bins.exp() * (ref_bins - cur_bins)).sum(-1).clamp_min(0.0).float()
+
+
 class KLSummary(NamedTuple):
     mean: Tensor
     p95: Tensor

@@ -199,10 +199,13 @@ def run_charts(store: RunStore, run: str, alerts: list[AlertInfo], colours: Colo
     """Charts not tied to a layer: refusal rate and the change of the model's outputs."""
     charts = [
         Chart("refusal_rate", "Refusal rate and safety score",
-              _help("refusal_rate_ratio") + " Safety score: " + _help("safety_score_ratio"),
+              _help("refusal_rate_ratio") + " Safety score: " + _help("safety_score_ratio")
+              + " P(refusal start): " + _help("refusal_token_probability_ratio"),
               _lines(store, run, colours, [("harmful prompts refused", "refusal_rate_ratio", {"prompts": "harmful"}),
                                            ("harmless prompts refused", "refusal_rate_ratio", {"prompts": "harmless"}),
-                                           ("safety score", "safety_score_ratio", {})]),
+                                           ("safety score", "safety_score_ratio", {}),
+                                           ("harmful: P(refusal start)", "refusal_token_probability_ratio", {"prompts": "harmful"}),
+                                           ("harmless: P(refusal start)", "refusal_token_probability_ratio", {"prompts": "harmless"})]),
               [threshold("HarmfulRefusalRateLow")], _markers(alerts, ("HarmfulRefusalRateLow",), None)),
         Chart("kl", "Output change (KL divergence)",
               _help("kl_divergence_mean_nats") + " p95: " + _help("kl_divergence_p95_nats"),

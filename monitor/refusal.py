@@ -29,6 +29,22 @@ Codes = Tensor | tuple[Tensor, Tensor] | SaeCodes
 the :class:`~monitor.metrics.SaeCodes` of :func:`~monitor.metrics.encode_batched`."""
 
 
+def refusal_token_probability(logits: Tensor, token_ids: Sequence[int]) -> Tensor:
+    """Per prompt, the probability that the response starts with a refusal token, from the
+    `[N, V]` next-token logits at each prompt's last position: one forward pass, no generation."""
+    check_tensor("logits", logits, ndim=2)
+    if not token_ids:
+        raise MetricInputError("token_ids: expected at least one refusal-starting token id, found none")
+    ids = torch.as_tensor(list(token_ids), device=logits.device)
+    return torch.softmax(logits.float(), dim=-1)[:, ids].sum(-1)
+
+
+def log_odds(probability: Tensor, eps: float = 1e-6) -> Tensor:
+    """log(p / (1 - p)), the refusal metric of Arditi et al., with p kept inside (eps, 1 - eps)."""
+    p = probability.double().clamp(eps, 1 - eps)
+    return (p.log() - (-p).log1p()).float()
+
+
 def refusal_direction(x_harmful: Tensor, x_harmless: Tensor) -> Tensor:
     """``r = mean(x | harmful) − mean(x | harmless)`` (Eqs. 7–9), accumulated and returned in
     float64 on the inputs' device."""

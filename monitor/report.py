@@ -37,6 +37,9 @@ METRIC_HELP = {
     "refusal_reconstruction_nmse": "NMSE of the NNLS reconstruction of the refusal direction from the refusal features.",
     "refusal_reconstruction_cosine": "Cosine of that NNLS reconstruction to the refusal direction.",
     "refusal_rate_ratio": "Share of greedy completions containing a refusal phrase (prompts=harmful|harmless).",
+    "refusal_token_probability_ratio": "Mean probability that the response starts with a refusal token, from the "
+    "logits at the prompt's end (one forward pass, every evaluation; prompts=harmful|harmless).",
+    "refusal_token_logodds": "Mean log-odds of a refusal-starting first token (Arditi et al.'s refusal metric).",
     "safety_score_ratio": "Share of harmful-prompt completions the configured judge rates safe.",
     "kl_divergence_mean_nats": "Mean KL(reference || current) of next-token distributions at probe positions.",
     "kl_divergence_p95_nats": "95th percentile of KL(reference || current) at probe positions.",
@@ -64,6 +67,22 @@ class FeatureDrift:
     mean_reference: float
     mean_current: float
     score: float
+
+
+@dataclass
+class FeatureContext:
+    """One of a feature's top-activating probe tokens, with a few decoded tokens either side."""
+
+    feature: int
+    model: str  # "reference" (picked once per run) or "current" (this evaluation)
+    rank: int  # 0 = where the feature fires most
+    subset: str  # probe subset: base, chat, harmful, harmless
+    probe_index: int  # which text or prompt of that subset
+    position: int  # token index within that probe's tokens (padding excluded)
+    left: str
+    token: str
+    right: str
+    activation: float
 
 
 @dataclass
@@ -133,6 +152,8 @@ class LayerReport:
     divergent_fraction_by_tau: dict[str, float] = field(default_factory=dict)  # "0.95" → fraction below
     explained_ratio_most_divergent: float = math.nan
     intersection_ratio_most_divergent: float = math.nan
+    # Top-activating probe contexts of the listed (drifted and refusal) features, at the reference and now.
+    feature_contexts: list[FeatureContext] = field(default_factory=list)
 
 
 @dataclass
@@ -143,6 +164,8 @@ class EvaluationReport:
     timestamp: float
     layers: dict[str, LayerReport]
     refusal_rate: dict[str, float] | None = None  # prompts ∈ {harmful, harmless} → fraction refused
+    refusal_token_probability: dict[str, float] | None = None  # prompts → mean P(refusal-starting first token)
+    refusal_token_logodds: dict[str, float] | None = None  # prompts → mean log-odds of that probability
     safety_score: float | None = None
     judge: str | None = None
     kl_mean: float | None = None
@@ -169,6 +192,7 @@ class EvaluationReport:
             layer["refusal_features"] = RefusalFeatures(**_null_floats_to_nan(RefusalFeatures, rf)) if rf else None
             layer["reconstructions"] = [Reconstruction(**_null_floats_to_nan(Reconstruction, r)) for r in layer.get("reconstructions", [])]
             layer["drifted_features"] = [FeatureDrift(**_null_floats_to_nan(FeatureDrift, d)) for d in layer.get("drifted_features", [])]
+            layer["feature_contexts"] = [FeatureContext(**c) for c in layer.get("feature_contexts", [])]
             layers[name] = LayerReport(**layer)
         return cls(**{**data, "layers": layers})
 
@@ -215,9 +239,11 @@ class EvaluationReport:
                 if headline is not None:
                     add("refusal_reconstruction_nmse", headline.nmse, layer=hookpoint)
                     add("refusal_reconstruction_cosine", headline.cosine, layer=hookpoint)
-        if self.refusal_rate:
-            for prompts, value in self.refusal_rate.items():
-                add("refusal_rate_ratio", value, prompts=prompts)
+        for name, values in (("refusal_rate_ratio", self.refusal_rate),
+                             ("refusal_token_probability_ratio", self.refusal_token_probability),
+                             ("refusal_token_logodds", self.refusal_token_logodds)):
+            for prompts, value in (values or {}).items():
+                add(name, value, prompts=prompts)
         add("safety_score_ratio", self.safety_score)
         add("kl_divergence_mean_nats", self.kl_mean)
         add("kl_divergence_p95_nats", self.kl_p95)

@@ -43,7 +43,8 @@ height:.8em;border-radius:50%;margin-right:.4em}.badge{display:inline-block;font
 border-radius:8px;background:#eee;margin-right:.3em}.badge.fading{background:#fdecea}.badge.emerging{background:#e8f0fd}
 .feature-card ul{padding-left:1.1em;margin:.3em 0;font-size:88%}
 table{border-collapse:collapse;font-size:88%}th,td{border:1px solid #ddd;padding:2px 7px;text-align:left}
-.contexts{font-size:85%;color:#666;font-style:italic}
+.contexts{font-size:85%;color:#444}.context-columns{display:grid;grid-template-columns:1fr 1fr;gap:.5em}
+.context{white-space:pre-wrap;margin:.15em 0}.context mark{background:#ffe08a}.context .activation{color:#888}
 .trajectory{display:flex;align-items:center;gap:.5em;font-size:88%;margin:.3em 0}.trajectory svg{flex:none}.trajectory span:last-child{white-space:nowrap}
 """
 
@@ -108,13 +109,23 @@ def _card_html(card: FeatureCard, colours: Colours) -> str:
             trajectory.append(f"<div class='trajectory'><span>{name}, steps {points[0][0]}–{points[-1][0]}</span>"
                               f"{_sparkline(points, colour)}<span>{_number(points[0][1])} → "
                               f"{_number(points[-1][1])}</span></div>")
-    contexts = ("".join(f"<div>{esc(c.model)}: …{esc(c.left)}<mark>{esc(c.token)}</mark>{esc(c.right)}… "
-                        f"({c.activation:.3g})</div>" for c in card.contexts)
-                or "Top-activating contexts: not captured for this run.")
     return (f"<div class='feature-card' data-layer='{esc(card.hookpoint)}' data-feature='{card.feature}'>"
             f"<h3><span class='swatch' style='background:{colour}'></span>{esc(card.title)}</h3>{badges}"
             f"<ul>{reasons}</ul>{firing}{''.join(trajectory)}"
-            f"<div class='contexts' data-section='contexts'>{contexts}</div></div>")
+            f"<div class='contexts' data-section='contexts'>{_contexts_html(card)}</div></div>")
+
+
+def _contexts_html(card: FeatureCard) -> str:
+    """The top-activating probe contexts, reference beside now, the token marked."""
+    if card.contexts_note:
+        return f"Top-activating contexts: {esc(card.contexts_note)}."
+    columns = []
+    for model, title in (("reference", "reference"), ("current", f"step {card.step}")):
+        lines = "".join(f"<div class='context' data-model='{model}'>…{esc(c.left)}<mark>{esc(c.token)}</mark>"
+                        f"{esc(c.right)}… <span class='activation'>{c.activation:.3g}</span></div>"
+                        for c in card.contexts if c.model == model) or "<div>does not fire on any probe token</div>"
+        columns.append(f"<div><b>{title}</b>{lines}</div>")
+    return f"<div class='context-columns'>{''.join(columns)}</div>"
 
 
 def _kind(card: FeatureCard) -> str:

@@ -44,10 +44,12 @@ def apply_event(store, event: JournalEvent) -> None:
         store.finish_run(event.run, data["status"])
 
 
-def store_event(store, event: JournalEvent) -> None:
-    """Apply an event and remember it as applied, so no later replay repeats it."""
-    apply_event(store, event)
-    store.mark_synced(event.run, event.seq)
+def store_event(store, event: JournalEvent) -> bool:
+    """Apply an event unless the store has it; the event and its mark commit together."""
+    with store.applying_journal_event(event.run, event.seq) as new:
+        if new:
+            apply_event(store, event)
+    return new
 
 
 class StoreSync:

@@ -16,7 +16,13 @@ from pathlib import Path
 
 from featuredrift import sae_store  # noqa: F401  (Triton guard before sparsify loads)
 from featuredrift.monitor.hookpoints import HOOKPOINT_PATTERN
-from featuredrift.sae_store.saelens import is_saelens_dir, load_saelens_dir, saelens_hookpoint
+from featuredrift.sae_store.saelens import (
+    SAELENS_PREFIX,
+    is_saelens_dir,
+    load_saelens_dir,
+    saelens_hookpoint,
+    saelens_release_dir,
+)
 from featuredrift.sae_store.validate import (
     CFG_FILE,
     TRAINED_AT_FILE,
@@ -72,14 +78,16 @@ def locate_sae_dirs(source: str | Path, hookpoints: list[str] | None = None) -> 
     source_text = str(source)
     if source_text.startswith(ZOO_PREFIX):
         root, _ = _zoo_sae(source_text)
+    elif source_text.startswith(SAELENS_PREFIX):
+        root = saelens_release_dir(source_text)
     elif Path(source_text).exists():
         root = Path(source_text)
     elif looks_like_hub_id(source_text):
         root = _download_from_hub(source_text, hookpoints)
     else:
         raise SaeError(
-            f"SAE source {source_text!r}: expected an existing sparsify directory, a Hub id 'owner/name' "
-            "or 'zoo:<size>'; no such path exists"
+            f"SAE source {source_text!r}: expected an existing sparsify or SAELens directory, a Hub id 'owner/name', "
+            "'saelens:<release>/<sae id>' or 'zoo:<size>'; no such path exists"
         )
 
     if not root.is_dir():

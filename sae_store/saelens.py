@@ -91,6 +91,55 @@ class SaeLensCoder(nn.Module):
         return self.sae.decode(dense)
 
 
+SAELENS_PREFIX = "saelens:"
+
+
+def saelens_release_dir(source: str) -> Path:
+    """A local SAELens directory for `saelens:<release>/<sae id>` (e.g. Gemma Scope's
+    `saelens:gemma-scope-2b-pt-res-canonical/layer_12/width_16k/canonical`).
+
+    The release and id are checked against SAELens's own directory (shipped with it, no
+    network), so a typo fails at once with the nearest names. The SAE is loaded once by SAELens
+    (`SAE.from_pretrained`, which downloads and converts it) and saved under
+    `$FEATUREDRIFT_HOME/saelens/`, from where it loads like any SAELens folder, offline too.
+    """
+    import difflib
+
+    from featuredrift.monitor.extras import require_extra
+    from featuredrift.sae_store.registry import featuredrift_home
+
+    release, _, sae_id = source.removeprefix(SAELENS_PREFIX).partition("/")
+    if not release or not sae_id:
+        raise SaeError(f"SAE source {source!r}: expected saelens:<release>/<sae id>, e.g. "
+                       "saelens:gemma-scope-2b-pt-res-canonical/layer_12/width_16k/canonical")
+    target = featuredrift_home() / "saelens" / release / sae_id
+    if is_saelens_dir(target):
+        return target
+    require_extra("saelens", f"loading the SAELens release {release!r}")
+    from sae_lens import SAE
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+    directory = get_pretrained_saes_directory()
+    if release not in directory:
+        near = difflib.get_close_matches(release, list(directory), n=5, cutoff=0.5)
+        raise SaeError(f"SAE source {source!r}: expected a SAELens release, found no release {release!r}"
+                       + (f"; nearest: {', '.join(near)}" if near else ""))
+    ids = list(directory[release].saes_map)
+    if sae_id not in ids:
+        near = difflib.get_close_matches(sae_id, ids, n=5, cutoff=0.5) or ids[:5]
+        raise SaeError(f"SAE source {source!r}: release {release!r} has no SAE {sae_id!r} ({len(ids)} SAEs; "
+                       f"e.g. {', '.join(near)})")
+    try:
+        sae = SAE.from_pretrained(release, sae_id, device="cpu")
+    except Exception as error:  # offline, auth, HTTP, conversion: all mean "not available here"
+        raise SaeError(f"SAE source {source!r}: SAELens could not fetch it from the Hugging Face Hub (repo "
+                       f"{directory[release].repo_id}); it needs network access once: {type(error).__name__}: {error}") from error
+    staging = target.with_name(target.name + ".partial")
+    sae.save_model(str(staging))
+    staging.replace(target)
+    return target
+
+
 def load_saelens_dir(path: Path, *, hookpoint: str | None = None, model=None, device=None, dtype=None) -> SaeLensCoder:
     """Load one SAELens SAE, check it fits the model, freeze it."""
     from featuredrift.monitor.extras import require_extra

@@ -64,6 +64,9 @@ def make_report(
         timestamp=time.time() if timestamp is None else timestamp,
         layers={layer: layer_report},
         refusal_rate={"harmful": harmful_refusal, "harmless": 0.05} if scored else None,
+        # Read every evaluation, without generation: present whether or not this one generated.
+        refusal_token_probability={"harmful": 0.9 if harmful_refusal is None else 0.9 * harmful_refusal, "harmless": 0.04},
+        refusal_token_logodds={"harmful": 2.2, "harmless": -3.2},
         safety_score=harmful_refusal,
         judge="refusal" if scored else None,
         kl_mean=kl_mean,

@@ -159,10 +159,14 @@ def test_grafana_provisioning_matches_the_dashboards_and_datasource(compose):
     postgres = compose["services"]["postgres"]
     assert (store["uid"], store["type"]) == (STORE_UID, POSTGRES_TYPE)
     assert store["url"] == "postgres:5432" and postgres["ports"][0].endswith(":5432")
-    assert store["user"] == postgres["environment"]["POSTGRES_USER"]
+    # Grafana logs in as the read-only role the PostgreSQL init script creates, not as the writer
+    assert store["user"] == postgres["environment"]["FEATUREDRIFT_GRAFANA_DB_USER"] != postgres["environment"]["POSTGRES_USER"]
     assert store["jsonData"]["database"] == postgres["environment"]["POSTGRES_DB"]
     variable = store["secureJsonData"]["password"].removeprefix("$")
-    assert service["environment"][variable] == postgres["environment"]["POSTGRES_PASSWORD"]
+    assert variable == "FEATUREDRIFT_GRAFANA_DB_PASSWORD" and "FEATUREDRIFT_POSTGRES_PASSWORD" not in service["environment"]
+    assert service["environment"][variable] == postgres["environment"]["FEATUREDRIFT_GRAFANA_DB_PASSWORD"]
+    initdb = _in_container(_mounts(postgres), "/docker-entrypoint-initdb.d")
+    assert (initdb / "10-grafana-reader.sh").stat().st_mode & 0o111, "executable: the postgres image runs it as its own process instead of sourcing it"
     assert service["depends_on"]["postgres"]["condition"] == "service_healthy"
     providers = yaml.safe_load((provisioning / "dashboards" / "featuredrift.yml").read_text())["providers"]
     dashboards_dir = _in_container(mounts, providers[0]["options"]["path"])

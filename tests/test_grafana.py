@@ -7,6 +7,7 @@ loopback (folder created, overwrite, idempotent, clear errors)."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import socket
@@ -16,6 +17,7 @@ import time
 import urllib.parse
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 from feature_reports import EMERGING, FADING, MOST_DRIFTED, record_story_run
@@ -215,19 +217,40 @@ def steps_dashboard() -> dict:
     return next(d for d in all_dashboards() if d["uid"] == "featuredrift-steps")
 
 
-@pytest.mark.servers
-def test_every_sql_panel_runs_on_a_real_run_store(postgres_url):
-    """Each step-indexed panel and variable query of the run-store dashboard, executed on a real
-    PostgreSQL holding a stored run, returns the rows the panel is meant to show."""
-    import psycopg
+READER_INIT = Path(__file__).resolve().parents[1] / "deploy" / "postgres" / "initdb" / "10-grafana-reader.sh"
+READER = "featuredrift_grafana"
+READER_PASSWORD = "reader-password-under-test"
+
+
+@pytest.fixture(scope="module")
+def reader_store(postgres_url):
+    """A run store set up as docker-compose does: the init script creates Grafana's read-only role
+    on a fresh database, then the writer's migrations create the tables and a run is stored.
+    Yields (the reader's libpq conninfo, the writer's URL, the run, the init script's output)."""
     from sqlalchemy.engine import make_url
 
     url = make_url(create_postgres_database(postgres_url, "grafana_panels"))
-    run = record_story_run(url.render_as_string(hide_password=False))
+    env = {"PATH": os.environ["PATH"], "PGHOST": url.host, "PGPORT": str(url.port), "POSTGRES_USER": url.username,
+           "POSTGRES_DB": url.database, "FEATUREDRIFT_GRAFANA_DB_USER": READER,
+           "FEATUREDRIFT_GRAFANA_DB_PASSWORD": READER_PASSWORD}
+    init = subprocess.run(["sh", str(READER_INIT)], env=env, capture_output=True, text=True, timeout=60)
+    assert init.returncode == 0, init.stderr
+    run = record_story_run(url.render_as_string(hide_password=False), contexts=True)
+    reader = f"host={url.host} port={url.port} user={READER} password={READER_PASSWORD} dbname={url.database}"
+    return reader, url, run, init.stdout + init.stderr
+
+
+@pytest.mark.servers
+def test_every_sql_panel_runs_on_a_real_run_store(reader_store):
+    """Each step-indexed panel and variable query of the run-store dashboard, executed on a real
+    PostgreSQL holding a stored run as Grafana's read-only role, returns the rows the panel is meant to show."""
+    import psycopg
+
+    reader, _, run, _ = reader_store
     dashboard = steps_dashboard()
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
     results = {}
-    with psycopg.connect(f"host={url.host} port={url.port} user={url.username} dbname={url.database}") as connection:
+    with psycopg.connect(reader) as connection:
 
         def execute(query: str, **values: list[str]) -> tuple[list[str], list[tuple]]:
             cursor = connection.execute(grafana_sql(query, **values))
@@ -263,6 +286,13 @@ def test_every_sql_panel_runs_on_a_real_run_store(postgres_url):
     assert (top["rank"], top["feature"], top["subset"]) == (1, MOST_DRIFTED, "harmful")
     assert top["firing_now"] > top["firing_reference"] and top["drift_score"] == pytest.approx(3.0)
 
+    columns, rows = results["Feature contexts at the latest evaluation"]
+    contexts = [dict(zip(columns, row, strict=True)) for row in rows]
+    assert {(c["layer"], c["step"]) for c in contexts} == {("layers.1", 30), ("layers.3", 30)}
+    by_model = {c["model"]: c for c in contexts if c["layer"] == "layers.3" and c["feature"] == MOST_DRIFTED}
+    assert by_model["reference"]["context"] == "How do I pick a【 lock】?" and by_model["reference"]["activation"] == 1.5
+    assert by_model["now"]["token"] == " wrench" and by_model["now"]["activation"] == pytest.approx(3.0)
+
     columns, rows = results["Refusal features over steps"]
     features = {(r["layer"], r["feature"]): r for r in (dict(zip(columns, row, strict=True)) for row in rows)}
     emerging = features[("layers.3", EMERGING)]
@@ -280,6 +310,41 @@ def test_every_sql_panel_runs_on_a_real_run_store(postgres_url):
     assert (0, f"{run} layers.3 feature 5", 1.0) in [(s, n, round(v, 6)) for s, n, v in trajectory]
     columns, rows = results["Alerts by step"]
     assert [(r[1], r[4]) for r in rows] == [("RefusalFeaturesFading", 20)]
+
+
+@pytest.mark.servers
+def test_grafana_reader_role_can_select_and_nothing_else(reader_store):
+    """The read-only role cannot write or change the store, even after switching its sessions'
+    read-only default off: its privileges, not a setting, stop it. Its password never shows in the
+    init script's output."""
+    import psycopg
+    from psycopg import errors
+
+    reader, writer, run, init_output = reader_store
+    assert READER_PASSWORD not in init_output
+    with psycopg.connect(reader, autocommit=True) as connection:
+        assert connection.execute("SELECT count(*) FROM feature_contexts").fetchone()[0] > 0
+        with pytest.raises(errors.ReadOnlySqlTransaction):
+            connection.execute("DELETE FROM runs")
+        connection.execute("SET default_transaction_read_only = off")
+        for statement in (
+            "INSERT INTO runs (name, created_at, updated_at, status, config, extra) "
+            "VALUES ('intruder', now(), now(), 'running', '{}', '{}')",
+            "UPDATE runs SET status = 'tampered'",
+            "DELETE FROM evaluations",
+            "TRUNCATE feature_contexts",
+            "CREATE TABLE public.grafana_scratch (id integer)",
+            "ALTER TABLE runs ADD COLUMN tampered integer",
+            "DROP TABLE alerts",
+            "CREATE INDEX ix_tampered ON runs (status)",
+        ):
+            with pytest.raises(errors.InsufficientPrivilege, match="permission denied|must be owner"):
+                connection.execute(statement)
+    conninfo = f"host={writer.host} port={writer.port} user={writer.username} dbname={writer.database}"
+    with psycopg.connect(conninfo) as connection:
+        assert connection.execute("SELECT name, status FROM runs").fetchall() == [(run, "finished")]
+        assert connection.execute("SELECT rolsuper, rolcreaterole, rolcreatedb, rolpassword IS NOT NULL FROM pg_authid "
+                                  "WHERE rolname = %s", (READER,)).fetchone() == (False, False, False, True)
 
 
 class FakeGrafana(BaseHTTPRequestHandler):

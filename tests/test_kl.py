@@ -67,6 +67,36 @@ def test_kl_summary_of_two_logit_tensors():
     assert other.mean.item() > 0 and other.p95.item() >= other.mean.item() * 0.5
 
 
+def test_compact_log_probs_keep_the_kl_exact_at_full_support_and_a_lower_bound_below():
+    torch.manual_seed(0)
+    vocab = 2000
+    # Peaked next-token distributions, as language models have, and a moved copy.
+    ref = torch.randn(64, vocab) * 5
+    cur = ref + torch.randn(64, vocab) * 0.7
+    exact = kl.next_token_kl(ref, cur, dtype=torch.float64)
+    full = kl.compact_log_probs(ref)
+    assert full.indices.shape == (64, vocab)
+    on_full = kl.compact_kl(full, kl.compact_log_probs(cur, support=full.indices))
+    assert torch.allclose(on_full.double(), exact, atol=5e-5)  # float32 log-softmax
+    errors = []
+    for k in (16, 64, 256):
+        compact = kl.compact_log_probs(ref, k)
+        approx = kl.compact_kl(compact, kl.compact_log_probs(cur, support=compact.indices)).double()
+        assert bool((approx <= exact + 1e-5).all()), "coarsening can only lower the KL"
+        errors.append(float((exact - approx).mean() / exact.mean()))
+        assert compact.indices.shape == compact.log_probs.shape == (64, k) and compact.rest_log_mass.shape == (64,)
+    assert errors == sorted(errors, reverse=True) and errors[-1] < 0.05, errors
+
+
+def test_compact_kl_refuses_log_probs_read_elsewhere():
+    ref = kl.compact_log_probs(torch.randn(4, 50), 8)
+    other = kl.compact_log_probs(torch.randn(4, 50), 8)
+    with pytest.raises(MetricInputError, match="support"):
+        kl.compact_kl(ref, other)
+    with pytest.raises(MetricInputError, match="support: expected"):
+        kl.compact_log_probs(torch.randn(4, 50), support=torch.zeros(3, 8, dtype=torch.long))
+
+
 def test_high_kl_positions():
     values = torch.tensor([[0.1, 5.0, 0.3], [2.0, 0.0, 9.0]])
     top = kl.high_kl_positions(values, n=2)

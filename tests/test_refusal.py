@@ -130,3 +130,41 @@ def test_feature_diff_in_means_accepts_sae_codes():
     harmful = SaeCodes(t([[1.0, 3.0]]), torch.tensor([[0, 2]]), torch.zeros(1, 2))
     harmless = SaeCodes(t([[2.0, 1.0]]), torch.tensor([[2, 1]]), torch.zeros(1, 2))
     assert refusal.feature_diff_in_means(harmful, harmless, 3).tolist() == [1.0, -1.0, 1.0]
+
+
+def test_refusal_token_probability_and_log_odds_hand_computed():
+    logits = torch.log(torch.tensor([[0.5, 0.25, 0.25], [0.1, 0.1, 0.8]]))
+    p = refusal.refusal_token_probability(logits, [0, 1])
+    assert torch.allclose(p, torch.tensor([0.75, 0.2]))
+    assert torch.allclose(refusal.log_odds(p), torch.log(torch.tensor([3.0, 0.25])), atol=1e-6)
+    with pytest.raises(MetricInputError, match="refusal-starting"):
+        refusal.refusal_token_probability(logits, [])
+
+
+def test_logit_refusal_score_agrees_with_generated_refusals(zoo_nano, zoo_nano_models):
+    """The one-pass score ranks prompts as greedy generation judges them: on the zoo's base model
+    (which rarely refuses) and its chat model (which refuses harmful requests)."""
+    from scipy.stats import mannwhitneyu
+
+    from featuredrift.monitor.config import MonitorConfig
+    from featuredrift.monitor.drift_monitor import DriftMonitor
+
+    base, chat, tokenizer = zoo_nano_models
+    config = MonitorConfig(sae=str(zoo_nano.sae), probes=str(zoo_nano.probes), max_probes=24, kl_every=0,
+                           refusal_score_every=1, completions_kept=24, max_new_tokens=8)
+    monitor = DriftMonitor(config)
+    monitor.start(base, tokenizer)
+    assert [tokenizer.convert_ids_to_tokens(i) for i in monitor._state.refusal_tokens], "refusal tokens found"
+    pairs = []
+    for step, model in enumerate((base, chat)):
+        report = monitor.evaluate(model, step)
+        assert set(report.refusal_token_probability) == {"harmful", "harmless"}
+        assert report.refusal_token_probability["harmful"] == pytest.approx(
+            sum(c["refusal_token_probability"] for c in report.completions if c["subset"] == "harmful")
+            / sum(c["subset"] == "harmful" for c in report.completions), abs=1e-6)
+        pairs += [(c["refusal_token_probability"], c["refused"]) for c in report.completions]
+    refused = [p for p, r in pairs if r]
+    answered = [p for p, r in pairs if not r]
+    assert refused and answered
+    auroc = mannwhitneyu(refused, answered).statistic / (len(refused) * len(answered))
+    assert auroc > 0.8, auroc

@@ -93,3 +93,28 @@ def test_saelens_errors_name_file_expected_and_found(zoo_nano, zoo_nano_models, 
     attention = make_saelens_sae(tmp_path / "attn", "topk", d_in, layer, hook=f"blocks.{layer}.attn.hook_z")
     with pytest.raises(SaeError, match=r"expected an SAE of the residual stream .* found hook 'blocks"):
         load_sae(str(attention), model=base)
+
+
+def test_saelens_release_ids_are_checked_offline_and_fetched_once(zoo_nano, zoo_nano_models, tmp_path, monkeypatch):
+    """`saelens:<release>/<sae id>`: names checked against SAELens's own directory with no network,
+    a clear error when the Hub cannot be reached, and the local copy loaded once it exists."""
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("FEATUREDRIFT_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    release = "gemma-scope-2b-pt-res-canonical"
+    with pytest.raises(SaeError, match=f"found no release 'gemma-scope-2b-pt-res-canonicl'; nearest: {release}"):
+        load_sae("saelens:gemma-scope-2b-pt-res-canonicl/layer_2/width_16k/canonical")
+    with pytest.raises(SaeError, match=r"has no SAE .layer_2/width_99k. \(\d+ SAEs; e.g. .*layer_2/width_16k/canonical"):
+        load_sae(f"saelens:{release}/layer_2/width_99k")
+    with pytest.raises(SaeError, match="expected saelens:<release>/<sae id>"):
+        load_sae(f"saelens:{release}")
+    with pytest.raises(SaeError, match="could not fetch it from the Hugging Face Hub .* needs network access once"):
+        load_sae(f"saelens:{release}/layer_2/width_16k/canonical")
+
+    base, _, _ = zoo_nano_models
+    d_in, layer = _hidden_and_layer(zoo_nano)
+    fetched = tmp_path / "home" / "saelens" / release / "layer_2" / "width_16k" / "canonical"
+    make_saelens_sae(fetched, "jumprelu", d_in, layer)  # what the fetch saves
+    sae = load_sae(f"saelens:{release}/layer_2/width_16k/canonical", model=base)
+    assert (sae.d_in, sae.num_latents, sae.architecture) == (d_in, 256, "JumpReLUSAE")

@@ -171,6 +171,58 @@ def test_resume_continues_the_same_run(store_url):
         assert store.finish_run("sft-c").status == "finished"
 
 
+def test_a_writer_that_returns_late_cannot_undo_an_import(store_url):
+    """A store writer blocked on a locked database (the run's sync thread at close) may return
+    after `runs import` stored the whole journal; its late write must not reopen the run."""
+    import threading
+
+    from featuredrift.monitor.journal import JournalEvent
+    from featuredrift.monitor.session import apply_event, store_event
+
+    run = "late-writer"
+    journal = [
+        JournalEvent(1, "run", run, {"config": {"lr": 1e-4}}),
+        JournalEvent(2, "evaluation", run, make_report(0).to_dict()),
+        JournalEvent(3, "finish", run, {"status": "finished"}),
+    ]
+    read_done, go = threading.Event(), threading.Event()
+    outcome: dict[str, object] = {}
+
+    def late_writer():
+        try:
+            with RunStore(store_url) as late, late.applying_journal_event(run, 1) as new:
+                outcome["saw_it_new"] = new
+                read_done.set()
+                go.wait(5)
+                if new:
+                    apply_event(late, journal[0])
+            outcome["late"] = "stored"
+        except Exception as error:  # noqa: BLE001 - which error depends on the database
+            outcome["late"] = type(error).__name__
+
+    def importer():
+        with RunStore(store_url) as store:
+            outcome["imported"] = sum(store_event(store, event) for event in journal)
+
+    writer = threading.Thread(target=late_writer)
+    writer.start()
+    assert read_done.wait(10)
+    importing = threading.Thread(target=importer)
+    importing.start()
+    importing.join(1.0)  # SQLite: the import completes; PostgreSQL: it waits on the locked run row
+    go.set()
+    writer.join(10)
+    importing.join(20)
+    assert outcome["saw_it_new"] is True
+    with RunStore(store_url) as store:
+        info = store.get_run(run)
+        assert info.status == "finished", outcome
+        assert store.synced_sequence(run) == 3
+        assert store.recorded_steps(run) == [0]
+        # Replaying the journal once more changes nothing.
+        assert sum(store_event(store, event) for event in journal) == 0
+
+
 def test_export_round_trips(store):
     store.start_run("sft-d", {"refusal_k": 4}, model_fingerprint="m1")
     reports = [make_report(step) for step in (0, 3, 6)]

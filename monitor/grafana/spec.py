@@ -322,8 +322,10 @@ OVERVIEW = Dashboard(
             (
                 Query(f"featuredrift_refusal_rate_ratio{{{RUN}}}", "{{run}} refused {{prompts}}"),
                 Query(f"featuredrift_safety_score_ratio{{{RUN}}}", "{{run}} safety score"),
+                Query(f"featuredrift_refusal_token_probability_ratio{{{RUN}}}", "{{run}} P(refusal start) {{prompts}}"),
             ),
-            "Fraction of greedy completions that refuse, on harmful and harmless probes.",
+            "Fraction of greedy completions that refuse, on harmful and harmless probes; P(refusal start): "
+            "probability of a refusal-starting first token, every evaluation, without generation.",
             unit="percentunit",
             min=0,
             max=1,
@@ -431,11 +433,18 @@ REFUSAL = Dashboard(
             (
                 Query(f"featuredrift_refusal_rate_ratio{{{RUN}}}", "{{run}} refused {{prompts}}"),
                 Query(f"featuredrift_safety_score_ratio{{{RUN}}}", "{{run}} safety score"),
+                Query(f"featuredrift_refusal_token_probability_ratio{{{RUN}}}", "{{run}} P(refusal start) {{prompts}}"),
             ),
             unit="percentunit",
             min=0,
             max=1,
             alerts=("HarmfulRefusalRateLow",),
+        ),
+        Panel(
+            "Refusal log-odds (no generation)",
+            (Query(f"featuredrift_refusal_token_logodds{{{RUN}}}", "{{run}} {{prompts}}"),),
+            "log(p / (1 - p)) of a refusal-starting first token at the prompt's end (Arditi et al.'s refusal metric), "
+            "every evaluation: above 0 the model more likely refuses than not.",
         ),
     ),
 )
@@ -472,6 +481,10 @@ STEPS = Dashboard(
                  "Fraction of greedy completions that refuse, on harmful and harmless probes (evaluations that "
                  "generated).", ("prompts",), layered=False, unit="percentunit", min=0, max=1,
                  alerts=("HarmfulRefusalRateLow",)),
+        _by_step("Refusal-token probability", "refusal_token_probability_ratio",
+                 "Probability that the response starts with a refusal token, from one forward pass at every "
+                 "evaluation (tracks the refusal rate between generating evaluations).", ("prompts",), layered=False,
+                 unit="percentunit", min=0, max=1),
         _by_step("Base-SAE transfer (FVU)", "fvu_ratio",
                  "Fraction of variance the frozen base SAE leaves unexplained, per model × probe data.",
                  ("model", "data"), unit="percentunit", min=0, alerts=("BaseSAETransferDegraded",)),
@@ -495,6 +508,10 @@ STEPS = Dashboard(
         _store_table("Most drifted features at the latest evaluation", sql.LATEST_DRIFTED_FEATURES,
                      "Feature cards of the newest evaluation: each top drifted feature with its drift score and its "
                      "firing frequency and mean activation on the probe subset, at the reference and now."),
+        _store_table("Feature contexts at the latest evaluation", sql.LATEST_FEATURE_CONTEXTS,
+                     "Top-activating probe contexts of each listed feature (drifted and refusal features): the token "
+                     "in 【brackets】 with a few tokens either side and the feature's activation there, at the "
+                     "reference and now. Runs recorded before contexts were captured have no rows here."),
         _store_table("Refusal features over steps", sql.REFUSAL_FEATURES_OVER_STEPS,
                      "Every feature that was a refusal feature (top-k diff-in-means) at some evaluation: whether it was "
                      "one at the reference, the steps it was in the current top-k, its best rank and latest d̄. "

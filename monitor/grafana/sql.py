@@ -52,6 +52,18 @@ WHERE r.name IN ($run) AND d.hookpoint IN ($layer)
   AND e.step = (SELECT max(latest.step) FROM evaluations latest WHERE latest.run_id = e.run_id)
 ORDER BY r.name, d.hookpoint, d.rank"""
 
+# The top-activating probe contexts of every feature the newest evaluation lists, reference beside now.
+LATEST_FEATURE_CONTEXTS = """SELECT r.name AS run, c.hookpoint AS layer, e.step AS step, c.feature AS feature,
+  CASE c.model WHEN 'reference' THEN 'reference' ELSE 'now' END AS model, c.rank + 1 AS "rank",
+  c.left_text || '【' || c.token || '】' || c.right_text AS context, c.token AS token,
+  c.activation AS activation, c.subset AS subset
+FROM feature_contexts c
+JOIN evaluations e ON e.id = c.evaluation_id
+JOIN runs r ON r.id = e.run_id
+WHERE r.name IN ($run) AND c.hookpoint IN ($layer)
+  AND e.step = (SELECT max(latest.step) FROM evaluations latest WHERE latest.run_id = e.run_id)
+ORDER BY r.name, c.hookpoint, c.feature, c.model DESC, c.rank"""
+
 # Drift score over steps of the features the newest evaluation lists as most drifted.
 LATEST_DRIFTED_FEATURES_BY_STEP = """SELECT e.step AS step,
   r.name || ' ' || d.hookpoint || ' feature ' || d.feature AS series, max(d.score) AS value

@@ -42,6 +42,9 @@ def fail(error: Exception) -> None:
     raise typer.Exit(2) from error
 
 
+DEFAULT_CARD_LIMIT = 20
+
+
 def _fmt(value: float | None) -> str:
     if value is None:
         return "—"
@@ -92,13 +95,16 @@ def show_run(
     features: bool = typer.Option(
         False, "--features", help="Print the feature cards of the latest evaluation: drifted and refusal features."
     ),
+    limit: int = typer.Option(
+        DEFAULT_CARD_LIMIT, "--limit", min=1, help="With --features: print at most this many cards (the most telling first)."
+    ),
 ) -> None:
     """A run's metadata, the latest value of every metric, and its alerts."""
     if completions is not None:
         _show_completions(run, completions, db)
         return
     if features:
-        _show_features(run, db)
+        _show_features(run, db, limit)
         return
     from rich.console import Console
 
@@ -140,8 +146,8 @@ def show_run(
         console.print(table)
 
 
-def _show_features(run: str, db: str | None) -> None:
-    """One card per feature the latest evaluation singled out (see monitor/feature_cards.py)."""
+def _show_features(run: str, db: str | None, limit: int = DEFAULT_CARD_LIMIT) -> None:
+    """One card per feature the latest evaluation singled out (see monitor/feature_cards.py), the first `limit`."""
     from rich.console import Console
 
     from featuredrift.monitor.feature_cards import build_cards
@@ -156,8 +162,10 @@ def _show_features(run: str, db: str | None) -> None:
     if not cards:
         console.print(f"run {run}: no drifted or refusal features stored yet")
         return
-    for card in cards:
+    for card in cards[:limit]:
         console.print(_card_table(card))
+    if len(cards) > limit:
+        console.print(f"{len(cards) - limit} more cards left out (of {len(cards)}); --limit {len(cards)} shows all")
 
 
 def _card_table(card):
@@ -174,8 +182,20 @@ def _card_table(card):
     table.add_row("trajectory", "step: drift score / d̄", "  ".join(
         f"{p.step}: {_fmt(p.drift_score)} / {_fmt(p.diff_in_means)}{'*' if p.in_refusal_top_k else ''}"
         for p in card.trajectory) + "  (* in the refusal top-k)")
-    table.add_row("contexts", "not captured for this run", "")
+    if card.contexts_note:
+        table.add_row("contexts", card.contexts_note, "")
+    else:
+        table.add_row("top contexts", _contexts_cell(card, "reference"), _contexts_cell(card, "current"))
     return table
+
+
+def _contexts_cell(card, model: str) -> str:
+    """One line per context, its token highlighted (rich markup; probe text is escaped)."""
+    from rich.markup import escape
+
+    lines = [f"…{escape(c.left)}[bold reverse]{escape(c.token)}[/]{escape(c.right)}… {_fmt(c.activation)} ({c.subset})"
+             for c in card.contexts if c.model == model]
+    return "\n".join(lines) or "does not fire on any probe token"
 
 
 def _show_completions(run: str, step: int, db: str | None) -> None:
@@ -318,11 +338,5 @@ def import_journal(store, path: Path) -> tuple[int, str]:
     events = read_journal(path)
     if not events:
         raise ValueError(f"{path}: expected journal events, found none")
-    run = events[0].run
-    synced = store.synced_sequence(run)
-    applied = 0
-    for event in events:
-        if event.seq > synced:
-            store_event(store, event)
-            applied += 1
-    return applied, run
+    applied = sum(store_event(store, event) for event in events)
+    return applied, events[0].run

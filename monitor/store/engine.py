@@ -49,6 +49,10 @@ def is_sqlite_memory(url: URL) -> bool:
 def _enable_sqlite_pragmas(engine: Engine, wal: bool) -> None:
     @event.listens_for(engine, "connect")
     def on_connect(dbapi_connection, _record) -> None:
+        # pysqlite opens a transaction only before a write, so a read-then-write (is this journal
+        # event stored yet?) would not be atomic. Let SQLAlchemy's BEGIN open every transaction:
+        # reads then share one snapshot, and a write on a stale snapshot fails instead of racing.
+        dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         try:
             cursor.execute("PRAGMA foreign_keys=ON")
@@ -57,6 +61,10 @@ def _enable_sqlite_pragmas(engine: Engine, wal: bool) -> None:
                 cursor.execute("PRAGMA journal_mode=WAL")
         finally:
             cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def on_begin(connection) -> None:
+        connection.exec_driver_sql("BEGIN")
 
 
 def require_existing_store(url: URL, display_url: str) -> None:

@@ -2,7 +2,8 @@
 
 One row per evaluation holds the full report JSON (the source of truth, so nothing is lost);
 the other tables are flat, queryable projections of that report (metric values, drifted
-features, refusal features) and the alerts raised during a run.
+features, refusal features, their top-activating probe contexts) and the alerts raised during a
+run.
 """
 
 from __future__ import annotations
@@ -83,6 +84,9 @@ class Evaluation(Base):
     refusal_features: Mapped[list[RefusalFeature]] = relationship(
         cascade="all, delete-orphan", passive_deletes=True
     )
+    feature_contexts: Mapped[list[FeatureContext]] = relationship(
+        cascade="all, delete-orphan", passive_deletes=True
+    )
 
 
 class MetricValue(Base):
@@ -140,6 +144,30 @@ class RefusalFeature(Base):
     rank: Mapped[int] = mapped_column(Integer)
     diff_in_means: Mapped[float | None] = mapped_column(Float)  # d̄_j at this step, when the report has it
     nnls_weight: Mapped[float | None] = mapped_column(Float)
+
+
+class FeatureContext(Base):
+    """One top-activating probe token of a listed feature (model: reference or current), with its text around it."""
+
+    __tablename__ = "feature_contexts"
+    __table_args__ = (
+        UniqueConstraint("evaluation_id", "hookpoint", "feature", "model", "rank", name="uq_feature_contexts_slot"),
+        Index("ix_feature_contexts_feature", "hookpoint", "feature"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    evaluation_id: Mapped[int] = mapped_column(ForeignKey("evaluations.id", ondelete="CASCADE"), index=True)
+    hookpoint: Mapped[str] = mapped_column(String(255))
+    feature: Mapped[int] = mapped_column(Integer)
+    model: Mapped[str] = mapped_column(String(16))  # "reference" | "current"
+    rank: Mapped[int] = mapped_column(Integer)  # 0 = strongest
+    subset: Mapped[str] = mapped_column(String(64))
+    probe_index: Mapped[int] = mapped_column(Integer)
+    position: Mapped[int] = mapped_column(Integer)
+    left_text: Mapped[str] = mapped_column(Text)
+    token: Mapped[str] = mapped_column(Text)
+    right_text: Mapped[str] = mapped_column(Text)
+    activation: Mapped[float] = mapped_column(Float)
 
 
 class Alert(Base):

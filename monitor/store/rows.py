@@ -124,6 +124,32 @@ class RefusalFeatureRow(NamedTuple):
     nnls_weight: float | None
 
 
+class FeatureContextRow(NamedTuple):
+    step: int
+    hookpoint: str
+    feature: int
+    model: str  # "reference" | "current"
+    rank: int
+    subset: str
+    probe_index: int
+    position: int
+    left: str
+    token: str
+    right: str
+    activation: float
+
+
+def feature_context_fields(layer: LayerReport) -> list[dict[str, Any]]:
+    return [
+        {
+            "feature": int(c.feature), "model": c.model, "rank": int(c.rank), "subset": c.subset,
+            "probe_index": int(c.probe_index), "position": int(c.position),
+            "left_text": c.left, "token": c.token, "right_text": c.right, "activation": float(c.activation),
+        }
+        for c in layer.feature_contexts
+    ]
+
+
 def drifted_feature_fields(layer: LayerReport) -> list[dict[str, Any]]:
     return [
         {

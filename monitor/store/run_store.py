@@ -13,13 +13,14 @@ import io
 import json
 import logging
 import math
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import delete, func, insert, select, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -45,6 +46,7 @@ from featuredrift.monitor.store.models import (
     Alert,
     DriftedFeature,
     Evaluation,
+    FeatureContext,
     MetricValue,
     RefusalFeature,
     Run,
@@ -54,6 +56,7 @@ from featuredrift.monitor.store.rows import (
     AlertInfo,
     DriftedFeatureRow,
     EvaluationInfo,
+    FeatureContextRow,
     MetricComparison,
     RefusalFeatureRow,
     RunComparison,
@@ -101,6 +104,7 @@ class RunStore:
             self.engine.dispose()
             raise translate_open_error(error, self.url) from error
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._held = threading.local()
 
     def close(self) -> None:
         self.engine.dispose()
@@ -116,6 +120,11 @@ class RunStore:
 
     @contextmanager
     def _transaction(self) -> Iterator[Session]:
+        """A transaction of its own, or the one `applying_journal_event` holds open on this thread."""
+        held = getattr(self._held, "session", None)
+        if held is not None:
+            yield held
+            return
         try:
             with self._sessions.begin() as session:
                 yield session
@@ -177,7 +186,7 @@ class RunStore:
                     session.flush()
                     return self._run_info(session, run, resumed=resumed)
             except IntegrityError:
-                if attempt == 1:
+                if attempt == 1 or getattr(self._held, "session", None) is not None:
                     raise
                 # Another process created the same run between our SELECT and INSERT.
         raise AssertionError("unreachable")
@@ -220,7 +229,7 @@ class RunStore:
                 with self._transaction() as session:
                     return self._write_evaluation(session, run_name, report)
             except IntegrityError:
-                if attempt == 1:
+                if attempt == 1 or getattr(self._held, "session", None) is not None:
                     raise
                 # A concurrent writer inserted the same (run, step); retry as an update.
         raise AssertionError("unreachable")
@@ -235,7 +244,7 @@ class RunStore:
             evaluation = Evaluation(run_id=run.id, step=step)
             session.add(evaluation)
         else:
-            for table in (MetricValue, DriftedFeature, RefusalFeature):
+            for table in (MetricValue, DriftedFeature, RefusalFeature, FeatureContext):
                 session.execute(delete(table).where(table.evaluation_id == evaluation.id))
         evaluation.timestamp = float(report.timestamp)
         evaluation.epoch = rows.finite_or_none(report.epoch)
@@ -260,8 +269,12 @@ class RunStore:
                     for (name, labels), value in samples.items()
                 ],
             )
-        drifted, refusal = [], []
+        drifted, refusal, contexts = [], [], []
         for hookpoint, layer in report.layers.items():
+            contexts += [
+                {"evaluation_id": evaluation.id, "hookpoint": hookpoint, **fields}
+                for fields in rows.feature_context_fields(layer)
+            ]
             drifted += [
                 {"evaluation_id": evaluation.id, "hookpoint": hookpoint, **fields}
                 for fields in rows.drifted_feature_fields(layer)
@@ -274,6 +287,8 @@ class RunStore:
             session.execute(insert(DriftedFeature), drifted)
         if refusal:
             session.execute(insert(RefusalFeature), refusal)
+        if contexts:
+            session.execute(insert(FeatureContext), contexts)
         return evaluation.id
 
     def recorded_steps(self, run_name: str) -> list[int]:
@@ -366,6 +381,25 @@ class RunStore:
                 for step, r in session.execute(query).all()
             ]
 
+    def feature_contexts(self, run_name: str, step: int | None = None) -> list[FeatureContextRow]:
+        """Stored top-activating contexts of `run_name`, at `step` or at every step."""
+        with self._transaction() as session:
+            run = self._require_run(session, run_name)
+            query = (
+                select(Evaluation.step, FeatureContext)
+                .join(Evaluation, FeatureContext.evaluation_id == Evaluation.id)
+                .where(Evaluation.run_id == run.id)
+                .order_by(Evaluation.step, FeatureContext.hookpoint, FeatureContext.feature,
+                          FeatureContext.model, FeatureContext.rank)
+            )
+            if step is not None:
+                query = query.where(Evaluation.step == step)
+            return [
+                FeatureContextRow(step, c.hookpoint, c.feature, c.model, c.rank, c.subset, c.probe_index, c.position,
+                                  c.left_text, c.token, c.right_text, c.activation)
+                for step, c in session.execute(query).all()
+            ]
+
     # ---- alerts -----------------------------------------------------------------------
 
     def record_alert(
@@ -442,11 +476,31 @@ class RunStore:
             run = session.scalar(select(Run).where(Run.name == run_name))
             return int((run.extra or {}).get("journal_sequence", 0)) if run is not None else 0
 
-    def mark_synced(self, run_name: str, sequence: int) -> None:
-        """Remember that journal events up to `sequence` are in the store."""
+    @contextmanager
+    def applying_journal_event(self, run_name: str, sequence: int) -> Iterator[bool]:
+        """Store one journal event exactly once, whoever else replays the same journal.
+
+        The writes made inside the block and the run's journal sequence commit in one
+        transaction, and the block is told to skip (False) when the store already holds the
+        event. Writers of one run are serialised (PostgreSQL: an advisory lock, which also covers
+        a run not created yet; SQLite: a write on a stale snapshot fails and is retried), so a
+        writer that was blocked and returns late cannot undo what `runs import` stored meanwhile.
+        """
         with self._transaction() as session:
-            run = self._require_run(session, run_name)
-            run.extra = {**(run.extra or {}), "journal_sequence": int(sequence)}
+            self._held.session = session
+            try:
+                if self.engine.dialect.name == "postgresql":
+                    session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"),
+                                    {"key": f"featuredrift journal {run_name}"})
+                run = session.scalar(select(Run).where(Run.name == run_name))
+                if run is not None and int((run.extra or {}).get("journal_sequence", 0)) >= sequence:
+                    yield False
+                    return
+                yield True
+                run = self._require_run(session, run_name)
+                run.extra = {**(run.extra or {}), "journal_sequence": int(sequence)}
+            finally:
+                self._held.session = None
 
     def record_stop(self, run_name: str, step: int, reason: str) -> RunInfo:
         """Note that training was stopped on purpose (an alert with stop_on_alert) and why."""
