@@ -528,5 +528,9 @@ def norm_outliers(x: Tensor, ratio: float) -> Tensor:
     """[N] bool: tokens whose norm exceeds `ratio` × the median token norm (attention sinks and
     massive-activation tokens that dwarf the rest, Sun et al. 2024)."""
     check_tensor("x", x, ndim=2)
-    norms = x.double().norm(dim=1)
+    return outlier_norms(x.double().norm(dim=1), ratio)
+
+
+def outlier_norms(norms: Tensor, ratio: float) -> Tensor:
+    """[N] bool: norms above `ratio` × their median (`norm_outliers` on norms read shard by shard)."""
     return norms > ratio * norms.median()

@@ -388,3 +388,36 @@ def test_refusal_prompt_format_follows_the_tokenizer_when_auto():
     assert RefusalConfig(prompt_format={"base": "auto", "chat": "auto"}).prompt_format["base"] == "auto"
     with pytest.raises(ValueError):
         RefusalConfig(prompt_format={"base": "instruct"})
+
+
+def test_norm_outliers_leave_both_models_shards_aligned_and_resume(tmp_path):
+    """The live monitor's sink rule in replicate: rows whose base-model norm dwarfs the median at
+    any hookpoint leave both models' shards; a rewrite interrupted half way is finished on resume."""
+    from safetensors.torch import load_file
+
+    from featuredrift.monitor.replicate.shards import iter_paired, shard_path, write_shard
+    from featuredrift.monitor.replicate.stage_activations import leave_out_norm_outliers
+
+    torch.manual_seed(0)
+    hookpoints = ["layers.1", "layers.2"]
+    sinks = {(0, 0), (1, 3)}  # (shard, row): a sink at layers.1 in shard 0, one at layers.2 in shard 1
+    for index in range(2):
+        ids = torch.arange(6) + 10 * index
+        meta = {"token_ids": ids, "text_index": ids // 3, "position": ids % 3}
+        for model in ("base", "chat"):
+            acts = {h: torch.randn(6, 8) for h in hookpoints}
+            for shard, row in sinks:
+                if shard == index and model == "base":
+                    acts[hookpoints[shard]][row] *= 500
+            write_shard(shard_path(tmp_path, model, "base", index), acts, meta, torch.float32)
+    before = load_file(str(shard_path(tmp_path, "chat", "base", 1)))
+    assert leave_out_norm_outliers(tmp_path, "base", hookpoints, 50.0) == 2
+    kept_ids = [int(t) for _, _, ids in iter_paired(tmp_path, "base", "layers.1") for t in ids]  # checks the pairing
+    assert kept_ids == [1, 2, 3, 4, 5, 10, 11, 12, 14, 15]
+    after = load_file(str(shard_path(tmp_path, "chat", "base", 1)))
+    assert torch.equal(after["layers.2"], before["layers.2"][[0, 1, 2, 4, 5]])
+    # Idempotent, and an interruption after the base shard's rewrite is completed on resume.
+    write_shard(shard_path(tmp_path, "chat", "base", 1), {h: before[h] for h in hookpoints},
+                {k: before[k] for k in ("token_ids", "text_index", "position")}, torch.float32)
+    assert leave_out_norm_outliers(tmp_path, "base", hookpoints, 50.0) == 2
+    assert [int(t) for _, _, ids in iter_paired(tmp_path, "base", "layers.2") for t in ids] == kept_ids

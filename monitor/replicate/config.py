@@ -190,6 +190,10 @@ class ReplicateConfig(_Strict):
     shard_tokens: int = Field(262_144, ge=1, description="Tokens per activation shard.")
     divergence_threshold: float = Field(0.9, ge=-1.0, le=1.0)
     paper_readings: PaperReadings = Field(default_factory=PaperReadings)
+    sink_norm_ratio: float | None = Field(
+        50.0, gt=1, description="Tokens whose base-model norm exceeds this x the median at any hookpoint (attention "
+        "sinks, massive activations) are left out of every stage, as the live monitor does; null keeps them.",
+    )
     data: DataConfig
     sae: SaeConfig = Field(default_factory=SaeConfig)
     refusal: RefusalConfig = Field(default_factory=RefusalConfig)

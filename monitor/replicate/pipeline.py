@@ -40,6 +40,7 @@ def stage_inputs(config: ReplicateConfig, stage: str, identities: dict) -> dict:
             "shard_tokens": config.shard_tokens, "max_length": data.max_length, "max_eval_texts": data.max_eval_texts,
             "base_text_eval": data.base_text_eval, "chat_text_eval": data.chat_text_eval,
             "token_mask": config.paper_readings.token_mask, "splits": data.splits,
+            "sink_norm_ratio": config.sink_norm_ratio,
         }
     if stage == "saes":
         return {
