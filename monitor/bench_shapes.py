@@ -99,7 +99,16 @@ def build_tokenizer(vocab_size: int, texts: list[str]):
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    from featuredrift.monitor.zoo.config import ASSISTANT, BOS, END, EOS, PAD, SPECIAL_TOKENS, SYSTEM, USER
+    from featuredrift.monitor.zoo.config import (
+        ASSISTANT,
+        BOS,
+        END,
+        EOS,
+        PAD,
+        SPECIAL_TOKENS,
+        SYSTEM,
+        USER,
+    )
     from featuredrift.monitor.zoo.tokenizer import CHAT_TEMPLATE
 
     unknown = "<unk>"

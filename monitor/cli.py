@@ -111,8 +111,8 @@ def bench(
     train_batch: int = typer.Option(8, help="--shape: batch of the realistic training step the share is stated for."),
     train_seq: int = typer.Option(512, help="--shape: sequence length of that step."),
     measure_batch: int = typer.Option(1, help="--shape: batch of the training step actually timed."),
-    measure_seq: int = typer.Option(256, help="--shape: sequence length of the timed step (scaled linearly to the realistic one)."),
-    probes: int = typer.Option(8, help="--shape: prompts and texts per probe subset."),
+    measure_seq: int = typer.Option(128, help="--shape: sequence length of the timed step (scaled linearly to the realistic one)."),
+    probes: int = typer.Option(4, help="--shape: prompts and texts per probe subset."),
     probe_length: int = typer.Option(128, help="--shape: probe texts truncated to this many tokens."),
     offline: bool = typer.Option(True, help="--shape: also time the offline route (save, reload in a fresh process, recompute)."),
     scaling: bool = typer.Option(True, help="--shape: also measure the scaling table."),
@@ -131,7 +131,11 @@ def bench(
             console.log(message)
 
     if shape:
-        from featuredrift.monitor.bench_real import ShapeBenchSettings, print_shape_benchmark, run_shape_benchmark
+        from featuredrift.monitor.bench_real import (
+            ShapeBenchSettings,
+            print_shape_benchmark,
+            run_shape_benchmark,
+        )
 
         settings = ShapeBenchSettings(
             shape=shape, layers=layers, latents=latents, k=k, device=device, train_batch=train_batch, train_seq=train_seq,
