@@ -3,9 +3,10 @@
 Everything runs in this process on random-initialised models (`bench_shapes`), except the
 offline route, which must pay a fresh process. Measurement sizes are small so that a 2-core CPU
 finishes in minutes; the realistic figures are extrapolated, and the output says how:
-- training step: timed at `measure_batch x measure_seq` tokens, scaled linearly to
-  `train_batch x train_seq` (matmul cost is linear in tokens; attention's quadratic part is small
-  at these lengths);
+- training step: forward+backward timed at `measure_batch x measure_seq` tokens and at half
+  the length, fitted as fixed + per-token cost and extrapolated to `train_batch x train_seq`
+  (matmul cost is linear in tokens; attention's quadratic part is small at these lengths), plus
+  the AdamW update, which does not depend on tokens;
 - callback share at the cadence: `eval / (eval_every x step + eval)`, where `eval` is one
   evaluation plus the generation-based refusal score amortised over its cadence;
 - depth: the model has `--layers` blocks, not the release's; the SAE and metric costs do not
@@ -177,28 +178,40 @@ def build_fixture(s: ShapeBenchSettings) -> Fixture:
 
 
 def measure_training_step(fx: Fixture, s: ShapeBenchSettings) -> dict:
-    """AdamW steps on random tokens at the measured size, extrapolated to the realistic one.
-    The optimizer is freed afterwards; its peak memory is what the monitor's is compared with."""
+    """One AdamW step on random tokens, extrapolated to the realistic size. Forward+backward is
+    timed at two lengths and fitted as fixed + per-token cost (a small step is dominated by
+    fixed costs, e.g. the dense gradient of a large embedding); the optimizer update does not
+    depend on tokens. The moments are freed afterwards; the training peak memory is kept."""
     model = fx.model.train()
     vocab = model.config.vocab_size
-    ids = torch.randint(3, vocab, (s.measure_batch, s.measure_seq), device=s.device)
+    short_seq = max(1, s.measure_seq // 2)
+    long_ids = torch.randint(3, vocab, (s.measure_batch, s.measure_seq), device=s.device)
+    short_ids = long_ids[:, :short_seq]
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
 
-    def step():
-        loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        optimizer.step()
+    def forward_backward(ids):
         optimizer.zero_grad(set_to_none=True)
+        model(input_ids=ids, labels=ids).loss.backward()
 
-    step()  # warm-up: allocates the optimizer state
+    forward_backward(long_ids)
+    optimizer.step()  # warm-up: allocates the optimizer state
+    short_s, long_s, update_s = [], [], []
     with PeakMemory(s.device) as memory:
         resident_mb = memory.start_mb
-        seconds = _fastest(step, s.repeats, s.device)
+        for _ in range(s.repeats):
+            short_s.append(_timed(lambda: forward_backward(short_ids), s.device))
+            long_s.append(_timed(lambda: forward_backward(long_ids), s.device))
+            update_s.append(_timed(optimizer.step, s.device))
+    optimizer.zero_grad(set_to_none=True)
     optimizer.state.clear()  # free the moments now: the monitor's measurements come next
     model.eval()
-    scale = (s.train_batch * s.train_seq) / (s.measure_batch * s.measure_seq)
-    return {"step_measured_s": seconds, "measured_tokens": s.measure_batch * s.measure_seq,
-            "step_s": seconds * scale, "step_tokens": s.train_batch * s.train_seq,
+    short_n, long_n = s.measure_batch * short_seq, s.measure_batch * s.measure_seq
+    fixed = max(0.0, (min(short_s) * long_n - min(long_s) * short_n) / (long_n - short_n)) if long_n > short_n else 0.0
+    per_token = (min(long_s) - fixed) / long_n
+    step_tokens = s.train_batch * s.train_seq
+    return {"forward_backward_s": {str(short_n): min(short_s), str(long_n): min(long_s)},
+            "forward_backward_fixed_s": fixed, "forward_backward_per_token_s": per_token, "optimizer_step_s": min(update_s),
+            "measured_tokens": long_n, "step_s": fixed + per_token * step_tokens + min(update_s), "step_tokens": step_tokens,
             "train_peak_mb": memory.peak_mb, "train_resident_mb": resident_mb}
 
 
@@ -392,7 +405,8 @@ def run_shape_benchmark(s: ShapeBenchSettings, progress=lambda message: None) ->
         "memory": {"persistent_mb": persistent_mb, "peak_with_mb": peak_with, "peak_without_mb": training["train_peak_mb"]},
         "scaling": scaling,
         "notes": [
-            f"training step timed at {s.measure_batch}x{s.measure_seq} tokens and scaled linearly to {s.train_batch}x{s.train_seq}",
+            f"training step: forward+backward timed at {s.measure_batch}x{s.measure_seq} and {s.measure_batch}x{max(1, s.measure_seq // 2)} "
+            f"tokens, fitted as fixed + per-token cost, extrapolated to {s.train_batch}x{s.train_seq}, plus the AdamW update",
             f"callback_share = eval / (eval_every x step + eval) at eval_every={s.eval_every}; eval includes generation "
             f"amortised over refusal_score_every={evaluation['refusal_score_every']}",
             f"depth {s.layers} of {shape.full_layers} layers: forward and training step both shrink with depth; SAE and metrics do not",

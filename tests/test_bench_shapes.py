@@ -86,7 +86,10 @@ def test_bench_at_the_tiny_shape_writes_every_key(tmp_path):
     assert results["peak_memory_ratio"] >= 1.0
     assert set(results["targets"]) <= set(HEADLINE_KEYS) and all(isinstance(t["met"], bool) for t in results["targets"].values())
     assert results["shape"] == {**results["shape"], "name": "tiny", "hidden": SHAPES["tiny"].hidden, "latents": 256, "layers": 2}
-    assert results["training"]["step_tokens"] == 2 * 64 and results["training"]["measured_tokens"] == 32
+    training = results["training"]
+    assert training["step_tokens"] == 2 * 64 and training["measured_tokens"] == 32
+    assert set(training["forward_backward_s"]) == {"16", "32"}
+    assert training["step_s"] > training["optimizer_step_s"] > 0 and training["forward_backward_fixed_s"] >= 0
     assert results["offline"]["offline_s"] > results["offline"]["save_s"] > 0
     rows = results["scaling"]
     assert {row["vary"] for row in rows} == {"probe_tokens", "latents", "hookpoints"}
