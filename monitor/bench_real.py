@@ -73,6 +73,7 @@ class ShapeBenchSettings:
 # Targets: key → (comparison, bound, where it comes from). Checked, printed, never asserted.
 TARGETS = {
     "callback_share": ("≤", 0.03, "issue 14"),
+    "callback_share_default_probes": ("≤", 0.03, "issue 14"),
     "evaluation_over_forward": ("≤", 1.3, "issue 14"),
     "encode_over_matmul": ("≤", 1.2, "ours: 'close to a dense matmul'"),
     "peak_memory_ratio": ("≤", 1.25, "ours"),
@@ -235,6 +236,23 @@ def probe_tokens(monitor) -> int:
     return int(sum(b.attention_mask.sum() for batches in monitor.probe_batches.values() for b in batches))
 
 
+def default_probe_scale(monitor) -> dict:
+    """How much bigger the callback's default probe set is than the bench's: token-weighted over
+    subsets (each subset's tokens scaled by its item count), and for generation by prompt count."""
+    from featuredrift.monitor.probes import load_probe_set
+
+    full = load_probe_set("default")
+    counts = {"base": len(full.base_text), "chat": len(full.chat_text), "harmful": len(full.harmful), "harmless": len(full.harmless)}
+    tokens = default_tokens = 0.0
+    for subset, batches in monitor.probe_batches.items():
+        subset_tokens = float(sum(b.attention_mask.sum() for b in batches))
+        tokens += subset_tokens
+        default_tokens += subset_tokens * counts[subset] / sum(b.input_ids.shape[0] for b in batches)
+    prompts = sum(b.input_ids.shape[0] for subset in ("harmful", "harmless") for b in monitor.probe_batches[subset])
+    return {"default_probe_tokens_estimate": round(default_tokens), "token_scale": default_tokens / tokens,
+            "prompt_scale": (counts["harmful"] + counts["harmless"]) / prompts}
+
+
 def _bare_forward(model, monitor, device: str):
     def run():
         with torch.inference_mode():
@@ -266,6 +284,7 @@ def measure_evaluation(fx: Fixture, s: ShapeBenchSettings) -> tuple[dict, object
         "generation_s": generation_s,
         "refusal_score_every": every,
         "evaluation_amortised_s": evaluation_s + (generation_s / every if every else 0.0),
+        **default_probe_scale(monitor),
         "reference_cache_mb": tensor_megabytes(monitor._require_started().reference),
         "sae_mb": tensor_megabytes(list(fx.sae.parameters())),
         "eval_extra_mb": eval_memory.extra_mb,
@@ -382,6 +401,10 @@ def run_shape_benchmark(s: ShapeBenchSettings, progress=lambda message: None) ->
     scaling = measure_scaling(fx, s, progress) if s.scaling else []
 
     eval_cost = evaluation["evaluation_amortised_s"]
+    every = evaluation["refusal_score_every"]
+    # At the callback's default probe set: evaluation linear in probe tokens, generation in prompts (an upper bound).
+    eval_cost_default = (evaluation["evaluation_s"] * evaluation["token_scale"]
+                         + (evaluation["generation_s"] * evaluation["prompt_scale"] / every if every else 0.0))
     # The monitor's memory on top of training: its SAE and reference cache stay resident; an
     # evaluation's transient counts only where it exceeds training's own transient headroom.
     persistent_mb = evaluation["reference_cache_mb"] + evaluation["sae_mb"]
@@ -389,6 +412,7 @@ def run_shape_benchmark(s: ShapeBenchSettings, progress=lambda message: None) ->
     peak_with = training["train_peak_mb"] + persistent_mb + max(0.0, evaluation["eval_extra_mb"] - train_transient)
     results = {
         "callback_share": eval_cost / (s.eval_every * training["step_s"] + eval_cost),
+        "callback_share_default_probes": eval_cost_default / (s.eval_every * training["step_s"] + eval_cost_default),
         "evaluation_over_forward": evaluation["evaluation_s"] / evaluation["forward_s"],
         "encode_over_matmul": encode["encode_s"] / encode["matmul_s"],
         "reference_cache_mb": evaluation["reference_cache_mb"],
@@ -409,8 +433,12 @@ def run_shape_benchmark(s: ShapeBenchSettings, progress=lambda message: None) ->
             f"tokens, fitted as fixed + per-token cost, extrapolated to {s.train_batch}x{s.train_seq}, plus the AdamW update",
             f"callback_share = eval / (eval_every x step + eval) at eval_every={s.eval_every}; eval includes generation "
             f"amortised over refusal_score_every={evaluation['refusal_score_every']}",
+            f"callback_share_default_probes: the same at the callback's default probe set (about "
+            f"{evaluation['default_probe_tokens_estimate']} tokens), evaluation scaled by probe tokens and generation by prompts",
             f"depth {s.layers} of {shape.full_layers} layers: forward and training step both shrink with depth; SAE and metrics do not",
             "peak memory: training peak at the measured step size (smaller than the realistic step, so the ratio is an upper bound)",
+            f"reference cache for this probe set ({evaluation['probe_tokens']} tokens); its log-prob part grows with probe "
+            "positions up to the monitor's kl_max_positions",
         ],
     }
     if not s.offline:
@@ -441,6 +469,8 @@ def print_shape_benchmark(results: dict, console=None) -> None:
     table.add_row(f"time inside the callback / training (every {results['settings']['eval_every']} steps)",
                   f"{results['callback_share']:.1%}  ({e['evaluation_amortised_s']:.2f}s per eval, step {t['step_s']:.2f}s)",
                   verdict("callback_share"))
+    table.add_row(f"  the same at the default probe set (~{e['default_probe_tokens_estimate']} tokens, extrapolated)",
+                  f"{results['callback_share_default_probes']:.1%}", verdict("callback_share_default_probes"))
     table.add_row("evaluation / bare probe forward",
                   f"{results['evaluation_over_forward']:.2f}×  ({e['evaluation_s']:.2f}s vs {e['forward_s']:.2f}s, "
                   f"{e['probe_tokens']} tokens)", verdict("evaluation_over_forward"))

@@ -82,9 +82,10 @@ def test_bench_at_the_tiny_shape_writes_every_key(tmp_path):
     results = json.loads(out.read_text())
     for key in HEADLINE_KEYS:
         assert math.isfinite(results[key]) and results[key] > 0, key
-    assert 0 < results["callback_share"] < 1
+    assert 0 < results["callback_share"] < results["callback_share_default_probes"] < 1  # the default set is bigger
+    assert results["evaluation"]["default_probe_tokens_estimate"] > results["evaluation"]["probe_tokens"]
     assert results["peak_memory_ratio"] >= 1.0
-    assert set(results["targets"]) <= set(HEADLINE_KEYS) and all(isinstance(t["met"], bool) for t in results["targets"].values())
+    assert set(results["targets"]) <= {*HEADLINE_KEYS, "callback_share_default_probes"} and all(isinstance(t["met"], bool) for t in results["targets"].values())
     assert results["shape"] == {**results["shape"], "name": "tiny", "hidden": SHAPES["tiny"].hidden, "latents": 256, "layers": 2}
     training = results["training"]
     assert training["step_tokens"] == 2 * 64 and training["measured_tokens"] == 32
