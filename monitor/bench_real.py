@@ -207,7 +207,8 @@ def measure_training_step(fx: Fixture, s: ShapeBenchSettings) -> dict:
     optimizer.state.clear()  # free the moments now: the monitor's measurements come next
     model.eval()
     short_n, long_n = s.measure_batch * short_seq, s.measure_batch * s.measure_seq
-    fixed = max(0.0, (min(short_s) * long_n - min(long_s) * short_n) / (long_n - short_n)) if long_n > short_n else 0.0
+    fixed = (min(short_s) * long_n - min(long_s) * short_n) / (long_n - short_n) if long_n > short_n else 0.0
+    fixed = min(max(fixed, 0.0), min(long_s))  # noise can invert the two timings: never a negative per-token cost
     per_token = (min(long_s) - fixed) / long_n
     step_tokens = s.train_batch * s.train_seq
     return {"forward_backward_s": {str(short_n): min(short_s), str(long_n): min(long_s)},
