@@ -316,18 +316,45 @@ class SaeCodes(NamedTuple):
     """[N, d] the SAE's reconstruction ``x̂`` (SAE dtype, skip connection included)."""
 
 
+# Bytes of dense pre-activations one encode chunk may hold: bounds memory at any latent count
+# (1,024 tokens at 65,536 float32 latents) while keeping each matmul large enough to run at speed.
+ENCODE_CHUNK_BYTES = 256 * 2**20
+
+
+def encode_chunk_rows(num_latents: int, itemsize: int, batch_size: int) -> int:
+    """Tokens per encode chunk: at most `batch_size`, and few enough that the dense
+    pre-activations stay within `ENCODE_CHUNK_BYTES`."""
+    return max(1, min(batch_size, ENCODE_CHUNK_BYTES // (num_latents * itemsize)))
+
+
+def topk_codes(sae, x: Tensor) -> tuple[Tensor, Tensor]:
+    """sparsify's TopK encode (`relu(W x' + b)`, `x' = x - b_dec` unless transcoding, then top-k),
+    with one dense buffer instead of two: the bias-added matmul writes it, ReLU runs in place,
+    and `topk` reads it. Other activations and non-sparsify SAEs use their own `encode`."""
+    cfg = getattr(sae, "cfg", None)
+    if getattr(cfg, "activation", None) != "topk" or not hasattr(sae, "encoder"):
+        top_acts, top_indices, _ = sae.encode(x)
+        return top_acts, top_indices
+    if not cfg.transcode:
+        x = x - sae.b_dec
+    pre = torch.addmm(sae.encoder.bias, x, sae.encoder.weight.mT)
+    return pre.relu_().topk(cfg.k, dim=-1, sorted=False)
+
+
 @torch.no_grad()
 def encode_batched(sae, x: Tensor, batch_size: int = 4096) -> SaeCodes:
     """Top-k codes and reconstructions of ``x`` with a sparsify ``SparseCoder``, in chunks so
-    the dense ``[batch, num_latents]`` pre-activations never exist for the whole set at once.
-    Runs on the SAE's device and dtype; results stay there."""
+    the dense ``[chunk, num_latents]`` pre-activations never exist for the whole set at once
+    (see `encode_chunk_rows`). The decode is sparsify's (an embedding bag on CPU, its Triton
+    kernel on a GPU that has it). Runs on the SAE's device and dtype; results stay there."""
     check_tensor("x", x, ndim=2)
     if x.shape[1] != sae.d_in:
         raise MetricInputError(f"x: expected activations of width d_in={sae.d_in}, found {x.shape[1]}")
+    rows_per_chunk = encode_chunk_rows(sae.num_latents, sae.dtype.itemsize, batch_size)
     acts, indices, recon = [], [], []
-    for rows in row_chunks(x.shape[0], batch_size):
+    for rows in row_chunks(x.shape[0], rows_per_chunk):
         chunk = x[rows].to(device=sae.device, dtype=sae.dtype)
-        top_acts, top_indices, _ = sae.encode(chunk)
+        top_acts, top_indices = topk_codes(sae, chunk)
         x_hat = sae.decode(top_acts, top_indices)
         if getattr(sae, "W_skip", None) is not None:
             x_hat = x_hat + chunk @ sae.W_skip.mT

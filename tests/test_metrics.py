@@ -190,6 +190,52 @@ def test_encode_batched_matches_sparsify_forward(sae):
         metrics.encode_batched(sae, torch.randn(3, 8))
 
 
+def _dense(acts, indices, num_latents):
+    return metrics.densify(acts, indices, num_latents)
+
+
+@pytest.mark.parametrize("transcode", [False, True])
+def test_topk_codes_equal_sparsify_encode(transcode):
+    """The one-buffer encode selects the same latents with the same values as sparsify's."""
+    from sparsify import SparseCoder, SparseCoderConfig
+
+    torch.manual_seed(1)
+    coder = SparseCoder(32, SparseCoderConfig(num_latents=512, k=16, transcode=transcode))
+    with torch.no_grad():
+        coder.b_dec.normal_()
+        coder.encoder.bias.normal_(0.0, 0.1)
+    x = torch.randn(300, 32)
+    with torch.no_grad():
+        expected = coder.encode(x)
+        acts, indices = metrics.topk_codes(coder, x)
+    assert torch.allclose(_dense(acts, indices, 512), _dense(expected.top_acts, expected.top_indices, 512), atol=1e-6, rtol=0)
+
+
+def test_encode_batched_chunks_bound_memory_and_keep_results(sae, monkeypatch):
+    """Chunks shrink with the latent count; the codes do not depend on the chunking."""
+    x = torch.randn(50, 16)
+    whole = metrics.encode_batched(sae, x)
+    monkeypatch.setattr(metrics, "ENCODE_CHUNK_BYTES", 7 * sae.num_latents * 4)
+    assert metrics.encode_chunk_rows(sae.num_latents, 4, 4096) == 7
+    assert metrics.encode_chunk_rows(sae.num_latents, 4, 3) == 3
+    chunked = metrics.encode_batched(sae, x)
+    dense = _dense(chunked.top_acts, chunked.top_indices, sae.num_latents)
+    assert torch.allclose(dense, _dense(whole.top_acts, whole.top_indices, sae.num_latents), atol=1e-6, rtol=0)
+    assert torch.allclose(chunked.reconstruction, whole.reconstruction, atol=1e-6, rtol=0)
+
+
+def test_topk_codes_defers_to_the_saes_own_encode_for_other_activations():
+    from sparsify import SparseCoder, SparseCoderConfig
+
+    torch.manual_seed(2)
+    coder = SparseCoder(16, SparseCoderConfig(num_latents=64, k=4, activation="groupmax"))
+    x = torch.randn(10, 16)
+    with torch.no_grad():
+        expected = coder.encode(x)
+        acts, indices = metrics.topk_codes(coder, x)
+    assert torch.equal(indices, expected.top_indices) and torch.equal(acts, expected.top_acts)
+
+
 def test_densify_and_mean_dense_activation(sae):
     codes = metrics.encode_batched(sae, torch.randn(9, 16))
     dense = metrics.densify(codes.top_acts, codes.top_indices, sae.num_latents)
