@@ -17,6 +17,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from featuredrift.monitor.metrics import cat_codes
 from featuredrift.monitor.report import FeatureContext
 
 # Largest dense [tokens, features] block built at once when ranking every latent of the reference.
@@ -90,7 +91,7 @@ class ProbeTokens:
 
 def concat_codes(codes: Mapping[str, object], subsets: Sequence[str]) -> tuple[Tensor, Tensor]:
     """The top-k activations and indices of every subset, stacked in `ProbeTokens` row order."""
-    return (torch.cat([codes[s].top_acts for s in subsets]), torch.cat([codes[s].top_indices for s in subsets]))
+    return cat_codes([codes[s].top_acts for s in subsets], [codes[s].top_indices for s in subsets])
 
 
 def top_rows(top_acts: Tensor, top_indices: Tensor, features: Tensor, num_latents: int, n: int) -> TopRows:
@@ -100,7 +101,7 @@ def top_rows(top_acts: Tensor, top_indices: Tensor, features: Tensor, num_latent
     column = torch.full((num_latents,), -1, dtype=torch.long, device=top_indices.device)
     column[features] = torch.arange(len(features), device=top_indices.device)
     columns = column[top_indices.long()]
-    listed = columns >= 0
+    listed = (columns >= 0) & (top_acts != 0)  # zero slots (variable-L0 padding) may repeat an index
     dense = torch.zeros(top_acts.shape[0], len(features), dtype=torch.float32, device=top_acts.device)
     token_rows = torch.arange(top_acts.shape[0], device=top_acts.device).unsqueeze(1).expand_as(columns)
     dense[token_rows[listed], columns[listed]] = top_acts[listed].float()

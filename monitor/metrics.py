@@ -16,10 +16,11 @@ Conventions (DESIGN.md, "Metric specification"):
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Literal, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 # One row of the per-evaluation drift table: the report's own type, so no conversion is needed.
@@ -361,7 +362,15 @@ def encode_batched(sae, x: Tensor, batch_size: int = 4096) -> SaeCodes:
         acts.append(top_acts)
         indices.append(top_indices)
         recon.append(x_hat)
-    return SaeCodes(torch.cat(acts), torch.cat(indices), torch.cat(recon))
+    return SaeCodes(*cat_codes(acts, indices), torch.cat(recon))
+
+
+def cat_codes(acts: Sequence[Tensor], indices: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+    """Row blocks of codes stacked. A variable-L0 SAE (JumpReLU, ReLU) gives blocks of different
+    widths: narrower ones are padded with zero activations, which never count as active."""
+    width = max(a.shape[1] for a in acts)
+    padded = [(F.pad(a, (0, width - a.shape[1])), F.pad(i, (0, width - i.shape[1]))) for a, i in zip(acts, indices, strict=True)]
+    return torch.cat([a for a, _ in padded]), torch.cat([i for _, i in padded])
 
 
 encode = encode_batched
@@ -372,7 +381,7 @@ def densify(top_acts: Tensor, top_indices: Tensor, num_latents: int) -> Tensor:
     """Dense ``[N, num_latents]`` codes from top-k codes (scatter; for small N only)."""
     _check_codes(top_acts, top_indices, num_latents)
     dense = top_acts.new_zeros(top_acts.shape[0], num_latents)
-    return dense.scatter_(1, top_indices.long(), top_acts)
+    return dense.scatter_add_(1, top_indices.long(), top_acts)  # add: zero-padded slots may repeat an index
 
 
 def _check_codes(top_acts: Tensor, top_indices: Tensor, num_latents: int) -> None:

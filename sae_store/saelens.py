@@ -87,7 +87,7 @@ class SaeLensCoder(nn.Module):
 
     @torch.no_grad()
     def decode(self, top_acts: Tensor, top_indices: Tensor) -> Tensor:
-        dense = top_acts.new_zeros(top_acts.shape[0], self.num_latents).scatter_(1, top_indices.long(), top_acts)
+        dense = top_acts.new_zeros(top_acts.shape[0], self.num_latents).scatter_add_(1, top_indices.long(), top_acts)
         return self.sae.decode(dense)
 
 

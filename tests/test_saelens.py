@@ -118,3 +118,17 @@ def test_saelens_release_ids_are_checked_offline_and_fetched_once(zoo_nano, zoo_
     make_saelens_sae(fetched, "jumprelu", d_in, layer)  # what the fetch saves
     sae = load_sae(f"saelens:{release}/layer_2/width_16k/canonical", model=base)
     assert (sae.d_in, sae.num_latents, sae.architecture) == (d_in, 256, "JumpReLUSAE")
+
+
+def test_variable_l0_codes_of_many_chunks_stack_with_zero_padding(zoo_nano, tmp_path):
+    """A JumpReLU SAE fires a different number of features per chunk: encoding in several chunks
+    pads the narrower ones with inactive (zero) slots, and nothing active is lost."""
+    from featuredrift.monitor.metrics import encode_batched
+
+    d_in, layer = _hidden_and_layer(zoo_nano)
+    sae = load_sae(str(make_saelens_sae(tmp_path / "jumprelu", "jumprelu", d_in, layer)))
+    x = torch.randn(64, d_in) * torch.linspace(0.2, 3.0, 64)[:, None]  # chunks with very different L0
+    whole, chunked = encode_batched(sae, x, batch_size=64), encode_batched(sae, x, batch_size=7)
+    assert torch.allclose(whole.reconstruction, chunked.reconstruction, atol=1e-5)
+    dense = [torch.zeros(64, sae.num_latents).scatter_add_(1, c.top_indices, c.top_acts) for c in (whole, chunked)]
+    assert torch.allclose(dense[0], dense[1], atol=1e-6)
