@@ -303,8 +303,9 @@ class DriftMonitor:
         device = _model_device(model)
         kl_subset = "chat" if "chat" in state.batches else "base"
         support = state.kl_support if kl else None
+        rank, size = world()
         # Sharded models (FSDP, ZeRO-3) need every rank to run every layer: no early stop.
-        stop_early = world()[1] == 1
+        stop_early = size == 1
         activations: dict[str, dict[str, Tensor]] = {}
         next_token: list[list[Tensor]] = [[], [], []]  # per real batch: indices, log-probs, rest mass
         refusal_parts: dict[str, list[Tensor]] = {}
@@ -332,7 +333,7 @@ class DriftMonitor:
                     refusal_parts.setdefault(subset, []).append(
                         refusal.refusal_token_probability(out.logits[mask], state.refusal_tokens))
                 if kl_rows:
-                    start, stop = kl_rows[world()[0] + number * world()[1]]
+                    start, stop = kl_rows[rank + number * size]  # this rank's batch `number`, in probe order
                     compact = kl_metrics.compact_log_probs(
                         out.logits[mask][: stop - start], self.config.kl_top_k,
                         support=None if support is None else support[start:stop],
@@ -454,13 +455,14 @@ class DriftMonitor:
 
         x0, xt = ref_acts["base"][hookpoint], acts["base"]
         scale = float(metrics.scale_for(xt, cfg.scale_reading))
-        divergent = metrics.divergent_mask(x0, xt, cfg.divergence_threshold)
+        cos = metrics.paired_cosine(x0, xt)  # once: the divergent mask, the profile and `moved` read it
+        divergent = cos < cfg.divergence_threshold
         # With no divergent token (e.g. at step 0) ER is undefined: reported as NaN, not an error.
         any_divergent = bool(divergent.any())
         er = metrics.explained_ratio(x0, xt, codes["base"].reconstruction, divergent, ref.scale, scale) if any_divergent else None
         ir = metrics.intersection_ratio(ref.codes["base"], codes["base"], mask=divergent if any_divergent else None)
-        profile = metrics.divergence_profile(x0, xt, cfg.most_divergent_share)
-        moved = bool((metrics.paired_cosine(x0, xt)[profile.most_divergent] < 1 - 1e-6).any())
+        profile = metrics.cosine_profile(cos, cfg.most_divergent_share)
+        moved = bool((cos[profile.most_divergent] < 1 - 1e-6).any())
         er_top = (metrics.explained_ratio(x0, xt, codes["base"].reconstruction, profile.most_divergent, ref.scale, scale)
                   if moved else None)
         ir_top = metrics.intersection_ratio(ref.codes["base"], codes["base"], mask=profile.most_divergent)

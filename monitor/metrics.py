@@ -544,9 +544,15 @@ class DivergenceProfile(NamedTuple):
 
 def divergence_profile(x0: Tensor, xt: Tensor, share: float = 0.1, quantiles=COSINE_QUANTILES,
                        taus=DIVERGENCE_TAUS) -> DivergenceProfile:
+    return cosine_profile(paired_cosine(x0, xt), share, quantiles, taus)
+
+
+def cosine_profile(cos: Tensor, share: float = 0.1, quantiles=COSINE_QUANTILES,
+                   taus=DIVERGENCE_TAUS) -> DivergenceProfile:
+    """`divergence_profile` from the pairs' cosines, for a caller that has them already."""
     if not 0.0 < share <= 1.0:
         raise MetricInputError(f"share: expected a fraction in (0, 1], found {share}")
-    cos = paired_cosine(x0, xt).double()
+    cos = cos.double()
     if cos.numel() == 0:
         raise EmptySetError("divergence_profile: expected at least one token pair, found none")
     values = torch.quantile(cos, torch.tensor(list(quantiles), dtype=cos.dtype))
