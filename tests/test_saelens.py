@@ -112,12 +112,17 @@ def test_saelens_release_ids_are_checked_offline_and_fetched_once(zoo_nano, zoo_
     with pytest.raises(SaeError, match="could not fetch it from the Hugging Face Hub .* needs network access once"):
         load_sae(f"saelens:{release}/layer_2/width_16k/canonical")
 
+    # Online: SAELens fetches it once (stood in for by a local SAE), it is saved, and reused.
     base, _, _ = zoo_nano_models
     d_in, layer = _hidden_and_layer(zoo_nano)
-    fetched = tmp_path / "home" / "saelens" / release / "layer_2" / "width_16k" / "canonical"
-    make_saelens_sae(fetched, "jumprelu", d_in, layer)  # what the fetch saves
-    sae = load_sae(f"saelens:{release}/layer_2/width_16k/canonical", model=base)
-    assert (sae.d_in, sae.num_latents, sae.architecture) == (d_in, 256, "JumpReLUSAE")
+    made = sae_lens.SAE.load_from_disk(str(make_saelens_sae(tmp_path / "made", "jumprelu", d_in, layer)))
+    fetches = []
+    monkeypatch.setattr(sae_lens.SAE, "from_pretrained", lambda *args, **kwargs: fetches.append(args) or made)
+    for _ in range(2):
+        sae = load_sae(f"saelens:{release}/layer_2/width_16k/canonical", model=base)
+        assert (sae.d_in, sae.num_latents, sae.architecture) == (d_in, 256, "JumpReLUSAE")
+    assert fetches == [(release, "layer_2/width_16k/canonical")]
+    assert (tmp_path / "home" / "saelens" / release / "layer_2" / "width_16k" / "canonical" / "cfg.json").is_file()
 
 
 def test_variable_l0_codes_of_many_chunks_stack_with_zero_padding(zoo_nano, tmp_path):
