@@ -131,12 +131,17 @@ def replicate_config(pair: SinkPair):
 
 
 def live_and_replicated(pair: SinkPair, results: dict) -> dict[str, tuple[float, float]]:
-    """name → (the callback's value, replicate's) for every number both compute: FVU of the four
-    transfer settings (step 0 for the base model, the final evaluation for the fine-tuned one),
-    σ, divergent fraction and IR on base text."""
-    transfer = results["stages"]["transfer"]["hookpoints"][pair.hookpoint]["base_sae"]
-    drift = results["stages"]["drift"]["hookpoints"][pair.hookpoint]["base"]
-    first, last = (report.layers[pair.hookpoint] for report in (pair.reports[0], pair.reports[-1]))
+    """name → (the callback's value, replicate's) for every number both compute on the sink pair."""
+    return paired_numbers(pair.reports[0], pair.reports[-1], pair.hookpoint, results)
+
+
+def paired_numbers(first_report, last_report, hookpoint: str, results: dict) -> dict[str, tuple[float, float]]:
+    """name → (the live monitor's value, replicate's): FVU of the four transfer settings (the first
+    evaluation for the base model, the last for the fine-tuned one), σ, divergent fraction and IR
+    on base text."""
+    transfer = results["stages"]["transfer"]["hookpoints"][hookpoint]["base_sae"]
+    drift = results["stages"]["drift"]["hookpoints"][hookpoint]["base"]
+    first, last = (report.layers[hookpoint] for report in (first_report, last_report))
     return {
         "B-LLM+B-Data FVU": (first.fvu["reference/base"], transfer["B-LLM+B-Data"]),
         "B-LLM+C-Data FVU": (first.fvu["reference/chat"], transfer["B-LLM+C-Data"]),

@@ -82,29 +82,22 @@ def zoo(out: Path) -> None:
     chat, tokenizer = load_zoo_models(paths, "chat")
     settings = dict(sae=str(paths.sae), hookpoints=[paths.hookpoint], probes=str(paths.probes), probe_split="all",
                     refusal_score_every=0, kl_every=1)
-    first, last = (r.layers[paths.hookpoint] for r in table(settings, base, chat, tokenizer, paths.hookpoint))
+    first, last = table(settings, base, chat, tokenizer, paths.hookpoint)
     import yaml
+    from sink_fixtures import paired_numbers
 
     preset = yaml.safe_load((PRESETS_DIR / "zoo.yaml").read_text())
     preset.update(hookpoints=[paths.hookpoint], refusal_hookpoint=paths.hookpoint)
     preset["sae"].update(chat=False, train_missing=False)
     preset["data"]["max_eval_texts"] = 1000  # every probe text, as the live monitor reads them
     results = run_replication(load_config(preset), out / "replicate", stages="transfer,drift", progress=False)
-    transfer = results["stages"]["transfer"]["hookpoints"][paths.hookpoint]["base_sae"]
     drift = results["stages"]["drift"]["hookpoints"][paths.hookpoint]["base"]
+    layer = last.layers[paths.hookpoint]
     agreement({
-        "B-LLM+B-Data FVU": (first.fvu["reference/base"], transfer["B-LLM+B-Data"]),
-        "B-LLM+C-Data FVU": (first.fvu["reference/chat"], transfer["B-LLM+C-Data"]),
-        "C-LLM+B-Data FVU": (last.fvu["current/base"], transfer["C-LLM+B-Data"]),
-        "C-LLM+C-Data FVU": (last.fvu["current/chat"], transfer["C-LLM+C-Data"]),
-        "sigma base": (last.scale_reference, drift["scale_base"]),
-        "sigma fine-tuned": (last.scale_current, drift["scale_chat"]),
-        "divergent fraction": (last.divergent_fraction, drift["divergent_fraction"]),
-        "ER": (last.explained_ratio, drift["explained_ratio"]),
-        "IR (divergent)": (last.intersection_ratio_divergent, drift["intersection_ratio_divergent"]),
-        "IR (all)": (last.intersection_ratio_all, drift["intersection_ratio_all"]),
+        **paired_numbers(first, last, paths.hookpoint, results),
+        "ER": (layer.explained_ratio, drift["explained_ratio"]),  # defined on the zoo, where tokens pass τ
+        "IR (divergent)": (layer.intersection_ratio_divergent, drift["intersection_ratio_divergent"]),
     })
-
 
 if __name__ == "__main__":
     which = sys.argv[1] if len(sys.argv) > 1 else "sink"
