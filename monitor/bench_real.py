@@ -66,6 +66,8 @@ class ShapeBenchSettings:
                      "eval_every", "probes", "probe_length", "encode_tokens", "repeats"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: expected a positive integer, found {getattr(self, name)}")
+        if self.device != "cpu" and not self.device.startswith("cuda"):
+            raise ValueError(f"device: expected 'cpu' or 'cuda' (or 'cuda:N'), found {self.device!r}")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"device: {self.device!r} asked for, but torch sees no CUDA device")
 

@@ -111,7 +111,7 @@ def bench(
     train_batch: int = typer.Option(8, help="--shape: batch of the realistic training step the share is stated for."),
     train_seq: int = typer.Option(512, help="--shape: sequence length of that step."),
     measure_batch: int = typer.Option(1, help="--shape: batch of the training step actually timed."),
-    measure_seq: int = typer.Option(128, help="--shape: sequence length of the timed step (scaled linearly to the realistic one)."),
+    measure_seq: int = typer.Option(128, help="--shape: sequence length of the timed step (timed at it and at half, fitted as fixed + per-token cost)."),
     probes: int = typer.Option(4, help="--shape: prompts and texts per probe subset."),
     probe_length: int = typer.Option(128, help="--shape: probe texts truncated to this many tokens."),
     offline: bool = typer.Option(True, help="--shape: also time the offline route (save, reload in a fresh process, recompute)."),

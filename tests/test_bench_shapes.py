@@ -43,6 +43,8 @@ def test_unknown_shape_names_the_known_ones():
         get_shape("gpt-5")
     result = CliRunner().invoke(app, ["bench", "--shape", "gpt-5"])
     assert result.exit_code != 0 and "qwen2.5-0.5b" in result.output
+    result = CliRunner().invoke(app, ["bench", "--shape", "tiny", "--device", "tpu"])
+    assert result.exit_code != 0 and "expected 'cpu' or 'cuda'" in result.output and "found 'tpu'" in result.output
 
 
 def test_tokenizer_has_the_models_vocabulary_and_a_chat_template():
