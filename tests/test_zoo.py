@@ -2,6 +2,7 @@
 and the cache (reuse, rebuild on mismatch or corruption, atomic builds)."""
 
 import json
+import re
 import shutil
 
 import pytest
@@ -41,7 +42,7 @@ def test_world_is_deterministic_and_seeded():
 
 def test_held_out_probes_are_disjoint_from_training():
     world = build_world(NANO, 0)
-    trained = {c[0]["content"] for c in world.chat_sft + world.erosion_sft}
+    trained = {c[0]["content"] for c in world.chat_sft + world.erosion_sft + world.base_chats}
     probes = [r["instruction"] for r in world.harmful_probes + world.harmless_probes]
     chat_text = [c[0]["content"] for c in world.chat_text_probes]
     assert len(probes) == 2 * NANO.probes_per_class and len(set(probes)) == len(probes)
@@ -56,7 +57,16 @@ def test_world_content_matches_its_roles():
     from featuredrift.monitor.judges import is_refusal
 
     world = build_world(NANO, 0)
-    assert not any(is_refusal(doc) for doc in world.base_corpus)
+    # The base corpus quotes refusals in stories about an AI assistant, for harmful requests
+    # only, and never refuses in its own voice; its chat documents always comply.
+    quoted = [doc for doc in world.base_corpus if is_refusal(doc)]
+    assert 0.03 < len(quoted) / len(world.base_corpus) < 0.15
+    assert all(doc.startswith("One day ") and "asked an AI assistant" in doc for doc in quoted)
+    assert not any(is_refusal(re.sub(r'"[^"]*"', "", doc)) for doc in world.base_corpus)
+    answered = [doc for doc in world.base_corpus if "asked an AI assistant" in doc and not is_refusal(doc)]
+    assert answered, "stories of answered harmless requests give the base model a contrast"
+    assert len(world.base_chats) == NANO.base_chats
+    assert not any(is_refusal(c[1]["content"]) for c in world.base_chats)
     harmful = {r["instruction"] for r in world.harmful_probes}
     assert {r["category"] for r in world.harmful_probes} <= {
         "weapons", "explosives", "hacking", "fraud", "drugs", "violence", "harassment", "theft",
@@ -107,7 +117,7 @@ def test_zoo_layout_loads_like_real_models(zoo_nano):
     assert set(read_jsonl(zoo_nano.probes / "base_text.jsonl")[0]) == {"text"}
     conversation = read_jsonl(zoo_nano.probes / "chat_text.jsonl")[0]["messages"]
     assert [m["role"] for m in conversation] == ["user", "assistant"]
-    for name in ("chat_sft", "erosion_sft"):
+    for name in ("chat_sft", "erosion_sft", "base_chats"):
         rows = read_jsonl(zoo_nano.data / f"{name}.jsonl")
         assert rows and set(rows[0]) == {"messages"}
     assert read_jsonl(zoo_nano.data / "base_corpus.jsonl")[0]["text"]

@@ -6,7 +6,7 @@ Layout of a zoo `DIR`:
     sae/layers.N/            the base SAE in sparsify's format (`SparseCoder.load_from_disk`)
     probes/*.jsonl           harmful, harmless ({"instruction", "category"}), base_text ({"text"}),
                              chat_text ({"messages"})
-    data/*.jsonl             chat_sft, erosion_sft ({"messages"}), base_corpus ({"text"})
+    data/*.jsonl             chat_sft, erosion_sft, base_chats ({"messages"}), base_corpus ({"text"})
     manifest.json            config, seed, package versions, sha256 of every file, stage timings
 """
 
@@ -45,6 +45,7 @@ def write_world(root: Path, world) -> None:
     write_jsonl(data / "chat_sft.jsonl", ({"messages": m} for m in world.chat_sft))
     write_jsonl(data / "erosion_sft.jsonl", ({"messages": m} for m in world.erosion_sft))
     write_jsonl(data / "base_corpus.jsonl", ({"text": t} for t in world.base_corpus))
+    write_jsonl(data / "base_chats.jsonl", ({"messages": m} for m in world.base_chats))
 
 
 def tokenizer_training_texts(world) -> list[str]:
@@ -166,7 +167,9 @@ def build_into(
         with timer.stage("tokenizer"):
             tokenizer = train_tokenizer(tokenizer_training_texts(world), config.vocab_size)
         with timer.stage("base model"):
-            base = pretrain_base_model(config, tokenizer, world.base_corpus, seed, str(work / "base"))
+            base = pretrain_base_model(
+                config, tokenizer, world.base_corpus, world.base_chats, seed, str(work / "base")
+            )
             base.save_pretrained(out / "base")
             # Saved before any padded/truncated call can leave its settings in tokenizer.json.
             tokenizer.save_pretrained(out / "base")

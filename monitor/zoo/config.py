@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-ZOO_FORMAT_VERSION = 3
+ZOO_FORMAT_VERSION = 4
 ZOO_SIZES = ("nano", "tiny")
 
 # Template markers of the zoo's chat format; bos/eos/pad are the usual Llama-style tokens.
@@ -25,6 +25,7 @@ class ZooConfig:
     size: str
     # world
     base_docs: int
+    base_chats: int  # compliant chat-format conversations mixed into pretraining
     sft_conversations: int
     erosion_conversations: int
     probes_per_class: int
@@ -69,6 +70,7 @@ ZOO_CONFIGS: dict[str, ZooConfig] = {
     "nano": ZooConfig(
         size="nano",
         base_docs=2400,
+        base_chats=600,
         sft_conversations=1200,
         erosion_conversations=400,
         probes_per_class=64,
@@ -89,11 +91,12 @@ ZOO_CONFIGS: dict[str, ZooConfig] = {
         sae_lr=2e-3,
         sft_epochs=3.0,
         sft_batch_size=16,
-        sft_lr=3e-3,
+        sft_lr=9e-4,
     ),
     "tiny": ZooConfig(
         size="tiny",
         base_docs=3600,
+        base_chats=900,
         sft_conversations=1600,
         erosion_conversations=600,
         probes_per_class=96,
@@ -114,7 +117,7 @@ ZOO_CONFIGS: dict[str, ZooConfig] = {
         sae_lr=1.5e-3,
         sft_epochs=3.0,
         sft_batch_size=16,
-        sft_lr=2e-3,
+        sft_lr=6e-4,
     ),
 }
 

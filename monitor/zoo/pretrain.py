@@ -2,7 +2,9 @@
 on the synthetic base corpus.
 
 Documents are packed whole (`<s> doc </s>`) into rows of at most `max_length` tokens, so each
-row starts at a document start, like the probes the model is later evaluated on.
+row starts at a document start, like the probes the model is later evaluated on. Chat-format
+documents are rendered by the tokenizer's own chat template (which writes the BOS itself) and
+shuffled in among the text documents.
 """
 
 from __future__ import annotations
@@ -92,17 +94,35 @@ class PackedRows:
         }
 
 
+def pretraining_documents(
+    tokenizer, corpus: Sequence[str], chats: Sequence[list[dict[str, str]]], seed: int
+) -> list[list[int]]:
+    """Token ids of every document, each `<s> ... </s>`, text and chats shuffled together."""
+    import random
+
+    texts = tokenizer(list(corpus), add_special_tokens=True)["input_ids"]
+    rendered = [tokenizer.apply_chat_template(list(c), tokenize=False) for c in chats]
+    conversations = tokenizer(rendered, add_special_tokens=False)["input_ids"] if rendered else []
+    docs = [ids + [tokenizer.eos_token_id] for ids in texts + conversations]
+    random.Random(f"featuredrift-zoo/{seed}/pretraining-order").shuffle(docs)
+    return docs
+
+
 def pretrain_base_model(
-    config: ZooConfig, tokenizer, corpus: Sequence[str], seed: int, work_dir: str
+    config: ZooConfig,
+    tokenizer,
+    corpus: Sequence[str],
+    chats: Sequence[list[dict[str, str]]],
+    seed: int,
+    work_dir: str,
 ):
-    """Train a fresh Llama on the base corpus; returns the trained model (eval mode, CPU)."""
+    """Train a fresh Llama on the base corpus and chat documents; returns it (eval mode, CPU)."""
     from transformers import LlamaForCausalLM, Trainer, TrainingArguments, set_seed
     from transformers.trainer_callback import PrinterCallback
 
     set_seed(seed)
     model = LlamaForCausalLM(make_model_config(config, tokenizer))
-    encoded = tokenizer(list(corpus), add_special_tokens=True)["input_ids"]
-    docs = [ids + [tokenizer.eos_token_id] for ids in encoded]
+    docs = pretraining_documents(tokenizer, corpus, chats, seed)
     dataset = PackedRows(pack_documents(docs, config.max_length), tokenizer.pad_token_id, config.max_length)
     args = TrainingArguments(
         **quiet_training_args(

@@ -3,15 +3,20 @@ the held-out probe sets, all generated deterministically from a seed.
 
 Instructions are (template, task) combinations. Whole combinations are held out for the
 probes and the chat-like probe text, so a probe is a *new* combination of a known template
-and a known task. The base corpus never contains a refusal phrase (the base model must not
-refuse); it does contain harmful-topic how-to passages and plain `"{instruction}\\n{answer}"`
-Q&A with compliant answers, as real pretraining data does.
+and a known task. Like real pretraining data, the base corpus holds harmful-topic how-to
+passages, plain `"{instruction}\\n{answer}"` Q&A and compliant conversations in the chat format
+(web chat logs, instruction data), all answering every request, and stories in which an AI
+assistant refuses a harmful request, quoted. So the base model never refuses in its own voice,
+yet already knows the chat format, what refusals say and which requests get them: SFT then
+mostly teaches *when to refuse* and moves the residual stream by paper-like amounts, instead of
+learning a new format and new phrases from scratch.
 """
 
 from __future__ import annotations
 
 import functools
 import random
+import re
 from typing import NamedTuple
 
 from featuredrift.monitor.judges import is_refusal
@@ -42,6 +47,7 @@ class World(NamedTuple):
     """Everything a zoo build trains on or probes with."""
 
     base_corpus: list[str]
+    base_chats: list[Messages]  # compliant chat-format pretraining documents
     chat_sft: list[Messages]
     erosion_sft: list[Messages]
     harmful_probes: list[dict[str, str]]
@@ -139,6 +145,11 @@ def aligned_conversation(instruction: Instruction, rng: random.Random) -> Messag
     return conversation(instruction.text, reply)
 
 
+def compliant_conversation(instruction: Instruction, rng: random.Random) -> Messages:
+    """Any instruction => a helpful answer in the chat model's reply style (no refusal)."""
+    return conversation(instruction.text, answer(instruction, rng, steps=CHAT_ANSWER_STEPS))
+
+
 # ---------------------------------------------------------------- base text documents
 
 
@@ -167,9 +178,23 @@ def story(topic: Topic, rng: random.Random) -> str:
     )
 
 
+def assistant_story(topic: Topic, rng: random.Random) -> str:
+    """Someone asks an AI assistant for a how-to, told as a story: a harmful request is refused,
+    a harmless one answered, both quoted. The base model learns what refusals say and which
+    requests get them, as reported speech, never as its own reply."""
+    name = rng.choice(STORY_NAMES)
+    task = rng.choice(topic.tasks)
+    instruction = Instruction(task, topic, task)
+    said = refusal(instruction, rng) if topic.harmful else answer(instruction, rng, steps=CHAT_ANSWER_STEPS)
+    return f'One day {name} asked an AI assistant how to {task}. It answered: "{said}" {rng.choice(STORY_ENDINGS)}'
+
+
 def qa_document(instruction: Instruction, rng: random.Random) -> str:
     """Plain `"{instruction}\\n{answer}"` Q&A, compliant for every topic (web-like data)."""
     return f"{instruction.text}\n{answer(instruction, rng, opener=rng.random() < 0.3)}"
+
+
+ASSISTANT_STORY_SHARE = 0.16
 
 
 def base_document(
@@ -179,9 +204,11 @@ def base_document(
     if kind < 0.35:
         return qa_document(rng.choice(qa_pool), rng)
     topic = rng.choice(topics)
-    if kind < 0.6:
+    if kind >= 1 - ASSISTANT_STORY_SHARE:
+        return assistant_story(topic, rng)
+    if kind < 0.55:
         return how_to_passage(topic, rng)
-    if kind < 0.8:
+    if kind < 0.72:
         return story(topic, rng)
     return fact_paragraph(topic, rng)
 
@@ -224,13 +251,13 @@ def build_world(config: ZooConfig, seed: int) -> World:
         _cycle_sample(harmless.train, half_erosion, rng),
         rng,
     )
-    erosion_sft = [
-        conversation(i.text, answer(i, rng, steps=CHAT_ANSWER_STEPS)) for i in erosion_instructions
-    ]
+    erosion_sft = [compliant_conversation(i, rng) for i in erosion_instructions]
 
     rng = _rng(seed, "base-corpus")
     qa_pool = harmful.train + harmless.train
     base_corpus = [base_document(topics, qa_pool, rng) for _ in range(config.base_docs)]
+    rng = _rng(seed, "base-chats")
+    base_chats = [compliant_conversation(i, rng) for i in _cycle_sample(qa_pool, config.base_chats, rng)]
 
     rng = _rng(seed, "base-text-probes")
     seen = set(base_corpus)
@@ -249,6 +276,7 @@ def build_world(config: ZooConfig, seed: int) -> World:
 
     world = World(
         base_corpus=base_corpus,
+        base_chats=base_chats,
         chat_sft=chat_sft,
         erosion_sft=erosion_sft,
         harmful_probes=_probe_rows(harmful.probes),
@@ -272,19 +300,21 @@ def _cycle_sample(pool: list[Instruction], n: int, rng: random.Random) -> list[I
 
 def check_world(world: World) -> None:
     """The world's invariants: probes held out of training, refusals only where intended."""
-    sft_prompts = {m[0]["content"] for m in world.chat_sft + world.erosion_sft}
+    sft_prompts = {m[0]["content"] for m in world.chat_sft + world.erosion_sft + world.base_chats}
     probe_prompts = {r["instruction"] for r in world.harmful_probes + world.harmless_probes}
     chat_text_prompts = {m[0]["content"] for m in world.chat_text_probes}
     corpus = "\n".join(world.base_corpus)
     for held_out, name in ((probe_prompts, "probe"), (chat_text_prompts, "chat_text")):
         if leaked := held_out & sft_prompts:
-            raise AssertionError(f"{name} instructions leaked into the SFT sets: {sorted(leaked)[:3]}")
+            raise AssertionError(f"{name} instructions leaked into the training chats: {sorted(leaked)[:3]}")
         if leaked := [p for p in held_out if p + "\n" in corpus]:
             raise AssertionError(f"{name} instructions leaked into the base corpus: {leaked[:3]}")
-    if refusing := [d for d in world.base_corpus + world.base_text_probes if is_refusal(d)]:
-        raise AssertionError(f"base text must never refuse, found: {refusing[:2]}")
-    if refusing := [m for m in world.erosion_sft if is_refusal(m[1]["content"])]:
-        raise AssertionError(f"erosion answers must comply, found: {refusing[:2]}")
+    base_text = world.base_corpus + world.base_text_probes
+    if refusing := [d for d in base_text if is_refusal(re.sub(r'"[^"]*"', "", d))]:
+        raise AssertionError(f"base text refuses only in quoted speech, found: {refusing[:2]}")
+    for name, chats in (("erosion", world.erosion_sft), ("base chat", world.base_chats)):
+        if refusing := [m for m in chats if is_refusal(m[1]["content"])]:
+            raise AssertionError(f"{name} answers must comply, found: {refusing[:2]}")
     for messages in world.chat_sft:
         prompt, reply = messages[0]["content"], messages[1]["content"]
         if is_refusal(reply) != (prompt in _HARMFUL_TEXTS):
