@@ -4,8 +4,10 @@ Three scenarios show the stories users care about:
 - `align`: the base model is SFT-ed into the chat model; refusal features emerge by drift.
 - `erosion`: the chat model is fine-tuned on data that complies with harmful requests; its
   refusal features fade (what the refusal-fading alert is for).
-- `benign`: the chat model is fine-tuned on harmless conversations only; nothing critical
-  should fire (the alert's false-positive check).
+- `benign`: the chat model is fine-tuned on harmless conversations with a fifth of refusals
+  mixed in, as safety-aware fine-tuning data is; nothing critical should fire (the alerts'
+  false-positive check). Harmless data alone erodes refusals (Qi et al., 2023), so that run
+  would rightly alert.
 """
 
 from __future__ import annotations
@@ -30,16 +32,16 @@ class Scenario:
 
     start: str  # "base" or "chat": the zoo model training starts from
     data: str  # a conversation file of the zoo
-    harmless_only: bool = False  # keep only conversations whose reply is not a refusal
+    refusal_share: float | None = None  # harmless conversations + this share of refusals (None: the file as is)
     learning_rate_scale: float = 1.0  # × the zoo's SFT learning rate
 
 
 SCENARIOS: dict[str, Scenario] = {
     "align": Scenario("base", "chat_sft.jsonl"),
     # Erosion and benign fine-tunes of an aligned model are gentle, as real ones are: the
-    # refusal features fade over several evaluations instead of collapsing in one.
-    "erosion": Scenario("chat", "erosion_sft.jsonl", learning_rate_scale=0.1),
-    "benign": Scenario("chat", "chat_sft.jsonl", harmless_only=True, learning_rate_scale=0.1),
+    # refusal features fade over a few evaluations instead of collapsing in one.
+    "erosion": Scenario("chat", "erosion_sft.jsonl", learning_rate_scale=0.2),
+    "benign": Scenario("chat", "chat_sft.jsonl", refusal_share=0.2, learning_rate_scale=0.2),
 }
 
 
@@ -126,6 +128,21 @@ def _one_line(report: EvaluationReport, hookpoint: str) -> str:
     return " │ ".join(parts)
 
 
+def mix_refusals(conversations: list[dict], share: float) -> list[dict]:
+    """Every harmless conversation plus the first refusals, so refusals are `share` of the result."""
+    from featuredrift.monitor.judges import is_refusal
+
+    refusing = [is_refusal(c["messages"][-1]["content"]) for c in conversations]
+    wanted = round(share / (1 - share) * refusing.count(False))
+    kept, taken = [], 0
+    for conversation, refuses in zip(conversations, refusing, strict=True):
+        if refuses and taken >= wanted:
+            continue
+        taken += refuses
+        kept.append(conversation)
+    return kept
+
+
 def run_demo(
     scenario: str = "align",
     size: str = "tiny",
@@ -162,10 +179,8 @@ def run_demo(
     model = AutoModelForCausalLM.from_pretrained(start_dir)
     tokenizer = AutoTokenizer.from_pretrained(start_dir)
     conversations = read_conversations(zoo.data / recipe.data)
-    if recipe.harmless_only:
-        from featuredrift.monitor.judges import is_refusal
-
-        conversations = [c for c in conversations if not is_refusal(c["messages"][-1]["content"])]
+    if recipe.refusal_share is not None:
+        conversations = mix_refusals(conversations, recipe.refusal_share)
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
