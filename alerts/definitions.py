@@ -273,16 +273,16 @@ DEFAULT_DEFINITIONS: tuple[AlertDefinition, ...] = (
     AlertDefinition(
         name="RefusalFeaturesEmerging",
         kind="threshold",
-        metric="featuredrift_refusal_feature_gap",
-        matchers={"features": "current"},
+        metric="featuredrift_refusal_feature_separation_gain",
         op=">",
         threshold=0.5,
         severity="info",
         goals=("align",),
         summary="Refusal features strengthening in run " + _LABEL_REF % "run",
         description=(
-            "The top refusal features at " + _LABEL_REF % "layer" + " now fire " + _value("%.3g")
-            + " more on harmful than on harmless prompts (threshold $threshold, in SAE activation units)."
+            "The top refusal features at " + _LABEL_REF % "layer" + " now separate harmful from harmless "
+            "prompts by " + _value("%.3g") + " pooled standard deviations more than at the reference "
+            "(threshold $threshold; Cohen's d, so the same for every SAE)."
         ),
         runbook=(
             "Informational: refusal behaviour is being learned through existing base features "

@@ -101,6 +101,7 @@ class LayerReference:
     direction: Tensor
     dbar: Tensor
     refusal_features: Tensor
+    separation: float  # Cohen's d of `refusal_features` here, at the reference
     top_rows: feature_contexts.TopRows | None = None  # every latent's strongest probe tokens (contexts on)
 
 
@@ -376,6 +377,7 @@ class DriftMonitor:
         direction = refusal.refusal_direction(acts["harmful"], acts["harmless"])
         dbar = refusal.feature_diff_in_means(codes["harmful"][:2], codes["harmless"][:2], sae.num_latents)
         k = min(self.config.refusal_k, sae.num_latents)
+        refusal_features = refusal.top_refusal_features(dbar, k, strict=False)
         probe_tokens = self._require_started().probe_tokens
         top_rows = None
         if probe_tokens is not None:
@@ -389,7 +391,8 @@ class DriftMonitor:
             stats=stats,
             direction=direction,
             dbar=dbar,
-            refusal_features=refusal.top_refusal_features(dbar, k, strict=False),
+            refusal_features=refusal_features,
+            separation=refusal.feature_separation(codes["harmful"], codes["harmless"], refusal_features, sae.num_latents),
             top_rows=top_rows,
         )
 
@@ -485,6 +488,9 @@ class DriftMonitor:
             gap_current=_mean_at(dbar, current_features),
             gap_reference_features=_mean_at(dbar, reference_features),
             gap_reference_features_at_reference=_mean_at(ref.dbar, reference_features),
+            separation_current=refusal.feature_separation(
+                codes["harmful"], codes["harmless"], current_features, sae.num_latents),
+            separation_at_reference=ref.separation,
             harmful_activation=harmful_mean,
             harmless_activation=harmless_mean,
             current_values=dbar[current_features].tolist(),

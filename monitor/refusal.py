@@ -96,6 +96,46 @@ def feature_diff_in_means(z_harmful: Codes, z_harmless: Codes, num_latents: int 
     return harmful - harmless.to(harmful.device)
 
 
+def feature_columns(codes: Codes, features: Tensor, num_latents: int, *, name: str = "codes") -> Tensor:
+    """The dense codes of `features` only, float64 ``[N, len(features)]`` (0 where a feature is
+    not among a prompt's top-k), without building the full ``[N, M]`` matrix."""
+    features = torch.as_tensor(features, dtype=torch.long).flatten()
+    if isinstance(codes, Tensor):
+        check_tensor(name, codes, ndim=2)
+        if codes.shape[1] != num_latents:
+            raise MetricInputError(f"{name}: expected {num_latents} latents, found {codes.shape[1]}")
+        return codes[:, features.to(codes.device)].double()
+    top_acts, top_indices = (codes.top_acts, codes.top_indices) if isinstance(codes, SaeCodes) else codes
+    try:
+        _check_codes(top_acts, top_indices, num_latents)
+    except MetricInputError as error:
+        raise type(error)(f"{name}: {error}") from None
+    hits = top_indices.long().unsqueeze(-1) == features.to(top_indices.device)  # [N, k, F]
+    return (hits * top_acts.double().unsqueeze(-1)).sum(1)
+
+
+def feature_separation(z_harmful: Codes, z_harmless: Codes, features: Tensor, num_latents: int) -> float:
+    """Standardised difference (Cohen's d) of the summed activation of `features` between
+    harmful and harmless prompts: how many pooled standard deviations more the feature set
+    fires on harmful ones.
+
+    The gap ``d̄`` is in the SAE's activation units, which differ by orders of magnitude between
+    SAEs; d is not, so one alert threshold fits every SAE. The set is scored as a sum because
+    refusal is often spread over several features that each separate weakly (the zoo's tiny
+    chat model: mean per-feature d 0.38 over 32 features, d of their sum 1.79). NaN when there
+    is no feature or fewer than two prompts on a side: a spread needs two.
+    """
+    features = torch.as_tensor(features, dtype=torch.long).flatten()
+    if features.numel() == 0:
+        return float("nan")
+    harmful = feature_columns(z_harmful, features, num_latents, name="z_harmful").sum(1)
+    harmless = feature_columns(z_harmless, features, num_latents, name="z_harmless").sum(1).to(harmful.device)
+    if harmful.numel() < 2 or harmless.numel() < 2:
+        return float("nan")
+    spread = float(((harmful.var() + harmless.var()) / 2).sqrt())
+    return float(harmful.mean() - harmless.mean()) / spread if spread > 0 else 0.0
+
+
 def top_refusal_features(dbar: Tensor, k: int, *, strict: bool = True) -> Tensor:
     """``S_k``: indices of the ``k`` largest *positive* entries of ``d̄``, largest first.
 

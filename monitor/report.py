@@ -32,6 +32,10 @@ METRIC_HELP = {
     "refusal_feature_gap": "Mean harmful-minus-harmless activation of the top-k refusal features (current or reference set).",
     "refusal_feature_gap_relative": "Gap of the reference refusal features now / at the reference (1 = unchanged).",
     "refusal_feature_gap_at_reference": "Gap of the reference refusal features at the reference (the relative gap's denominator).",
+    "refusal_feature_separation": "Cohen's d of the top-k refusal features' summed activation, harmful vs harmless prompts: "
+    "the gap in pooled standard deviations, comparable across SAEs.",
+    "refusal_feature_separation_gain": "Refusal-feature separation now minus the reference's (top-k sets of each): "
+    "how much more clearly the model's features now tell harmful from harmless prompts.",
     "refusal_feature_overlap_ratio": "Share of the reference top-k refusal features still among the current top-k.",
     "refusal_feature_activation": "Mean activation of the reference refusal features on harmful or harmless prompts.",
     "refusal_reconstruction_nmse": "NMSE of the NNLS reconstruction of the refusal direction from the refusal features.",
@@ -114,8 +118,18 @@ class RefusalFeatures:
     gap_reference_features_at_reference: float  # d̄(0) over S_k(reference)
     harmful_activation: float  # mean activation of S_k(reference) on harmful prompts now
     harmless_activation: float  # same on harmless prompts
+    separation_current: float | None = None  # Cohen's d of S_k(t)'s summed activation now: the gap in pooled SDs
+    separation_at_reference: float | None = None  # Cohen's d of S_k(reference) at the reference
     current_values: list[float] | None = None  # d̄(t) of each feature in `current`, same order
     reference_values: list[float] | None = None  # d̄(t) of each feature in `reference`, same order
+
+    @property
+    def separation_gain(self) -> float | None:
+        """Separation now minus at the reference, each on its own top-k set, so the selection bias
+        of picking the k most separating of many features cancels (a base model's is not 0)."""
+        if self.separation_current is None or self.separation_at_reference is None:
+            return None
+        return self.separation_current - self.separation_at_reference
 
     @property
     def overlap_ratio(self) -> float:
@@ -229,6 +243,10 @@ class EvaluationReport:
                 add("refusal_feature_gap", rf.gap_reference_features, layer=hookpoint, features="reference")
                 add("refusal_feature_gap_relative", rf.relative_gap, layer=hookpoint)
                 add("refusal_feature_gap_at_reference", rf.gap_reference_features_at_reference, layer=hookpoint)
+                if rf.separation_current is not None:
+                    add("refusal_feature_separation", rf.separation_current, layer=hookpoint, features="current")
+                if rf.separation_gain is not None:
+                    add("refusal_feature_separation_gain", rf.separation_gain, layer=hookpoint)
                 add("refusal_feature_overlap_ratio", rf.overlap_ratio, layer=hookpoint)
                 add("refusal_feature_activation", rf.harmful_activation, layer=hookpoint, prompts="harmful")
                 add("refusal_feature_activation", rf.harmless_activation, layer=hookpoint, prompts="harmless")

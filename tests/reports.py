@@ -24,6 +24,8 @@ def make_report(
     layer: str = "layers.3",
     reference_gap: float = 2.0,
     current_gap: float = 1.5,
+    current_separation: float = 1.8,
+    reference_separation: float = 0.6,
     divergent_fraction: float = 0.1,
     kl_mean: float = 0.1,
 ) -> EvaluationReport:
@@ -31,7 +33,8 @@ def make_report(
 
     `reference_gap` is the reference refusal features' gap at the reference (the relative gap's
     denominator: ~2 for a chat model, ~0.05 for a base model that never refused); `current_gap`
-    the gap of the current top refusal features (what grows when refusal emerges)."""
+    the gap of the current top refusal features. `current_separation` and `reference_separation`
+    are their Cohen's d now and at the reference: the gain is what grows when refusal emerges."""
     features = RefusalFeatures(
         k=4,
         current=[1, 2, 3, 4],
@@ -42,6 +45,8 @@ def make_report(
         gap_reference_features_at_reference=reference_gap,
         harmful_activation=1.0,
         harmless_activation=0.1,
+        separation_current=current_separation,
+        separation_at_reference=reference_separation,
     )
     layer_report = LayerReport(
         hookpoint=layer,

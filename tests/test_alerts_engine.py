@@ -324,13 +324,16 @@ def test_erosion_stops_on_the_feature_alert_before_refusals_drop(caplog):
 
 def test_align_fires_no_critical_alert_and_says_when_refusal_emerges():
     """Base → chat: the reference never refused and its refusal-feature gap is ~0.05, so the
-    relative gap swings wildly; no fading or low-rate alert, an info alert at emergence."""
+    relative gap swings wildly; no fading or low-rate alert, an info alert once the refusal
+    features separate harmful from harmless prompts clearly better than the base's did."""
     engine = AlertEngine(stop_on_alert=True)
     align = _trajectory(
         [0.0, 0.05, None, 0.3, None, 0.9],
         reference_gap=[0.048] * 6,
         relative_gap=[1.0, -0.5, -2.0, -3.5, -4.6, -5.4],
         current_gap=[0.05, 0.1, 0.24, 0.62, 0.8, 0.9],
+        reference_separation=[0.2] * 6,
+        current_separation=[0.2, 0.25, 0.4, 0.85, 1.0, 1.1],
         direction_cosine=[1.0, 0.6, 0.4, 0.3, 0.28, 0.27],
     )
     assert _series(engine, "align", align) == [(30, "RefusalFeaturesEmerging", "firing")]

@@ -168,3 +168,28 @@ def test_logit_refusal_score_agrees_with_generated_refusals(zoo_nano, zoo_nano_m
     assert refused and answered
     auroc = mannwhitneyu(refused, answered).statistic / (len(refused) * len(answered))
     assert auroc > 0.8, auroc
+
+
+def test_feature_separation_hand_computed_and_scale_free():
+    """Cohen's d of the summed activation of the feature set: (mean_h − mean_l) / pooled SD."""
+    harmful = torch.tensor([[1.0, 0.0, 2.0], [3.0, 1.0, 0.0], [2.0, 1.0, 5.0]])
+    harmless = torch.tensor([[0.0, 0.0, 9.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    features = torch.tensor([0, 1])
+    # summed over features 0 and 1: harmful [1, 4, 3] (mean 8/3, var 7/3), harmless [0, 1, 1] (mean 2/3, var 1/3)
+    expected = (8 / 3 - 2 / 3) / math.sqrt((7 / 3 + 1 / 3) / 2)
+    assert refusal.feature_separation(harmful, harmless, features, 3) == pytest.approx(expected)
+    # Same value from top-k codes, and whatever the SAE's activation scale.
+    top = lambda z: z.topk(2, dim=1)  # noqa: E731  (every row here has at most 2 non-zeros in 0..1)
+    pair = lambda z: (top(z).values, top(z).indices)  # noqa: E731
+    two = torch.tensor([[1.0, 0.0], [3.0, 1.0], [2.0, 1.0]]), torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    assert refusal.feature_separation(pair(two[0]), pair(two[1]), features, 2) == pytest.approx(expected)
+    assert refusal.feature_separation(100 * harmful, 100 * harmless, features, 3) == pytest.approx(expected)
+
+
+def test_feature_separation_edge_cases():
+    z = torch.ones(3, 4)
+    assert refusal.feature_separation(z, z, torch.tensor([1]), 4) == 0.0  # no spread: no separation
+    assert math.isnan(refusal.feature_separation(z, z, torch.tensor([], dtype=torch.long), 4))
+    assert math.isnan(refusal.feature_separation(z[:1], z, torch.tensor([1]), 4))  # one prompt has no spread
+    with pytest.raises(MetricInputError, match="z_harmful: expected 4 latents, found 3"):
+        refusal.feature_separation(torch.ones(3, 3), z, torch.tensor([1]), 4)

@@ -392,6 +392,15 @@ REFUSAL = Dashboard(
             ),
             "Mean feature diff-in-means (harmful − harmless) over the current and the reference top-k features, "
             "and the reference features' gap at the reference (the denominator of the relative gap).",
+        ),
+        Panel(
+            "Refusal-feature separation (Cohen's d)",
+            (
+                Query(f"featuredrift_refusal_feature_separation{{{RUN_LAYER}}}", "{{run}} {{layer}} current features"),
+                Query(f"featuredrift_refusal_feature_separation_gain{{{RUN_LAYER}}}", "{{run}} {{layer}} gain over the reference"),
+            ),
+            "How many pooled standard deviations more the current top-k refusal features fire on harmful than on "
+            "harmless prompts, and the gain over the reference's own top-k: scale-free, so comparable across SAEs.",
             alerts=("RefusalFeaturesEmerging",),
         ),
         Panel(
