@@ -1,7 +1,7 @@
 """The erosion demo scenario end to end: real fine-tuning on the nano zoo pushes real metrics
 through the Pushgateway; Prometheus evaluates the generated rules and the refusal-fading alert
-reaches Alertmanager and our webhook; every Grafana panel has data. The in-process engine fires
-the same alert on the same kind of run and stops training."""
+reaches Alertmanager and our webhook; every Grafana panel has data. The in-process engine stops the
+same kind of run at its first critical refusal alert, with the feature warning already out."""
 
 from __future__ import annotations
 
@@ -64,16 +64,22 @@ def test_erosion_demo_alerts_through_prometheus_and_alertmanager(
             assert prometheus.query(query), f"{dashboard.uid} / {title}: no data for {query}"
 
 
-def test_in_process_engine_fires_the_same_alert_and_stops_training(zoo_nano, tmp_path):
+def test_in_process_engine_stops_training_at_the_first_critical_refusal_alert(zoo_nano, tmp_path):
+    """The zoo's chat model loses its refusals within about ten erosion steps, so whether the
+    feature alert (RefusalFeaturesFading) or the behavioural one goes critical first depends on
+    the cadence; the feature warning is out by then either way."""
     result = run_demo(
         "erosion", "nano", out=tmp_path, eval_every=5, metrics_port=0, run_name="erosion-stop",
         console=_console(), stop_on_alert=True,
     )
-    assert result.stop_reason and "RefusalFeaturesFading" in result.stop_reason
+    critical = {"RefusalFeaturesFading", "HarmfulRefusalRateLow"}
+    assert result.stop_reason and result.stop_reason.split("{")[0] in critical, result.stop_reason
     full_run_steps = 75
     assert result.reports[-1].step <= 15 < full_run_steps  # stopped within three evaluations
-    assert result.reports[-1].refusal_rate is not None  # the last evaluation is complete
+    warned = result.first_fired("RefusalFeaturesWeakening", "RefusalFeaturesFading")
+    assert warned is not None and warned <= result.reports[-1].step
     with RunStore(result.store_url) as store:
         info = store.get_run("erosion-stop")
         assert info.status == "stopped"
-        assert any(a.name == "RefusalFeaturesFading" for a in store.alerts("erosion-stop"))
+        assert store.recorded_steps("erosion-stop")[-1] == result.reports[-1].step  # the last evaluation is stored
+        assert {a.name for a in store.alerts("erosion-stop")} & critical
