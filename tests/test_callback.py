@@ -67,6 +67,19 @@ def test_align_demo_refusal_features_emerge(align_run):
     assert last.layers[hookpoint].refusal_direction_cosine < 0.99
 
 
+def test_align_demo_drifts_by_paper_like_amounts(align_run):
+    """The zoo's base model already knows the chat format, so instruction tuning moves a minority
+    of tokens past τ = 0.9 (the paper: 13–17%), ER and IR stay in the paper's ranges and KL in
+    the order of a nat, instead of every token diverging as when SFT teaches a new format."""
+    result, _ = align_run
+    last = result.reports[-1]
+    layer = last.layers[next(iter(last.layers))]
+    assert 0.02 < layer.divergent_fraction < 0.5
+    assert 0.3 <= layer.explained_ratio <= 0.7
+    assert 0.1 <= layer.intersection_ratio_divergent <= 0.5
+    assert 0.1 < last.kl_mean < 1.5
+
+
 def test_align_demo_fires_no_critical_alert_and_says_refusal_emerged(align_run):
     """Base → chat with the shipped alerts: the base model never refused, so the goal is align."""
     result, _ = align_run
