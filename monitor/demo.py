@@ -123,6 +123,8 @@ def _one_line(report: EvaluationReport, hookpoint: str) -> str:
     ]
     if rf is not None:
         parts.append(f"gap {rf.gap_current:.2f}/{rf.gap_reference_features:.2f}")
+        if rf.separation_current is not None:
+            parts.append(f"d {rf.separation_current:.1f}")
     if report.refusal_rate:
         parts.append(f"refuses {report.refusal_rate['harmful']:.0%}/{report.refusal_rate['harmless']:.0%}")
     return " │ ".join(parts)
@@ -246,6 +248,7 @@ def print_summary(console: Console, result: DemoResult, hookpoint: str) -> None:
         ("refusal direction cosine to reference", lambda r: r.layers[hookpoint].refusal_direction_cosine),
         ("refusal-feature gap (current top-k)", lambda r: _rf(r, hookpoint, "gap_current")),
         ("refusal-feature gap (reference top-k)", lambda r: _rf(r, hookpoint, "gap_reference_features")),
+        ("refusal-feature separation (Cohen's d)", lambda r: _rf(r, hookpoint, "separation_current")),
         ("refusal-feature overlap with reference", lambda r: _rf(r, hookpoint, "overlap_ratio")),
         ("refusal rate, harmful probes", lambda r: (r.refusal_rate or {}).get("harmful")),
         ("refusal rate, harmless probes", lambda r: (r.refusal_rate or {}).get("harmless")),
@@ -256,7 +259,8 @@ def print_summary(console: Console, result: DemoResult, hookpoint: str) -> None:
     console.print(table)
     console.print(
         "[dim]per line: FVU = base-SAE FVU on chat text; div = divergent tokens; gap = refusal-feature gap of the "
-        "current/reference top-k; refuses = harmful/harmless refusal rate[/]"
+        "current/reference top-k; d = how many standard deviations the current top-k fire more on harmful prompts; "
+        "refuses = harmful/harmless refusal rate[/]"
     )
     print_alert_timeline(console, result)
     if result.stop_reason:
