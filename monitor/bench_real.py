@@ -288,7 +288,7 @@ def measure_evaluation(fx: Fixture, s: ShapeBenchSettings) -> tuple[dict, object
         "refusal_score_every": every,
         "evaluation_amortised_s": evaluation_s + (generation_s / every if every else 0.0),
         **default_probe_scale(monitor),
-        "reference_cache_mb": tensor_megabytes(monitor._require_started().reference),
+        "reference_cache_mb": tensor_megabytes(monitor.reference_reading),
         "sae_mb": tensor_megabytes(list(fx.sae.parameters())),
         "eval_extra_mb": eval_memory.extra_mb,
         "start_extra_mb": start_memory.extra_mb,

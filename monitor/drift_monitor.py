@@ -171,6 +171,11 @@ class DriftMonitor:
         """The tokenised probe set, by subset (base, chat, harmful, harmless)."""
         return self._require_started().batches
 
+    @property
+    def reference_reading(self) -> ModelReading | None:
+        """What the monitor keeps of the reference model between evaluations (its cache)."""
+        return self._require_started().reference
+
     def start(
         self,
         model: nn.Module,
