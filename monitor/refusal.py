@@ -57,17 +57,14 @@ def refusal_direction(x_harmful: Tensor, x_harmless: Tensor) -> Tensor:
     return x_harmful.double().mean(0) - x_harmless.double().mean(0).to(x_harmful.device)
 
 
-def mean_codes(codes: Codes, num_latents: int, *, name: str = "codes", chunk_rows: int = 4096) -> Tensor:
-    """Mean dense code ``mean(z)`` over prompts (float64 [M]). Top-k codes are scattered into the
-    sum directly; dense codes are summed in row chunks."""
+def _checked_codes(codes: Codes, num_latents: int, name: str) -> Tensor | tuple[Tensor, Tensor]:
+    """`codes` as a dense ``[N, M]`` tensor or a top-k ``(acts, indices)`` pair, checked against
+    `num_latents`; errors name the argument."""
     if isinstance(codes, Tensor):
         check_tensor(name, codes, ndim=2)
         if codes.shape[1] != num_latents:
             raise MetricInputError(f"{name}: expected {num_latents} latents, found {codes.shape[1]}")
-        total = codes.new_zeros(num_latents, dtype=torch.float64)
-        for rows in row_chunks(codes.shape[0], chunk_rows):
-            total += codes[rows].double().sum(0)
-        return total / codes.shape[0]
+        return codes
     if isinstance(codes, SaeCodes):
         codes = (codes.top_acts, codes.top_indices)
     if not (isinstance(codes, tuple | list) and len(codes) == 2):
@@ -79,6 +76,19 @@ def mean_codes(codes: Codes, num_latents: int, *, name: str = "codes", chunk_row
         _check_codes(top_acts, top_indices, num_latents)
     except MetricInputError as error:
         raise type(error)(f"{name}: {error}") from None
+    return top_acts, top_indices
+
+
+def mean_codes(codes: Codes, num_latents: int, *, name: str = "codes", chunk_rows: int = 4096) -> Tensor:
+    """Mean dense code ``mean(z)`` over prompts (float64 [M]). Top-k codes are scattered into the
+    sum directly; dense codes are summed in row chunks."""
+    codes = _checked_codes(codes, num_latents, name)
+    if isinstance(codes, Tensor):
+        total = codes.new_zeros(num_latents, dtype=torch.float64)
+        for rows in row_chunks(codes.shape[0], chunk_rows):
+            total += codes[rows].double().sum(0)
+        return total / codes.shape[0]
+    top_acts, top_indices = codes
     total = top_acts.new_zeros(num_latents, dtype=torch.float64)
     total.scatter_add_(0, top_indices.long().flatten(), top_acts.double().flatten())
     return total / top_acts.shape[0]
@@ -100,16 +110,10 @@ def feature_columns(codes: Codes, features: Tensor, num_latents: int, *, name: s
     """The dense codes of `features` only, float64 ``[N, len(features)]`` (0 where a feature is
     not among a prompt's top-k), without building the full ``[N, M]`` matrix."""
     features = torch.as_tensor(features, dtype=torch.long).flatten()
+    codes = _checked_codes(codes, num_latents, name)
     if isinstance(codes, Tensor):
-        check_tensor(name, codes, ndim=2)
-        if codes.shape[1] != num_latents:
-            raise MetricInputError(f"{name}: expected {num_latents} latents, found {codes.shape[1]}")
         return codes[:, features.to(codes.device)].double()
-    top_acts, top_indices = (codes.top_acts, codes.top_indices) if isinstance(codes, SaeCodes) else codes
-    try:
-        _check_codes(top_acts, top_indices, num_latents)
-    except MetricInputError as error:
-        raise type(error)(f"{name}: {error}") from None
+    top_acts, top_indices = codes
     hits = top_indices.long().unsqueeze(-1) == features.to(top_indices.device)  # [N, k, F]
     return (hits * top_acts.double().unsqueeze(-1)).sum(1)
 
