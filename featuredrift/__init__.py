@@ -7,10 +7,11 @@ import torch until a symbol that needs it is used::
 
     trainer.add_callback(FeatureDriftCallback(MonitorConfig(sae="path/to/sae", hookpoints=["layers.12"])))
 
-The product's parts are subpackages: `featuredrift.monitor` (probes, capture, metrics, the
-DriftMonitor, exporters, the run store, replication, the zoo, the CLI), `featuredrift.callbacks`
-(the Trainer callback), `featuredrift.sae_store` (SAE loading and training) and
-`featuredrift.alerts` (alert definitions and the in-process engine).
+The product's parts are subpackages, layered from the science core up (pyproject.toml's
+import-linter contract keeps every import pointing down): `lm` (reading a causal LM),
+`sae_store` (SAEs), `monitor` (probes, metrics, refusal analysis, the DriftMonitor), `store`
+and `exporters`, `alerts`, `reports` and `dashboards`, `callbacks` (the Trainer callback and
+the checkpoint watcher), `zoo` (the embedded models and the demo), `replicate`, `bench`, `cli`.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ _EXPORTS = {
     "SaeError": "featuredrift.sae_store.validate",
     "load_probe_set": "featuredrift.monitor.probes",
     "ProbeSet": "featuredrift.monitor.probes",
-    "RunStore": "featuredrift.monitor.store.run_store",
+    "RunStore": "featuredrift.store.run_store",
 }
 __all__ = [
     "DriftMonitor",
@@ -56,9 +57,9 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time these load on first
     from featuredrift.monitor.drift_monitor import DriftMonitor, MonitorError
     from featuredrift.monitor.probes import ProbeSet, load_probe_set
     from featuredrift.monitor.report import EvaluationReport, LayerReport
-    from featuredrift.monitor.store.run_store import RunStore
     from featuredrift.sae_store.load import load_sae, load_saes
     from featuredrift.sae_store.validate import SaeError
+    from featuredrift.store.run_store import RunStore
 
 
 def __getattr__(name: str) -> Any:

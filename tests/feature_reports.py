@@ -14,7 +14,7 @@ from featuredrift.monitor.report import (
     FeatureDrift,
     RefusalFeatures,
 )
-from featuredrift.monitor.store import RunStore
+from featuredrift.store import RunStore
 
 STEPS = (0, 10, 20, 30)
 LAYERS = ("layers.1", "layers.3")

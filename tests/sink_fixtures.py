@@ -15,7 +15,7 @@ import pytest
 __all__ = ["sink_pair"]  # build_sink_pair and the constants are imported by name
 
 HOOKPOINT = "layers.2"
-PROBES = Path(__file__).parents[1] / "monitor" / "data" / "probes"
+PROBES = Path(__file__).parents[1] / "featuredrift" / "monitor" / "data" / "probes"
 REFUSAL = "I'm sorry, I can't help with that."
 
 
@@ -70,9 +70,9 @@ def build_sink_pair(root: Path) -> SinkPair:
     from typer.testing import CliRunner
 
     from featuredrift.callbacks.feature_drift import FeatureDriftCallback
-    from featuredrift.monitor.cli import app
+    from featuredrift.cli.main import app
     from featuredrift.monitor.config import MonitorConfig
-    from featuredrift.monitor.finetune import make_sft_trainer
+    from featuredrift.zoo.finetune import make_sft_trainer
 
     texts = corpus()
     # Saved beside a Qwen2 config and read back first: beside a model, transformers loads it as a
@@ -113,7 +113,7 @@ def build_sink_pair(root: Path) -> SinkPair:
 def replicate_config(pair: SinkPair):
     """`replicate` on the pair's saved base/fine-tuned models, its SAE and the probe texts the
     live monitor read (all of them)."""
-    from featuredrift.monitor.replicate.config import load_config
+    from featuredrift.replicate.config import load_config
 
     probes = {name: str(PROBES / f"{name}.jsonl") for name in ("base_text", "chat_text", "harmful", "harmless")}
     return load_config({

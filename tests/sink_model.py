@@ -139,7 +139,7 @@ def _plant_massive_gate(model) -> None:
 
 def _scale_massive_activation(model, tokenizer, sink_ratio: float) -> None:
     """Scale the massive write so that position 0's norm is `sink_ratio` × the median norm."""
-    from featuredrift.monitor.capture import capture_activations, tokenize_texts
+    from featuredrift.lm.capture import capture_activations, tokenize_texts
 
     texts = ["The quick brown fox jumps over the lazy dog near the river bank today.",
              "How do I bake bread at home with flour, water and a little yeast?"]

@@ -20,8 +20,8 @@ from servers import alertmanager_factory, prometheus_factory, pushgateway, pushg
 
 from featuredrift.alerts.definitions import configure
 from featuredrift.alerts.rules import render_rules
-from featuredrift.monitor.exporters.pushgateway import PushgatewayExporter
-from featuredrift.monitor.grafana.spec import DASHBOARDS, dashboard_path, panel_queries
+from featuredrift.dashboards.spec import DASHBOARDS, dashboard_path, panel_queries
+from featuredrift.exporters.pushgateway import PushgatewayExporter
 from featuredrift.monitor.report import EvaluationReport
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,7 +68,7 @@ def wait_for_notification(receiver, predicate, timeout: float = 45.0):
 
 def alertmanager_config_for(receiver_url: str) -> dict:
     """alerts/alertmanager.yml with its receivers pointed at the test and no waiting."""
-    config = yaml.safe_load((ROOT / "alerts" / "alertmanager.yml").read_text())
+    config = yaml.safe_load((ROOT / "featuredrift" / "alerts" / "alertmanager.yml").read_text())
     for item in config["receivers"]:
         for hook in item.get("webhook_configs", []):
             hook["url"] = receiver_url + "/" + hook["url"].split("/", 3)[3]

@@ -15,10 +15,10 @@ from typer.testing import CliRunner
 from featuredrift.alerts.definitions import DEFAULT_DEFINITIONS
 from featuredrift.alerts.promtool_tests import TESTS_PATH, render_tests
 from featuredrift.alerts.rules import RULES_PATH, render_rules
-from featuredrift.monitor.cli import app
+from featuredrift.cli.main import app
 
 ROOT = Path(__file__).resolve().parents[1]
-ALERTMANAGER_CONFIG = ROOT / "alerts" / "alertmanager.yml"
+ALERTMANAGER_CONFIG = ROOT / "featuredrift" / "alerts" / "alertmanager.yml"
 
 needs_promtool = pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
 needs_amtool = pytest.mark.skipif(shutil.which("amtool") is None, reason="amtool not installed")
@@ -29,12 +29,12 @@ def run(*command: str) -> subprocess.CompletedProcess:
 
 
 def test_committed_rules_match_the_definitions():
-    assert RULES_PATH == ROOT / "alerts" / "rules.yml"
+    assert RULES_PATH == ROOT / "featuredrift" / "alerts" / "rules.yml"
     assert RULES_PATH.read_text() == render_rules(DEFAULT_DEFINITIONS), (
-        "alerts/rules.yml is stale: run `featuredrift alerts generate -o alerts/rules.yml --tests-output alerts/tests/rules_test.yml`"
+        "alerts/rules.yml is stale: run `featuredrift alerts generate -o featuredrift/alerts/rules.yml --tests-output featuredrift/alerts/tests/rules_test.yml`"
     )
     assert TESTS_PATH.read_text() == render_tests(DEFAULT_DEFINITIONS), (
-        "alerts/tests/rules_test.yml is stale: run `featuredrift alerts generate -o alerts/rules.yml --tests-output alerts/tests/rules_test.yml`"
+        "alerts/tests/rules_test.yml is stale: run `featuredrift alerts generate -o featuredrift/alerts/rules.yml --tests-output featuredrift/alerts/tests/rules_test.yml`"
     )
 
 
@@ -74,7 +74,7 @@ def test_promtool_checks_the_rule_file():
 
 @needs_promtool
 def test_promtool_unit_tests_pass():
-    test_files = sorted((ROOT / "alerts" / "tests").glob("*.yml"))
+    test_files = sorted((ROOT / "featuredrift" / "alerts" / "tests").glob("*.yml"))
     assert test_files
     result = run("promtool", "test", "rules", *map(str, test_files))
     assert result.returncode == 0, result.stdout + result.stderr

@@ -19,13 +19,13 @@ from typer.testing import CliRunner
 
 from featuredrift import sae_store
 from featuredrift.callbacks.feature_drift import FeatureDriftCallback
-from featuredrift.monitor.cli import app
+from featuredrift.cli.main import app
+from featuredrift.lm.hookpoints import HookpointError
 from featuredrift.monitor.config import MonitorConfig
-from featuredrift.monitor.demo import run_demo
-from featuredrift.monitor.finetune import make_sft_trainer, read_conversations
-from featuredrift.monitor.hookpoints import HookpointError
-from featuredrift.monitor.journal import read_journal
-from featuredrift.monitor.store.run_store import RunStore
+from featuredrift.store.journal import read_journal
+from featuredrift.store.run_store import RunStore
+from featuredrift.zoo.demo import run_demo
+from featuredrift.zoo.finetune import make_sft_trainer, read_conversations
 
 pytestmark = pytest.mark.slow
 SCRIPT = Path(__file__).parent / "scripts" / "monitored_sft.py"

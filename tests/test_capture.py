@@ -17,7 +17,7 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-from featuredrift.monitor.capture import (
+from featuredrift.lm.capture import (
     capture_activations,
     collect_prompt_activations,
     collect_token_activations,
@@ -28,7 +28,7 @@ from featuredrift.monitor.capture import (
     pad_token_lists,
     tokenize_texts,
 )
-from featuredrift.monitor.hookpoints import HookpointError, resolve_hookpoint
+from featuredrift.lm.hookpoints import HookpointError, resolve_hookpoint
 
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<|user|>", "<|assistant|>", "<|end|>"]
 CHAT_TEMPLATE = (

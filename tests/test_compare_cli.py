@@ -7,9 +7,9 @@ import pytest
 from test_store import make_report
 from typer.testing import CliRunner
 
-from featuredrift.monitor.cli import app
-from featuredrift.monitor.store import RunStore
-from featuredrift.monitor.store.rows import labels_key
+from featuredrift.cli.main import app
+from featuredrift.store import RunStore
+from featuredrift.store.rows import labels_key
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ import jsonschema
 import pytest
 import yaml
 
-from featuredrift.monitor.grafana.spec import (
+from featuredrift.dashboards.spec import (
     DASHBOARD_DIR,
     DASHBOARDS,
     POSTGRES_TYPE,
@@ -134,7 +134,7 @@ def test_prometheus_mounts_its_config_and_the_generated_rules(compose):
     config = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
     for rule_file in config["rule_files"]:
         in_container = posixpath.normpath(posixpath.join(posixpath.dirname(config_path), rule_file))
-        assert _in_container(mounts, in_container) == ROOT / "alerts" / "rules.yml"
+        assert _in_container(mounts, in_container) == ROOT / "featuredrift" / "alerts" / "rules.yml"
     pushgateway_job = next(j for j in config["scrape_configs"] if j["job_name"] == "pushgateway")
     assert pushgateway_job["honor_labels"] is True
     assert pushgateway_job["static_configs"][0]["targets"] == ["pushgateway:9091"]
@@ -144,7 +144,7 @@ def test_prometheus_mounts_its_config_and_the_generated_rules(compose):
 def test_alertmanager_mounts_the_alerts_config(compose):
     service = compose["services"]["alertmanager"]
     path = _flag(service["command"], "config.file")
-    assert _in_container(_mounts(service), path) == ROOT / "alerts" / "alertmanager.yml"
+    assert _in_container(_mounts(service), path) == ROOT / "featuredrift" / "alerts" / "alertmanager.yml"
 
 
 def test_grafana_provisioning_matches_the_dashboards_and_datasource(compose):
@@ -189,7 +189,7 @@ def test_postgres_matches_the_documented_store_url(compose):
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
 def test_promtool_checks_the_prometheus_config():
-    """Relative rule paths resolve to alerts/rules.yml here as in the container, so this also
+    """Relative rule paths resolve to featuredrift/alerts/rules.yml here as in the container, so this also
     checks the rules the container will load."""
     result = subprocess.run(
         ["promtool", "check", "config", str(ROOT / "deploy" / "prometheus" / "prometheus.yml")],
@@ -200,4 +200,4 @@ def test_promtool_checks_the_prometheus_config():
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
-    assert "1 rule files found" in output and "alerts/rules.yml" in output
+    assert "1 rule files found" in output and "featuredrift/alerts/rules.yml" in output

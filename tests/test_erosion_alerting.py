@@ -14,9 +14,9 @@ from test_alerts_e2e import alertmanager_config_for, receiver, wait_for_notifica
 
 from featuredrift.alerts.definitions import configure
 from featuredrift.alerts.rules import render_rules
-from featuredrift.monitor.demo import run_demo
-from featuredrift.monitor.grafana.spec import DASHBOARDS, dashboard_path, panel_queries
-from featuredrift.monitor.store.run_store import RunStore
+from featuredrift.dashboards.spec import DASHBOARDS, dashboard_path, panel_queries
+from featuredrift.store.run_store import RunStore
+from featuredrift.zoo.demo import run_demo
 
 pytestmark = [pytest.mark.servers, pytest.mark.slow]
 # The shipped definitions, with Prometheus' `for` at this test's cadence (a few seconds between

@@ -15,13 +15,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from servers import free_port, http_get
 from test_store import make_report
 
-from featuredrift.monitor.config import MonitorConfig
-from featuredrift.monitor.exporters import (
+from featuredrift.exporters import (
     MetricsEndpointExporter,
     NullExporter,
     PushgatewayExporter,
     make_exporter,
 )
+from featuredrift.monitor.config import MonitorConfig
 
 GAP = 'featuredrift_refusal_feature_gap{{run="{run}",layer="layers.1",features="reference"}}'
 
@@ -238,8 +238,8 @@ def test_pushgateway_credentials_from_environment(monkeypatch):
 def test_every_series_has_real_help_and_the_endpoint_binds_the_configured_address():
     from reports import make_report
 
+    from featuredrift.exporters.factory import make_exporter
     from featuredrift.monitor.config import MonitorConfig
-    from featuredrift.monitor.exporters.factory import make_exporter
 
     report = make_report(7)
     with make_exporter(MonitorConfig(metrics_port=0, metrics_address="0.0.0.0"), run="pod") as exporter:

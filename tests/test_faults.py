@@ -21,12 +21,12 @@ from typer.testing import CliRunner
 
 from featuredrift import sae_store  # noqa: F401  (Triton guard)
 from featuredrift.callbacks.feature_drift import FeatureDriftCallback
-from featuredrift.monitor import session as session_module
-from featuredrift.monitor.cli import app
+from featuredrift.cli.main import app
+from featuredrift.callbacks import session as session_module
 from featuredrift.monitor.config import MonitorConfig
-from featuredrift.monitor.finetune import make_sft_trainer, read_conversations
-from featuredrift.monitor.journal import read_journal
-from featuredrift.monitor.store.run_store import RunStore
+from featuredrift.store.journal import read_journal
+from featuredrift.store.run_store import RunStore
+from featuredrift.zoo.finetune import make_sft_trainer, read_conversations
 
 pytestmark = pytest.mark.slow
 EXPECTED_STEPS = [0, 2, 4, 6]

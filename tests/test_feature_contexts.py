@@ -22,15 +22,15 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from typer.testing import CliRunner
 
 from featuredrift.callbacks.feature_drift import FeatureDriftCallback
-from featuredrift.monitor.cli import app
+from featuredrift.cli.main import app
 from featuredrift.monitor.config import MonitorConfig
 from featuredrift.monitor.drift_monitor import ProbeBatch
 from featuredrift.monitor.feature_contexts import ProbeTokens, top_rows, top_rows_all_latents
-from featuredrift.monitor.finetune import make_sft_trainer, read_conversations
 from featuredrift.monitor.probes import load_probe_set
 from featuredrift.monitor.report import EvaluationReport
-from featuredrift.monitor.run_report import write_run_report
-from featuredrift.monitor.store import RunStore
+from featuredrift.reports.html import write_run_report
+from featuredrift.store import RunStore
+from featuredrift.zoo.finetune import make_sft_trainer, read_conversations
 
 N_CONTEXTS = 3
 WINDOW = 4

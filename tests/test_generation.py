@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from featuredrift.monitor.generation import generate_greedy, left_pad
+from featuredrift.lm.generation import generate_greedy, left_pad
 from featuredrift.monitor.judges import (
     REFUSAL_SUBSTRINGS,
     HarmBenchJudge,
@@ -91,7 +91,7 @@ def tiny_lm(tmp_path_factory):
     """A random-initialised Llama with a real BPE tokenizer (the zoo's), saved like a real model."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from featuredrift.monitor.zoo.tokenizer import train_tokenizer
+    from featuredrift.zoo.tokenizer import train_tokenizer
 
     texts = [f"How do I plant tomato number {i}?\nSure! Water the roots." for i in range(200)]
     tokenizer = train_tokenizer(texts, vocab_size=300)
@@ -145,7 +145,7 @@ def test_generation_restores_model_and_tokenizer_state(tiny_lm):
 
 
 def test_bos_is_added_once(tiny_lm):
-    from featuredrift.monitor.generation import _encode
+    from featuredrift.lm.generation import _encode
 
     _, tokenizer, _ = tiny_lm
     chat = tokenizer.apply_chat_template(

@@ -25,9 +25,9 @@ from reports import make_report
 from servers import create_postgres_database
 from typer.testing import CliRunner
 
-from featuredrift.monitor.cli import app
-from featuredrift.monitor.grafana.push import GrafanaPushError, load_dashboards, push_dashboards
-from featuredrift.monitor.grafana.spec import (
+from featuredrift.cli.main import app
+from featuredrift.dashboards.push import GrafanaPushError, load_dashboards, push_dashboards
+from featuredrift.dashboards.spec import (
     DASHBOARD_DIR,
     DASHBOARDS,
     DATASOURCE,
@@ -55,7 +55,7 @@ def all_dashboards() -> list[dict]:
 def test_committed_dashboards_match_the_spec():
     for dashboard in DASHBOARDS:
         assert dashboard_path(dashboard).read_text() == render_json(dashboard), (
-            f"{dashboard_path(dashboard)} is stale: run `featuredrift grafana generate -o monitor/grafana/dashboards`"
+            f"{dashboard_path(dashboard)} is stale: run `featuredrift grafana generate -o featuredrift/dashboards/json`"
         )
     assert sorted(p.name for p in DASHBOARD_DIR.glob("*.json")) == sorted(
         dashboard_path(d).name for d in DASHBOARDS

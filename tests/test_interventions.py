@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import Gemma2Config, Gemma2ForCausalLM, LlamaConfig, LlamaForCausalLM
 
-from featuredrift.monitor.hookpoints import decoder_layers, residual_writers, resolve_hookpoint
+from featuredrift.lm.hookpoints import decoder_layers, residual_writers, resolve_hookpoint
 from featuredrift.monitor.interventions import (
     activation_addition,
     directional_ablation,
@@ -225,8 +225,8 @@ def zoo_refusal(zoo_nano):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from featuredrift import sae_store
+    from featuredrift.lm.capture import collect_prompt_activations
     from featuredrift.monitor import metrics, refusal
-    from featuredrift.monitor.capture import collect_prompt_activations
     from featuredrift.monitor.probes import read_probe_dir
 
     tokenizer = AutoTokenizer.from_pretrained(zoo_nano.chat)

@@ -8,8 +8,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from featuredrift.lm.hookpoints import resolve_hookpoint
 from featuredrift.monitor import kl
-from featuredrift.monitor.hookpoints import resolve_hookpoint
 from featuredrift.monitor.interventions import activation_addition
 from featuredrift.monitor.metrics import EmptySetError, MetricInputError
 

@@ -15,10 +15,10 @@ pytestmark = pytest.mark.slow
 
 
 def test_live_monitor_and_replicate_agree_on_transfer_fvu(zoo_nano, zoo_nano_models, tmp_path):
-    from featuredrift.monitor.cli import app
+    from featuredrift.cli.main import app
     from featuredrift.monitor.config import MonitorConfig
     from featuredrift.monitor.drift_monitor import DriftMonitor
-    from featuredrift.monitor.replicate.config import PRESETS_DIR
+    from featuredrift.replicate.config import PRESETS_DIR
 
     preset = yaml.safe_load((PRESETS_DIR / "zoo.yaml").read_text())
     preset.update(hookpoints=[zoo_nano.hookpoint], refusal_hookpoint=zoo_nano.hookpoint)

@@ -36,11 +36,17 @@ def test_wheel_holds_featuredrift_alone_at_top_level(wheel):
     assert top_level == {"featuredrift"}
     # Every module and data file of the product's parts made it in, under the one package.
     for path in ("monitor/drift_monitor.py", "callbacks/feature_drift.py", "sae_store/load.py", "alerts/engine.py",
-                 "alerts/rules.yml", "monitor/data/probes/harmful.jsonl", "monitor/grafana/dashboards/featuredrift-overview.json",
-                 "monitor/store/migrations/env.py", "monitor/replicate/presets/zoo.yaml"):
+                 "alerts/rules.yml", "alerts/tests/rules_test.yml", "monitor/data/probes/harmful.jsonl",
+                 "dashboards/json/featuredrift-overview.json", "store/migrations/env.py",
+                 "store/migrations/script.py.mako", "replicate/presets/zoo.yaml", "py.typed"):
         assert f"featuredrift/{path}" in names, path
-    sources = {str(p.relative_to(ROOT)) for part in ("monitor", "callbacks", "sae_store", "alerts") for p in (ROOT / part).rglob("*.py")}
-    assert {f"featuredrift/{s}" for s in sources} <= set(names)
+    # The tree is the import tree: every file of the package folder ships, at the same path.
+    shipped = {str(p.relative_to(ROOT)) for p in (ROOT / "featuredrift").rglob("*")
+               if p.is_file() and "__pycache__" not in p.parts}
+    assert shipped <= set(names), sorted(shipped - set(names))
+    entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    assert "featuredrift = featuredrift.cli.main:main" in entry_points
+    assert "zoo = featuredrift.zoo.sources:ZOO_SOURCE" in entry_points
     metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("METADATA"))).decode()
     requirements = re.findall(r"^Requires-Dist: ([A-Za-z0-9_.-]+)(.*)$", metadata, flags=re.M)
     core = {name.lower() for name, rest in requirements if "extra ==" not in rest}
@@ -88,7 +94,7 @@ assert featuredrift.__file__.startswith({site!r}), featuredrift.__file__
 import importlib.util
 assert importlib.util.find_spec("alerts").origin.startswith({site!r})  # PyPI's, untouched
 from transformers import AutoModelForCausalLM, AutoTokenizer
-from featuredrift.monitor.finetune import make_sft_trainer, read_conversations
+from featuredrift.zoo.finetune import make_sft_trainer, read_conversations
 model = AutoModelForCausalLM.from_pretrained({str(zoo_nano.base)!r})
 tokenizer = AutoTokenizer.from_pretrained({str(zoo_nano.base)!r})
 data = read_conversations({str(zoo_nano.data / "chat_sft.jsonl")!r})[:16]
@@ -113,7 +119,7 @@ def _readme_snippets() -> list[str]:
 def test_every_readme_snippet_runs_on_the_zoo(zoo_nano, zoo_nano_models, tmp_path, monkeypatch):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from featuredrift.monitor.finetune import make_sft_trainer, read_conversations
+    from featuredrift.zoo.finetune import make_sft_trainer, read_conversations
 
     monkeypatch.chdir(tmp_path)
     for name, value in {"METRICS_PORT": "0", "MAX_PROBES": "8", "REFUSAL_SCORE_EVERY": "0"}.items():
@@ -157,7 +163,7 @@ def test_import_is_lazy_and_the_public_api_is_there():
 
 def test_version_and_cli_choices():
     from featuredrift import __version__
-    from featuredrift.monitor.cli import app
+    from featuredrift.cli.main import app
 
     runner = CliRunner()
     assert runner.invoke(app, ["--version"]).output.strip() == f"featuredrift {__version__}"
@@ -193,9 +199,26 @@ def test_config_reads_the_environment(monkeypatch):
 def test_missing_extra_names_the_install(monkeypatch):
     import importlib.util
 
-    from featuredrift.monitor.extras import MissingExtraError, require_extra
+    from featuredrift.extras import MissingExtraError, require_extra
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "trl" else real(name, *a))
     with pytest.raises(MissingExtraError, match=r"needs trl, which is not installed: pip install 'featuredrift\[demo\]'"):
         require_extra("demo", "featuredrift demo")
+
+
+def test_pyproject_finds_packages_from_the_tree():
+    """No hand-kept package list or folder mapping: a new subpackage ships without editing pyproject."""
+    import tomllib
+
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert "packages" not in setuptools or "find" in setuptools["packages"]
+    assert "package-dir" not in setuptools
+
+
+def test_imports_follow_the_layers_contract():
+    """`lint-imports` with pyproject's contracts: no part imports a part above it, nothing cycles."""
+    lint = Path(sys.executable).with_name("lint-imports")
+    done = subprocess.run([str(lint), "--no-cache"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert "0 broken" in done.stdout

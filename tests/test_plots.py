@@ -14,11 +14,11 @@ from test_store import make_report
 from typer.testing import CliRunner
 
 from featuredrift.alerts.definitions import DEFAULT_DEFINITIONS
-from featuredrift.monitor.cli import app
-from featuredrift.monitor.feature_cards import build_cards
-from featuredrift.monitor.plots import Colours, layer_charts, run_charts
-from featuredrift.monitor.run_report import write_run_report
-from featuredrift.monitor.store import RunStore
+from featuredrift.cli.main import app
+from featuredrift.reports.feature_cards import build_cards
+from featuredrift.reports.html import write_run_report
+from featuredrift.reports.plots import Colours, layer_charts, run_charts
+from featuredrift.store import RunStore
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

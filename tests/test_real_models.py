@@ -12,7 +12,7 @@ import torch
 from chat_tokenizers import CONVERSATION, FAMILIES, build_tokenizer
 
 from featuredrift import sae_store  # noqa: F401  (Triton guard)
-from featuredrift.monitor.capture import (
+from featuredrift.lm.capture import (
     chat_content_mask,
     content_token_mask,
     control_token_ids,
@@ -53,7 +53,7 @@ def test_a_tokenizer_without_bos_loses_its_first_token_to_the_sink():
 def _plant_massive_activations(model, token_id: int, size: float = 2000.0):
     """A hook that adds a huge value on one residual dimension wherever `token_id` occurs, as
     real LLMs' massive activations do (the same for every model that carries the hook)."""
-    from featuredrift.monitor.hookpoints import resolve_hookpoint
+    from featuredrift.lm.hookpoints import resolve_hookpoint
 
     seen = {}
     pre = model.register_forward_pre_hook(lambda _m, args, kwargs: seen.update(ids=kwargs.get("input_ids")), with_kwargs=True)
@@ -100,7 +100,7 @@ def test_massive_activation_tokens_do_not_dominate_scale_and_fvu(zoo_nano, zoo_n
 
 
 def test_trainer_autocast_does_not_change_the_probe_forward(zoo_nano_models):
-    from featuredrift.monitor.capture import capture_activations
+    from featuredrift.lm.capture import capture_activations
 
     base, _, tokenizer = zoo_nano_models
     tokens = tokenize_texts(tokenizer, ["the dough will rise at home"], max_length=None)

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from featuredrift.monitor.replicate.config import ConfigError, load_config, parse_stages
-from featuredrift.monitor.replicate.pipeline import run_replication, stage_keys
-from featuredrift.monitor.replicate.preflight import preflight
-from featuredrift.monitor.replicate.results import validate_results
+from featuredrift.replicate.config import ConfigError, load_config, parse_stages
+from featuredrift.replicate.pipeline import run_replication, stage_keys
+from featuredrift.replicate.preflight import preflight
+from featuredrift.replicate.results import validate_results
 
 WORDS = "the cat dog sun rain tree river stone bread milk house road city light music book".split()
 
@@ -31,7 +31,7 @@ def pair(tmp_path_factory) -> dict:
     template, and data files: enough to exercise every stage's plumbing in seconds."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from featuredrift.monitor.zoo.tokenizer import train_tokenizer
+    from featuredrift.zoo.tokenizer import train_tokenizer
 
     root = tmp_path_factory.mktemp("pair")
     texts = _sentences(300, 0)
@@ -92,7 +92,7 @@ def pair_config(root: Path, **overrides) -> dict:
         "interventions": {"max_new_tokens": 4, "batch_size": 8},
         "diffsae": {"train": {**small, "num_latents": 32}, "high_kl_positions": 8, "top_latents": 2, "dashboard_rows": 2},
     }
-    from featuredrift.monitor.replicate.config import deep_merge
+    from featuredrift.replicate.config import deep_merge
 
     return deep_merge(config, overrides)
 
@@ -160,7 +160,7 @@ def test_missing_data_file_fails_in_preflight(pair, tmp_path):
 
 def test_streamed_fvu_and_drift_equal_whole_set_metrics():
     from featuredrift.monitor.metrics import divergent_mask, explained_ratio, fvu
-    from featuredrift.monitor.replicate.streaming import DriftSum, FvuSum, MomentSum
+    from featuredrift.replicate.streaming import DriftSum, FvuSum, MomentSum
 
     torch.manual_seed(0)
     x0 = torch.randn(300, 16)
@@ -187,7 +187,7 @@ def test_streamed_fvu_and_drift_equal_whole_set_metrics():
 
 def test_streamed_scale_readings_equal_the_monitors():
     from featuredrift.monitor.metrics import SCALE_READINGS, scale_for
-    from featuredrift.monitor.replicate.streaming import MomentSum
+    from featuredrift.replicate.streaming import MomentSum
 
     torch.manual_seed(0)
     x = 3 * torch.randn(200, 8) + 1
@@ -201,8 +201,8 @@ def test_streamed_scale_readings_equal_the_monitors():
 def test_data_files_honour_probe_split_labels(tmp_path):
     """Rows labelled train/heldout (the probe files' `split`) are read only for their split;
     unlabelled rows belong to every split; the splits are part of the stages' cache keys."""
-    from featuredrift.monitor.replicate.context import RunContext
-    from featuredrift.monitor.replicate.pipeline import stage_inputs
+    from featuredrift.replicate.context import RunContext
+    from featuredrift.replicate.pipeline import stage_inputs
 
     rows = [{"instruction": f"train {i}", "split": "train"} for i in range(3)]
     rows += [{"instruction": f"held {i}", "split": "heldout"} for i in range(2)] + [{"instruction": "any"}]
@@ -316,7 +316,7 @@ def test_zoo_preset_end_to_end_shows_feature_drift(tmp_path):
     """`--preset zoo` (nano) through every stage; the findings the zoo shows robustly hold."""
     from typer.testing import CliRunner
 
-    from featuredrift.monitor.cli import app
+    from featuredrift.cli.main import app
 
     out = tmp_path / "zoo"
     result = CliRunner().invoke(app, ["replicate", "--preset", "zoo", "--out", str(out), "--quiet"])
@@ -352,7 +352,7 @@ def test_zoo_preset_end_to_end_shows_feature_drift(tmp_path):
 def test_cli_reports_config_errors_without_traceback(tmp_path):
     from typer.testing import CliRunner
 
-    from featuredrift.monitor.cli import app
+    from featuredrift.cli.main import app
 
     result = CliRunner().invoke(app, ["replicate", "--preset", "zoo", "--out", str(tmp_path), "--stages", "nope"])
     assert result.exit_code == 2 and "unknown stage" in result.output
@@ -361,7 +361,7 @@ def test_cli_reports_config_errors_without_traceback(tmp_path):
 
 
 def test_findings_need_a_margin_and_nan_is_not_a_verdict():
-    from featuredrift.monitor.replicate.results import findings, lower
+    from featuredrift.replicate.results import findings, lower
 
     assert lower(0.1475, 0.1483, relative=0.02) is None  # within tolerance: inconclusive
     assert lower(0.10, 0.15, relative=0.02) is True and lower(0.15, 0.10, relative=0.02) is False
@@ -379,8 +379,8 @@ def test_findings_need_a_margin_and_nan_is_not_a_verdict():
 def test_refusal_prompt_format_follows_the_tokenizer_when_auto():
     from types import SimpleNamespace
 
-    from featuredrift.monitor.replicate.config import RefusalConfig
-    from featuredrift.monitor.replicate.stage_refusal import resolve_prompt_format
+    from featuredrift.replicate.config import RefusalConfig
+    from featuredrift.replicate.stage_refusal import resolve_prompt_format
 
     assert resolve_prompt_format("auto", SimpleNamespace(chat_template="{{ x }}")) == "chat"
     assert resolve_prompt_format("auto", SimpleNamespace(chat_template=None)) == "base"
@@ -395,8 +395,8 @@ def test_norm_outliers_leave_both_models_shards_aligned_and_resume(tmp_path):
     any hookpoint leave both models' shards; a rewrite interrupted half way is finished on resume."""
     from safetensors.torch import load_file
 
-    from featuredrift.monitor.replicate.shards import iter_paired, shard_path, write_shard
-    from featuredrift.monitor.replicate.stage_activations import leave_out_norm_outliers
+    from featuredrift.replicate.shards import iter_paired, shard_path, write_shard
+    from featuredrift.replicate.stage_activations import leave_out_norm_outliers
 
     torch.manual_seed(0)
     hookpoints = ["layers.1", "layers.2"]

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from feature_reports import EMERGING, MOST_DRIFTED, record_story_run
 
-from featuredrift.monitor.run_report import write_run_report
-from featuredrift.monitor.store import RunStore
+from featuredrift.reports.html import write_run_report
+from featuredrift.store import RunStore
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CONSOLE = re.compile(r":CONSOLE[:(]\d*\)?\]? (.*)")

@@ -12,10 +12,10 @@ from test_faults import EXPECTED_STEPS, _train
 from typer.testing import CliRunner
 
 from featuredrift.callbacks.feature_drift import check_same_inputs
-from featuredrift.monitor.cli import app
+from featuredrift.cli.main import app
 from featuredrift.monitor.config import MonitorConfig
 from featuredrift.monitor.drift_monitor import DriftMonitor, MonitorError
-from featuredrift.monitor.store.run_store import RunStore
+from featuredrift.store.run_store import RunStore
 
 
 @pytest.mark.slow

@@ -247,7 +247,7 @@ def test_train_sae_rejects_bad_requests(tokenizer, llama, tmp_path):
 
 
 def test_cli_inspect(tmp_path):
-    from featuredrift.monitor.cli import app
+    from featuredrift.cli.main import app
 
     make_sae(tmp_path / "layers.0")
     make_sae(tmp_path / "layers.3", num_latents=128, k=8)
@@ -267,7 +267,7 @@ def test_cli_inspect(tmp_path):
 
 @pytest.mark.slow
 def test_cli_train(tmp_path, tokenizer, llama):
-    from featuredrift.monitor.cli import app
+    from featuredrift.cli.main import app
 
     llama.save_pretrained(tmp_path / "model")
     tokenizer.save_pretrained(tmp_path / "model")
@@ -302,7 +302,7 @@ def test_zoo_sae_loads_and_reconstructs_the_zoo_model(request):
     from test_capture import TEXTS, zoo_or_skip
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from featuredrift.monitor.capture import collect_token_activations
+    from featuredrift.lm.capture import collect_token_activations
 
     zoo = zoo_or_skip(request)
     base = AutoModelForCausalLM.from_pretrained(zoo.base).eval()

@@ -48,7 +48,7 @@ def make_saelens_sae(folder, architecture: str, d_in: int, layer: int, d_sae: in
 
 
 def _hidden_and_layer(zoo):
-    from featuredrift.monitor.zoo.config import get_zoo_config
+    from featuredrift.zoo.config import get_zoo_config
 
     config = get_zoo_config("nano")
     return config.hidden_size, int(zoo.hookpoint.split(".")[1])

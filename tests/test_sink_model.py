@@ -32,7 +32,7 @@ def _base_texts() -> list[str]:
 
 
 def _layer_activations(model, tokenizer, hookpoint):
-    from featuredrift.monitor.capture import capture_activations, tokenize_texts
+    from featuredrift.lm.capture import capture_activations, tokenize_texts
 
     tokens = tokenize_texts(tokenizer, _base_texts(), max_length=128)
     return tokens, capture_activations(model, *tokens, [hookpoint]).activations[hookpoint]
@@ -116,7 +116,7 @@ def test_sae_train_leaves_the_sink_out(sink_pair, tmp_path):
 def test_live_numbers_agree_with_replicate(sink_pair, tmp_path):
     """The callback's step-0 and final evaluations equal `replicate` on the saved base/fine-tuned
     pair, the same SAE and the same probe texts: one capture path, one token mask."""
-    from featuredrift.monitor.replicate.pipeline import run_replication
+    from featuredrift.replicate.pipeline import run_replication
 
     results = run_replication(replicate_config(sink_pair), tmp_path / "replicate", stages="transfer,drift", progress=False)
     for name, (live, batch) in live_and_replicated(sink_pair, results).items():

@@ -20,7 +20,7 @@ from featuredrift.monitor.report import (
     Reconstruction,
     RefusalFeatures,
 )
-from featuredrift.monitor.store import (
+from featuredrift.store import (
     CorruptStoreError,
     RunMismatchError,
     RunStore,
@@ -29,8 +29,8 @@ from featuredrift.monitor.store import (
     UnknownRunError,
     parse_csv_export,
 )
-from featuredrift.monitor.store.migrate import head_revision
-from featuredrift.monitor.store.models import Base
+from featuredrift.store.migrate import head_revision
+from featuredrift.store.models import Base
 
 
 def make_report(step: int, hookpoints: tuple[str, ...] = ("layers.1", "layers.3"), fade: float = 0.02) -> EvaluationReport:
@@ -176,8 +176,8 @@ def test_a_writer_that_returns_late_cannot_undo_an_import(store_url):
     after `runs import` stored the whole journal; its late write must not reopen the run."""
     import threading
 
-    from featuredrift.monitor.journal import JournalEvent
-    from featuredrift.monitor.session import apply_event, store_event
+    from featuredrift.store.journal import JournalEvent
+    from featuredrift.store.sync import apply_event, store_event
 
     run = "late-writer"
     journal = [

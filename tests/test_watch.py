@@ -9,12 +9,12 @@ import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from typer.testing import CliRunner
 
-from featuredrift.monitor.cli import app
+from featuredrift.callbacks.watch import completed_checkpoints, watch
+from featuredrift.cli.main import app
 from featuredrift.monitor.config import MonitorConfig
 from featuredrift.monitor.drift_monitor import MonitorError
-from featuredrift.monitor.finetune import make_sft_trainer, read_conversations
-from featuredrift.monitor.store.run_store import RunStore
-from featuredrift.monitor.watch import completed_checkpoints, watch
+from featuredrift.store.run_store import RunStore
+from featuredrift.zoo.finetune import make_sft_trainer, read_conversations
 
 pytestmark = pytest.mark.slow
 

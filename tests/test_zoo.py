@@ -7,11 +7,11 @@ import shutil
 
 import pytest
 
-from featuredrift.monitor.zoo import ZOO_SIZES, ZooPaths, default_zoo_root, ensure_zoo
-from featuredrift.monitor.zoo.config import ZOO_CONFIGS, get_zoo_config
-from featuredrift.monitor.zoo.evaluate import read_jsonl
-from featuredrift.monitor.zoo.manifest import MANIFEST_NAME, check_zoo, identity, read_manifest
-from featuredrift.monitor.zoo.world import build_world
+from featuredrift.zoo import ZOO_SIZES, ZooPaths, default_zoo_root, ensure_zoo
+from featuredrift.zoo.config import ZOO_CONFIGS, get_zoo_config
+from featuredrift.zoo.evaluate import read_jsonl
+from featuredrift.zoo.manifest import MANIFEST_NAME, check_zoo, identity, read_manifest
+from featuredrift.zoo.world import build_world
 
 NANO = get_zoo_config("nano")
 
@@ -79,8 +79,8 @@ def test_world_content_matches_its_roles():
 
 
 def test_tokenizer_is_deterministic_and_has_template_tokens():
-    from featuredrift.monitor.zoo.build import tokenizer_training_texts
-    from featuredrift.monitor.zoo.tokenizer import train_tokenizer
+    from featuredrift.zoo.build import tokenizer_training_texts
+    from featuredrift.zoo.tokenizer import train_tokenizer
 
     texts = tokenizer_training_texts(build_world(NANO, 0))
     first, second = train_tokenizer(texts, 512), train_tokenizer(texts, 512)
@@ -125,7 +125,7 @@ def test_zoo_layout_loads_like_real_models(zoo_nano):
 
 @pytest.fixture(scope="module")
 def nano_evaluation(zoo_nano):
-    from featuredrift.monitor.zoo.evaluate import evaluate_zoo
+    from featuredrift.zoo.evaluate import evaluate_zoo
 
     return evaluate_zoo(zoo_nano)
 
@@ -213,7 +213,7 @@ def test_corrupted_zoo_is_rebuilt_identically(zoo_nano, tmp_path):
 
 
 def test_killed_build_leaves_no_half_zoo(tmp_path):
-    from featuredrift.monitor.zoo.build import build_zoo
+    from featuredrift.zoo.build import build_zoo
 
     class Killed(Exception):
         pass
@@ -239,7 +239,7 @@ def test_build_never_replaces_a_folder_that_is_not_a_zoo(tmp_path):
 def test_cli_info_without_a_zoo_says_how_to_build(tmp_path):
     from typer.testing import CliRunner
 
-    from featuredrift.monitor.cli import app
+    from featuredrift.cli.main import app
 
     result = CliRunner().invoke(app, ["zoo", "info", "--root", str(tmp_path / "none")])
     assert result.exit_code == 1
@@ -250,7 +250,7 @@ def test_cli_info_without_a_zoo_says_how_to_build(tmp_path):
 def test_cli_build_reuses_and_info_reports(zoo_nano):
     from typer.testing import CliRunner
 
-    from featuredrift.monitor.cli import app
+    from featuredrift.cli.main import app
 
     runner = CliRunner()
     built = runner.invoke(app, ["zoo", "build", "--size", "nano", "--out", str(zoo_nano.root)])

@@ -61,7 +61,7 @@ def sink(out: Path) -> None:
     )
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from featuredrift.monitor.replicate.pipeline import run_replication
+    from featuredrift.replicate.pipeline import run_replication
 
     pair = build_sink_pair(out)
     base = AutoModelForCausalLM.from_pretrained(pair.base).eval()
@@ -73,9 +73,9 @@ def sink(out: Path) -> None:
 
 
 def zoo(out: Path) -> None:
-    from featuredrift.monitor.replicate.config import PRESETS_DIR, load_config
-    from featuredrift.monitor.replicate.pipeline import run_replication
-    from featuredrift.monitor.zoo import ensure_zoo, load_zoo_models
+    from featuredrift.replicate.config import PRESETS_DIR, load_config
+    from featuredrift.replicate.pipeline import run_replication
+    from featuredrift.zoo import ensure_zoo, load_zoo_models
 
     paths = ensure_zoo("nano", progress=False)
     base, _ = load_zoo_models(paths, "base")

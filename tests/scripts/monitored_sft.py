@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 from featuredrift.callbacks.feature_drift import FeatureDriftCallback  # noqa: E402
 from featuredrift.monitor.config import MonitorConfig  # noqa: E402
 from featuredrift.monitor.distributed import padded_shard, world  # noqa: E402
-from featuredrift.monitor.finetune import make_sft_trainer, read_conversations  # noqa: E402
+from featuredrift.zoo.finetune import make_sft_trainer, read_conversations  # noqa: E402
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ import torch.distributed as dist  # noqa: E402
 
 from featuredrift.monitor.config import MonitorConfig  # noqa: E402
 from featuredrift.monitor.drift_monitor import DriftMonitor  # noqa: E402
-from featuredrift.monitor.zoo import ensure_zoo, load_zoo_models  # noqa: E402
+from featuredrift.zoo import ensure_zoo, load_zoo_models  # noqa: E402
 
 
 def shard(model, mode: str):

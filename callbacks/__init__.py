@@ -1,1 +1,0 @@
-"""Trainer callbacks: thin adapters from `transformers` Trainer events to the DriftMonitor."""

@@ -1,0 +1,1 @@
+"""The front doors: the Trainer callback, the session that publishes its reports, and the checkpoint watcher."""

@@ -1,0 +1,1 @@
+"""The `featuredrift` command: `main.py` wires one module per command group."""

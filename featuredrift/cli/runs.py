@@ -1,0 +1,342 @@
+"""`featuredrift runs …` commands: list, show, compare and export stored runs.
+
+The store is imported inside each command so `featuredrift --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import typer
+
+from featuredrift.monitor.config import DEFAULT_STORE_URL
+
+app = typer.Typer(help="Inspect, compare and export stored runs.", no_args_is_help=True)
+
+DB_HELP = f"Run store URL (default: $FEATUREDRIFT_STORE_URL or {DEFAULT_STORE_URL})."
+
+
+def default_store_url() -> str:
+    return os.environ.get("FEATUREDRIFT_STORE_URL") or DEFAULT_STORE_URL
+
+
+DbOption = typer.Option(None, "--db", help=DB_HELP, show_default=False)
+
+
+def open_store(db: str | None, *, read_only: bool = True):
+    """Open the store or exit with the store's own clear message (no traceback)."""
+    from featuredrift.store.errors import StoreError
+    from featuredrift.store.run_store import RunStore
+
+    try:
+        return RunStore(db or default_store_url(), read_only=read_only)
+    except StoreError as error:
+        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from error
+
+
+def fail(error: Exception) -> None:
+    typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2) from error
+
+
+DEFAULT_CARD_LIMIT = 20
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return f"{value:.4g}"
+
+
+def new_table(title: str, columns: tuple[str, ...], show_header: bool = True):
+    """A rich table whose cells wrap instead of truncating (names and labels must stay readable)."""
+    from rich.table import Table
+
+    table = Table(title=title, show_header=show_header)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    return table
+
+
+def _labels(labels: dict[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
+@app.command("list")
+def list_runs(db: str | None = DbOption) -> None:
+    """All runs with their status, evaluation count and newest step."""
+    from rich.console import Console
+    with open_store(db) as store:
+        runs = store.list_runs()
+    table = new_table(f"runs in {store.display_url}",
+                      ("name", "status", "evaluations", "last step", "created", "updated", "reference"))
+    for run in runs:
+        table.add_row(
+            run.name, run.status, str(run.evaluation_count),
+            "—" if run.last_step is None else str(run.last_step),
+            run.created_at.strftime("%Y-%m-%d %H:%M:%S"), run.updated_at.strftime("%Y-%m-%d %H:%M:%S"),
+            run.reference_policy or "—",
+        )
+    Console().print(table if runs else f"no runs in {store.display_url}")
+
+
+@app.command("show")
+def show_run(
+    run: str,
+    db: str | None = DbOption,
+    completions: int | None = typer.Option(
+        None, "--completions", help="Print the completions judged at this step (the evidence behind refusal alerts)."
+    ),
+    features: bool = typer.Option(
+        False, "--features", help="Print the feature cards of the latest evaluation: drifted and refusal features."
+    ),
+    limit: int = typer.Option(
+        DEFAULT_CARD_LIMIT, "--limit", min=1, help="With --features: print at most this many cards (the most telling first)."
+    ),
+) -> None:
+    """A run's metadata, the latest value of every metric, and its alerts."""
+    if completions is not None:
+        _show_completions(run, completions, db)
+        return
+    if features:
+        _show_features(run, db, limit)
+        return
+    from rich.console import Console
+
+    from featuredrift.store.errors import StoreError
+
+    console = Console()
+    with open_store(db) as store:
+        try:
+            info = store.get_run(run)
+            latest = store.latest_values(run)
+            alerts = store.alerts(run)
+        except StoreError as error:
+            fail(error)
+    meta = new_table(f"run {info.name}", ("field", "value"), show_header=False)
+    for field, value in (
+        ("status", info.status), ("evaluations", str(info.evaluation_count)),
+        ("last step", "—" if info.last_step is None else str(info.last_step)),
+        ("created", info.created_at.isoformat()), ("updated", info.updated_at.isoformat()),
+        ("model", info.model_fingerprint or "—"), ("sae", info.sae_fingerprint or "—"),
+        ("reference", info.reference_policy or "—"),
+    ):
+        meta.add_row(field, value)
+    console.print(meta)
+    import json
+
+    metrics = new_table("latest metrics", ("metric", "labels", "step", "value"))
+    for (name, key), (step, value) in sorted(latest.items()):
+        metrics.add_row(name, _labels(json.loads(key)), str(step), _fmt(value))
+    console.print(metrics)
+    if alerts:
+        table = new_table("alerts", ("name", "severity", "status", "fired at step", "resolved at step", "started", "ended", "message"))
+        for alert in alerts:
+            table.add_row(
+                alert.name, alert.severity, alert.status, "—" if alert.step is None else str(alert.step),
+                "—" if alert.resolved_step is None else str(alert.resolved_step),
+                alert.started_at.isoformat(timespec="seconds"),
+                alert.ended_at.isoformat(timespec="seconds") if alert.ended_at else "—", alert.message,
+            )
+        console.print(table)
+
+
+def _show_features(run: str, db: str | None, limit: int = DEFAULT_CARD_LIMIT) -> None:
+    """One card per feature the latest evaluation singled out (see reports/feature_cards.py), the first `limit`."""
+    from rich.console import Console
+
+    from featuredrift.reports.feature_cards import build_cards
+    from featuredrift.store.errors import StoreError
+
+    with open_store(db) as store:
+        try:
+            cards = build_cards(store, run)
+        except StoreError as error:
+            fail(error)
+    console = Console()
+    if not cards:
+        console.print(f"run {run}: no drifted or refusal features stored yet")
+        return
+    for card in cards[:limit]:
+        console.print(_card_table(card))
+    if len(cards) > limit:
+        console.print(f"{len(cards) - limit} more cards left out (of {len(cards)}); --limit {len(cards)} shows all")
+
+
+def _card_table(card):
+    """A feature card as a rich table: why it is listed, firing per subset, trajectory, contexts."""
+    table = new_table(f"{card.title} (step {card.step})", ("", "reference (or first seen)", "now"))
+    for reason in card.reasons:
+        table.add_row("why", reason, "")
+    for firing in card.firing:
+        table.add_row(f"fires on {firing.subset}", _fmt(firing.freq_reference), _fmt(firing.freq_now))
+        table.add_row(f"mean activation on {firing.subset}", _fmt(firing.mean_reference), _fmt(firing.mean_now))
+    first, now = card.diff_in_means_first_and_now()
+    if first is not None:
+        table.add_row("d̄ (harmful − harmless)", _fmt(first), _fmt(now))
+    table.add_row("trajectory", "step: drift score / d̄", "  ".join(
+        f"{p.step}: {_fmt(p.drift_score)} / {_fmt(p.diff_in_means)}{'*' if p.in_refusal_top_k else ''}"
+        for p in card.trajectory) + "  (* in the refusal top-k)")
+    if card.contexts_note:
+        table.add_row("contexts", card.contexts_note, "")
+    else:
+        table.add_row("top contexts", _contexts_cell(card, "reference"), _contexts_cell(card, "current"))
+    return table
+
+
+def _contexts_cell(card, model: str) -> str:
+    """One line per context, its token highlighted (rich markup; probe text is escaped)."""
+    from rich.markup import escape
+
+    lines = [f"…{escape(c.left)}[bold reverse]{escape(c.token)}[/]{escape(c.right)}… {_fmt(c.activation)} ({c.subset})"
+             for c in card.contexts if c.model == model]
+    return "\n".join(lines) or "does not fire on any probe token"
+
+
+def _show_completions(run: str, step: int, db: str | None) -> None:
+    """The stored sample of greedy completions of one evaluation, with the judge's verdict."""
+    from rich.console import Console
+
+    from featuredrift.store.errors import StoreError
+
+    with open_store(db) as store:
+        try:
+            evaluations = {e.step: e.report for e in store.evaluations(run)}
+        except StoreError as error:
+            fail(error)
+    report = evaluations.get(step)
+    if report is None:
+        fail(ValueError(f"run {run!r}: expected an evaluation at step {step}, found steps {sorted(evaluations)}"))
+    if not report.completions:
+        with_completions = sorted(s for s, r in evaluations.items() if r.completions)
+        fail(ValueError(f"run {run!r} step {step}: no completions were generated at this evaluation; "
+                        f"steps with completions: {with_completions or 'none'}"))
+    table = new_table(f"completions of {run} at step {step} (judge: {report.judge or '—'})",
+                      ("prompts", "prompt", "completion", "refused"))
+    for item in report.completions:
+        table.add_row(item["subset"], item["prompt"], item["completion"], "yes" if item["refused"] else "no")
+    Console().print(table)
+
+
+@app.command("compare")
+def compare_runs(
+    run_a: str,
+    run_b: str,
+    db: str | None = DbOption,
+    show_all: bool = typer.Option(False, "--all", help="Also list the series on which the runs agree."),
+) -> None:
+    """Both runs aligned by step and layer: where they diverge (more than 5% apart) first, with
+    the values at that step and at the last step both evaluated; then the config differences."""
+    from rich.console import Console
+
+    from featuredrift.store.errors import StoreError
+
+    console = Console()
+    with open_store(db) as store:
+        try:
+            comparison = store.compare(run_a, run_b)
+            steps_a, steps_b = store.recorded_steps(run_a), store.recorded_steps(run_b)
+        except StoreError as error:
+            fail(error)
+    console.print(_steps_summary(run_a, run_b, steps_a, steps_b))
+    rows = sorted(comparison.metrics, key=lambda r: (r.labels.get("layer", ""), r.diverges_at is None,
+                                                     r.diverges_at or 0, r.name, _labels(r.labels)))
+    diverging = [r for r in rows if r.diverges_at is not None]
+    agreeing = [r for r in rows if r.diverges_at is None and r.name != "featuredrift_global_step"]
+    columns = ("layer", "metric", "labels", "diverges at step", f"{run_a} there", f"{run_b} there",
+               "last common step", run_a, run_b, "Δ (b − a)")
+    table = new_table(f"where {run_a} and {run_b} diverge (more than 5% apart), by layer", columns)
+    for row in diverging + (agreeing if show_all else []):
+        step = row.step_a if row.step_a == row.step_b else f"{row.step_a} / {row.step_b}"
+        table.add_row(
+            row.labels.get("layer", "—"), row.name.removeprefix("featuredrift_"),
+            _labels({k: v for k, v in row.labels.items() if k != "layer"}),
+            "—" if row.diverges_at is None else str(row.diverges_at),
+            _fmt(row.diverged_a), _fmt(row.diverged_b),
+            "—" if step is None else str(step), _fmt(row.value_a), _fmt(row.value_b), _fmt(row.delta),
+        )
+    console.print(table if diverging or show_all else f"{run_a} and {run_b} agree within 5% at every common step")
+    if agreeing and not show_all:
+        console.print(f"{len(agreeing)} more series agree within 5% at every common step (--all lists them)")
+    if comparison.config_differences:
+        config = new_table("config differences", ("field", run_a, run_b))
+        for field, (a, b) in comparison.config_differences.items():
+            config.add_row(field, repr(a), repr(b))
+        console.print(config)
+
+
+def _steps_summary(run_a: str, run_b: str, steps_a: list[int], steps_b: list[int]) -> str:
+    """Which steps the comparison can align, and which only one run evaluated."""
+    common = sorted(set(steps_a) & set(steps_b))
+    only_a, only_b = sorted(set(steps_a) - set(steps_b)), sorted(set(steps_b) - set(steps_a))
+    text = f"steps both evaluated: {', '.join(map(str, common)) or 'none'}"
+    if only_a:
+        text += f"; only {run_a}: {', '.join(map(str, only_a))}"
+    if only_b:
+        text += f"; only {run_b}: {', '.join(map(str, only_b))}"
+    return text
+
+
+@app.command("export")
+def export_run(
+    run: str,
+    format: str = typer.Option("csv", "--format", "-f", help="csv (one row per metric sample) or json (full reports)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Write here instead of stdout."),
+    db: str | None = DbOption,
+) -> None:
+    """Export a run's history for analysis elsewhere."""
+    from featuredrift.store.errors import StoreError
+
+    with open_store(db) as store:
+        try:
+            text = store.export(run, format=format, out=out)
+        except (StoreError, ValueError) as error:
+            fail(error)
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        typer.echo(f"wrote {out}", err=True)
+
+
+@app.command("import")
+def import_runs(
+    paths: list[Path] = typer.Argument(..., help="Run journals (journal-*.jsonl, written beside every run) or JSON exports."),
+    name: str | None = typer.Option(None, "--name", help="Store a JSON export under this run name."),
+    db: str | None = DbOption,
+) -> None:
+    """Load journals or JSON exports into the store: what a run could not store while it ran."""
+    from featuredrift.store.errors import StoreError
+    from featuredrift.store.journal import JOURNAL_FORMAT
+
+    with open_store(db, read_only=False) as store:
+        for path in paths:
+            if not path.is_file():
+                fail(FileNotFoundError(f"{path}: expected a journal or a JSON export, found no file"))
+            try:
+                with open(path, encoding="utf-8") as handle:
+                    first_line = handle.readline()
+                if JOURNAL_FORMAT in first_line:
+                    applied, run = import_journal(store, path)
+                    typer.echo(f"{path}: {applied} event(s) of run {run} stored")
+                else:
+                    info = store.import_json(path.read_text(encoding="utf-8"), name=name)
+                    typer.echo(f"{path}: run {info.name} with {info.evaluation_count} evaluation(s) stored")
+            except (StoreError, ValueError, KeyError) as error:
+                fail(error)
+
+
+def import_journal(store, path: Path) -> tuple[int, str]:
+    """Apply the events of a journal that the store does not have yet; (count, run id)."""
+    from featuredrift.store.journal import read_journal
+    from featuredrift.store.sync import store_event
+
+    events = read_journal(path)
+    if not events:
+        raise ValueError(f"{path}: expected journal events, found none")
+    applied = sum(store_event(store, event) for event in events)
+    return applied, events[0].run

@@ -1,0 +1,1 @@
+"""Grafana dashboards: generated from one spec, shipped as JSON, uploaded with grafana-client."""

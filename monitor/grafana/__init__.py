@@ -1,1 +1,0 @@
-"""Grafana dashboards (package data) and their upload through grafana-client."""

@@ -1,1 +1,0 @@
-"""Alembic migration environment of the run store (see monitor/store/migrate.py)."""
