@@ -11,6 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 from featuredrift import sae_store  # noqa: F401  (disables Triton on CPU before sparsify loads)
+from featuredrift.bench import shapes as bench_real
 from featuredrift.bench.shape_models import (
     SHAPES,
     ShapeError,
@@ -19,7 +20,6 @@ from featuredrift.bench.shape_models import (
     get_shape,
 )
 from featuredrift.cli.main import app
-from featuredrift.bench import shapes as bench_real
 
 HEADLINE_KEYS = ("callback_share", "evaluation_over_forward", "encode_over_matmul", "reference_cache_mb",
                  "peak_memory_ratio", "offline_over_live")

@@ -20,9 +20,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from typer.testing import CliRunner
 
 from featuredrift import sae_store  # noqa: F401  (Triton guard)
+from featuredrift.callbacks import session as session_module
 from featuredrift.callbacks.feature_drift import FeatureDriftCallback
 from featuredrift.cli.main import app
-from featuredrift.callbacks import session as session_module
 from featuredrift.monitor.config import MonitorConfig
 from featuredrift.store.journal import read_journal
 from featuredrift.store.run_store import RunStore
