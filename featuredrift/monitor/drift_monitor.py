@@ -43,7 +43,7 @@ from featuredrift.monitor.distributed import (
 from featuredrift.monitor.errors import MonitorError
 from featuredrift.monitor.judges import get_judge, get_refusal_judge, refusal_start_tokens
 from featuredrift.monitor.probe_sources import bound_with_warning, configured_probe_set
-from featuredrift.monitor.probes import ProbeSet
+from featuredrift.monitor.probes import PROMPT_SUBSETS, ProbeSet, rows_fingerprint
 from featuredrift.monitor.reading import ModelReading, ProbeBatch, model_device
 from featuredrift.monitor.report import EvaluationReport
 
@@ -309,6 +309,8 @@ def probe_subsets(probes: ProbeSet) -> dict[str, dict]:
             continue
         origin = probes.origins.get(subset)
         subsets[subset] = {"probes": count, **(origin.as_dict() if origin else {"source": probes.source})}
+        if subset in PROMPT_SUBSETS:
+            subsets[subset]["fingerprint"] = rows_fingerprint(probes.subset_rows(subset))
         categories = probes.categories.get(subset)
         if categories:
             subsets[subset]["categories"] = len({c for c in categories if c is not None})

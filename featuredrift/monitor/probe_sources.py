@@ -17,9 +17,11 @@ left out is logged with the setting that changes it.
 from __future__ import annotations
 
 import logging
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from featuredrift.monitor.benchmarks import is_benchmark_spec, read_benchmark
+from featuredrift.monitor.benchmarks import BenchmarkSpec, is_benchmark_spec, read_benchmark
 from featuredrift.monitor.probes import (
     ALL_SPLITS,
     PROMPT_SUBSETS,
@@ -30,6 +32,7 @@ from featuredrift.monitor.probes import (
     file_sha256,
     load_probe_set,
     read_prompt_file,
+    rows_fingerprint,
     select_split,
 )
 
@@ -95,3 +98,65 @@ def configured_probe_set(config) -> ProbeSet:
         **{subset: getattr(config, name) for subset, name in SUBSET_FIELDS.items()},
     )
     return bound_with_warning(probes, config.max_probes)
+
+
+@dataclass
+class SubsetSummary:
+    """What one subset of a probe source holds (`featuredrift probes inspect`)."""
+
+    subset: str
+    rows: int
+    splits: dict[str, int] = field(default_factory=dict)  # split label → rows ("(every split)" for unlabelled)
+    categories: dict[str, int] = field(default_factory=dict)
+    fingerprint: str = ""  # sha256 of the texts (and categories), as recorded with a run
+    origin: ProbeOrigin | None = None
+
+    def as_dict(self) -> dict:
+        data = {k: v for k, v in self.__dict__.items() if k != "origin"}
+        return {**data, **({"origin": self.origin.as_dict()} if self.origin else {})}
+
+
+EVERY_SPLIT = "(every split)"
+
+
+def _summary(subset: str, rows: PromptRows, origin: ProbeOrigin | None) -> SubsetSummary:
+    splits = Counter(s if s is not None else EVERY_SPLIT for s in rows.splits)
+    categories = Counter(c for c in rows.categories if c is not None)
+    return SubsetSummary(subset, len(rows.texts), dict(sorted(splits.items())), dict(categories.most_common()),
+                         rows_fingerprint(rows), origin)
+
+
+def inspect_source(spec: str) -> list[SubsetSummary]:
+    """Every subset a probe source holds: a probe set (default, directory, CSV, zoo:<size>), a
+    benchmark spec (each subset it can fill) or an instruction file."""
+    if is_benchmark_spec(spec):
+        found, errors = [], []
+        for subset in BenchmarkSpec(spec).benchmark.subsets():
+            if subset == "harmless":
+                continue  # the same safe rows as borderline
+            try:
+                found.append(_summary(subset, *read_benchmark(spec, subset)))
+            except ProbeError as error:  # XSTest file with only safe (or only unsafe) prompts
+                errors.append(error)
+        if not found:
+            raise errors[0]
+        return found
+    path = Path(spec).expanduser()
+    suffix = path.suffix.lower()
+    if path.is_file() and (suffix in (".jsonl", ".json") or suffix == ".csv" and "subset" not in _csv_columns(path)):
+        rows, origin = load_subset(spec, "harmful")
+        return [_summary("instructions", rows, origin)]
+    probes = load_probe_set(spec, split=ALL_SPLITS)
+    summaries = [_summary(s, probes.subset_rows(s), probes.origins.get(s)) for s in PROMPT_SUBSETS if getattr(probes, s)]
+    for subset in ("base_text", "chat_text"):
+        if getattr(probes, subset):
+            texts = getattr(probes, subset)
+            summaries.append(SubsetSummary(subset, len(texts), {EVERY_SPLIT: len(texts)},
+                                           fingerprint=rows_fingerprint([str(t) for t in texts])))
+    return summaries
+
+
+def _csv_columns(path: Path) -> list[str]:
+    from featuredrift.monitor.probes import csv_records
+
+    return list(next(csv_records(path))[1])

@@ -162,6 +162,13 @@ def select_split(rows: PromptRows, name: str, where: str) -> PromptRows:
 # --- reading files ------------------------------------------------------------------------
 
 
+def rows_fingerprint(rows: PromptRows | list[str]) -> str:
+    """sha256 of a subset's texts (and categories) in order: equal when the probes are equal,
+    whichever file or layout they were read from."""
+    texts, categories = (rows.texts, rows.categories) if isinstance(rows, PromptRows) else (rows, [])
+    return hashlib.sha256(json.dumps([texts, categories], ensure_ascii=False).encode()).hexdigest()
+
+
 def file_sha256(path: Path | str) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

@@ -44,6 +44,7 @@ from featuredrift.store.errors import (
 from featuredrift.store.migrate import require_current_schema, upgrade_to_head
 from featuredrift.store.models import (
     Alert,
+    CategoryRefusal,
     DriftedFeature,
     Evaluation,
     FeatureContext,
@@ -54,6 +55,7 @@ from featuredrift.store.models import (
 )
 from featuredrift.store.rows import (
     AlertInfo,
+    CategoryRefusalRow,
     DriftedFeatureRow,
     EvaluationInfo,
     FeatureContextRow,
@@ -244,7 +246,7 @@ class RunStore:
             evaluation = Evaluation(run_id=run.id, step=step)
             session.add(evaluation)
         else:
-            for table in (MetricValue, DriftedFeature, RefusalFeature, FeatureContext):
+            for table in (MetricValue, DriftedFeature, RefusalFeature, FeatureContext, CategoryRefusal):
                 session.execute(delete(table).where(table.evaluation_id == evaluation.id))
         evaluation.timestamp = float(report.timestamp)
         evaluation.epoch = rows.finite_or_none(report.epoch)
@@ -289,6 +291,9 @@ class RunStore:
             session.execute(insert(RefusalFeature), refusal)
         if contexts:
             session.execute(insert(FeatureContext), contexts)
+        categories = [{"evaluation_id": evaluation.id, **fields} for fields in rows.category_refusal_fields(report)]
+        if categories:
+            session.execute(insert(CategoryRefusal), categories)
         return evaluation.id
 
     def recorded_steps(self, run_name: str) -> list[int]:
@@ -379,6 +384,24 @@ class RunStore:
             return [
                 RefusalFeatureRow(step, r.hookpoint, r.k, r.feature, r.source, r.rank, r.diff_in_means, r.nnls_weight)
                 for step, r in session.execute(query).all()
+            ]
+
+    def category_refusals(self, run_name: str, step: int | None = None) -> list[CategoryRefusalRow]:
+        """Refusal per prompt category of `run_name`, at `step` or at every step."""
+        with self._transaction() as session:
+            run = self._require_run(session, run_name)
+            query = (
+                select(Evaluation.step, CategoryRefusal)
+                .join(Evaluation, CategoryRefusal.evaluation_id == Evaluation.id)
+                .where(Evaluation.run_id == run.id)
+                .order_by(Evaluation.step, CategoryRefusal.subset, CategoryRefusal.category)
+            )
+            if step is not None:
+                query = query.where(Evaluation.step == step)
+            return [
+                CategoryRefusalRow(step, c.subset, c.category, c.prompts, c.refusal_rate,
+                                   c.refusal_token_probability, c.refusal_token_logodds)
+                for step, c in session.execute(query).all()
             ]
 
     def feature_contexts(self, run_name: str, step: int | None = None) -> list[FeatureContextRow]:
