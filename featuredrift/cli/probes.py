@@ -33,15 +33,23 @@ def inspect(
         typer.echo(json.dumps([s.as_dict() for s in summaries], indent=2, ensure_ascii=False))
         return
     console = Console()
-    table = new_table(f"probes in {escape(source)}", ("subset", "rows", "rows per split", "categories", "benchmark",
-                                                      "file", "sha256", "fingerprint"))
-    for s in summaries:
-        origin = s.origin
-        categories = ", ".join(f"{c} ({n})" for c, n in s.categories.items()) or "—"
-        table.add_row(
-            s.subset, str(s.rows), ", ".join(f"{k}: {v}" for k, v in s.splits.items()), escape(categories),
-            escape(f"{origin.benchmark} ({origin.layout}, split {origin.split})") if origin and origin.benchmark else "—",
-            escape(str(origin.file or origin.dataset)) if origin and (origin.file or origin.dataset) else "—",
-            origin.sha256 if origin and origin.sha256 else "—", s.fingerprint,
-        )
+    table = new_table(f"probes in {escape(source)}", ("", *(s.subset for s in summaries)))
+    fields = {
+        "rows": lambda s: str(s.rows),
+        "rows per split": lambda s: ", ".join(f"{k}: {v}" for k, v in s.splits.items()),
+        "categories": lambda s: str(len(s.categories) or "—"),
+        "benchmark": lambda s: f"{s.origin.benchmark} ({s.origin.layout})" if s.origin and s.origin.benchmark else "—",
+        "split": lambda s: s.origin.split if s.origin else "—",
+        "file": lambda s: str(s.origin.file or s.origin.dataset or "—") if s.origin else "—",
+        "sha256": lambda s: s.origin.sha256 if s.origin and s.origin.sha256 else "—",
+        "fingerprint": lambda s: s.fingerprint,
+    }
+    for label, render in fields.items():
+        table.add_row(label, *(escape(render(s)) for s in summaries))
     console.print(table)
+    if any(s.categories for s in summaries):
+        categories = new_table("categories", ("subset", "category", "rows"))
+        for s in summaries:
+            for category, count in s.categories.items():
+                categories.add_row(s.subset, escape(category), str(count))
+        console.print(categories)
