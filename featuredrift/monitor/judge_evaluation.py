@@ -92,8 +92,10 @@ def read_labelled_responses(path: Path | str) -> list[LabelledResponse]:
                 expected = " or ".join(", ".join(layout) for layout in LAYOUTS)
                 raise ProbeError(f"{path}: expected columns {expected}, found columns {columns}")
             prompt, response, label = layout
+            ended = reader.line_num  # the header's last line; a record starts on the next one
             for row in reader:
-                where = f"{path}:{reader.line_num + lines.skipped}"
+                where = f"{path}:{ended + 1 + lines.skipped}"
+                ended = reader.line_num
                 value = (row.get(label) or "").strip().lower()
                 if value not in TRUE_LABELS:
                     raise ProbeError(f"{where}: expected {label} to be 1/0 (true/false, yes/no), found {row.get(label)!r}")
