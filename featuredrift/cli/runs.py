@@ -197,18 +197,13 @@ def _refusal_tables(latest: dict, categories: list) -> list:
             table.add_row(escape(prompts), *cells)
         tables.append(table)
     if categories:
-        newest: dict[tuple[str, str], object] = {}
-        rated: dict[tuple[str, str], object] = {}
-        for row in categories:  # ascending steps: the last one wins
-            newest[(row.subset, row.category)] = row
-            if row.refusal_rate is not None:
-                rated[(row.subset, row.category)] = row
+        from featuredrift.store.rows import latest_by_category
+
         table = new_table("refusal by category", ("prompts", "category", "probes", "refusal rate (step)",
                                                   "P(refusal start)", "log-odds", "step"))
-        for key, row in sorted(newest.items()):
-            rate = rated.get(key)
+        for row, rated in latest_by_category(categories):
             table.add_row(escape(row.subset), escape(row.category), str(row.prompts),
-                          f"{_fmt(rate.refusal_rate)} ({rate.step})" if rate else "—",
+                          f"{_fmt(rated.refusal_rate)} ({rated.step})" if rated else "—",
                           _fmt(row.refusal_token_probability), _fmt(row.refusal_token_logodds), str(row.step))
         tables.append(table)
     return tables

@@ -202,17 +202,13 @@ def _refusal_section(store: RunStore, run: str, info: RunInfo) -> str:
              "their refusal rate is over-refusal.</p><table><tr><th>prompts</th><th>probes</th>"
              + "".join(f"<th>{label}</th>" for _, label in REFUSAL_SERIES) + f"<th>from</th></tr>{rows}</table>")
     if categories:
-        newest: dict[tuple[str, str], object] = {}
-        rated: dict[tuple[str, str], object] = {}
-        for row in categories:
-            newest[(row.subset, row.category)] = row
-            if row.refusal_rate is not None:
-                rated[(row.subset, row.category)] = row
+        from featuredrift.store.rows import latest_by_category
+
         lines = "".join(
             f"<tr><td>{esc(r.subset)}</td><td>{esc(r.category)}</td><td>{r.prompts}</td>"
-            f"<td>{_num(rated[key].refusal_rate) + f' (step {rated[key].step})' if key in rated else '—'}</td>"
+            f"<td>{_num(rated.refusal_rate) + f' (step {rated.step})' if rated else '—'}</td>"
             f"<td>{_num(r.refusal_token_probability)}</td><td>{_num(r.refusal_token_logodds)}</td><td>{r.step}</td></tr>"
-            for key, r in sorted(newest.items()))
+            for r, rated in latest_by_category(categories))
         table += ("<h3>By category</h3><table><tr><th>prompts</th><th>category</th><th>probes</th><th>refusal rate</th>"
                   f"<th>P(refusal start)</th><th>log-odds</th><th>step</th></tr>{lines}</table>")
     return f"<section id='refusal'><h2>Refusal by prompt subset and category</h2>{table}</section>"

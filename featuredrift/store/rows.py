@@ -149,6 +149,18 @@ class CategoryRefusalRow(NamedTuple):
     refusal_token_logodds: float | None
 
 
+def latest_by_category(rows: list[CategoryRefusalRow]) -> list[tuple[CategoryRefusalRow, CategoryRefusalRow | None]]:
+    """Per (subset, category): its newest row (the newest logit score) and the newest row that has
+    a refusal rate (the newest generating evaluation), sorted by subset and category."""
+    newest: dict[tuple[str, str], CategoryRefusalRow] = {}
+    rated: dict[tuple[str, str], CategoryRefusalRow] = {}
+    for row in sorted(rows, key=lambda r: r.step):
+        newest[(row.subset, row.category)] = row
+        if row.refusal_rate is not None:
+            rated[(row.subset, row.category)] = row
+    return [(row, rated.get(key)) for key, row in sorted(newest.items())]
+
+
 CATEGORY_CHARS = 255  # the column's width: a longer category name is cut
 
 
