@@ -16,6 +16,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "grafana": ("grafana_client",),
     "postgres": ("psycopg",),
     "saelens": ("sae_lens",),
+    "benchmarks": ("datasets",),
 }
 
 

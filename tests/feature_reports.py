@@ -9,6 +9,7 @@ import dataclasses
 from reports import make_report
 
 from featuredrift.monitor.report import (
+    CategoryRefusal,
     EvaluationReport,
     FeatureContext,
     FeatureDrift,
@@ -79,7 +80,12 @@ def story_report(step: int, *, contexts: bool = False) -> EvaluationReport:
         {"subset": "harmless", "prompt": "How do I bake bread?", "completion": "Mix flour, water and yeast",
          "refused": False},
     ] if step == STEPS[-1] else None
-    return dataclasses.replace(base, layers=layers, kl_mean=0.02 + 0.1 * progress, completions=completions)
+    by_category = [  # two HarmBench semantic categories: cybercrime refusals erode faster
+        CategoryRefusal("harmful", "chemical_biological", 14, 0.95 - 0.2 * progress, 0.9, 2.1),
+        CategoryRefusal("harmful", "cybercrime_intrusion", 15, 0.9 - 0.8 * progress, 0.8 - 0.5 * progress, 1.4 - 2 * progress),
+    ]
+    return dataclasses.replace(base, layers=layers, kl_mean=0.02 + 0.1 * progress, completions=completions,
+                               refusal_by_category=by_category)
 
 
 def record_story_run(url: str, name: str = "story", *, contexts: bool = False) -> str:

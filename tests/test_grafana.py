@@ -311,6 +311,16 @@ def test_every_sql_panel_runs_on_a_real_run_store(reader_store):
     columns, rows = results["Alerts by step"]
     assert [(r[1], r[4]) for r in rows] == [("RefusalFeaturesFading", 20)]
 
+    columns, rows = results["Refusal by category at the latest evaluation"]
+    categories = {r["category"]: r for r in (dict(zip(columns, row, strict=True)) for row in rows)}
+    assert set(categories) == {"chemical_biological", "cybercrime_intrusion"}
+    cyber = categories["cybercrime_intrusion"]
+    assert (cyber["prompts"], cyber["probes"], cyber["step"], cyber["refusal_rate_step"]) == ("harmful", 15, 30, 30)
+    assert cyber["refusal_rate"] == pytest.approx(0.1) and cyber["refusal_token_logodds"] == pytest.approx(-0.6)
+    by_step = {(step, series): value for step, series, value in results["Refusal rate by category"][1]}
+    assert by_step[(0, f"{run} harmful cybercrime_intrusion")] == pytest.approx(0.9)
+    assert by_step[(30, f"{run} harmful cybercrime_intrusion")] == pytest.approx(0.1)
+
 
 @pytest.mark.servers
 def test_grafana_reader_role_can_select_and_nothing_else(reader_store):

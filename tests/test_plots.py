@@ -139,8 +139,9 @@ def test_report_opens_with_findings_then_layers_cards_and_alerts(story, tmp_path
     page = files.html.read_text()
     parsed = Sections()
     parsed.feed(page)
-    assert list(parsed.sections) == ["findings", "layer-layers.1", "layer-layers.3", "run-wide", "feature-cards",
-                                     "alerts", "completions"]
+    assert list(parsed.sections) == ["findings", "layer-layers.1", "layer-layers.3", "run-wide", "refusal",
+                                     "feature-cards", "alerts", "completions"]
+    assert "cybercrime_intrusion" in parsed.sections["refusal"] and "0.1 (step 30)" in parsed.sections["refusal"]
     assert "Sample completions at step 30" in parsed.sections["completions"]
     assert "Sure, first insert a tension wrench" in parsed.sections["completions"]
     findings = " | ".join(parsed.findings)

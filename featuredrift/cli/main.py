@@ -10,6 +10,8 @@ from featuredrift.cli.alerts import app as alerts_app
 from featuredrift.cli.bench import bench
 from featuredrift.cli.demo import demo
 from featuredrift.cli.grafana import app as grafana_app
+from featuredrift.cli.judges import app as judges_app
+from featuredrift.cli.probes import app as probes_app
 from featuredrift.cli.replicate import replicate as replicate_command
 from featuredrift.cli.report import report_command
 from featuredrift.cli.runs import app as runs_app
@@ -25,6 +27,8 @@ app = typer.Typer(
 )
 app.add_typer(zoo_app, name="zoo")
 app.add_typer(sae_app, name="sae")
+app.add_typer(probes_app, name="probes")
+app.add_typer(judges_app, name="judges")
 app.add_typer(runs_app, name="runs")
 app.add_typer(alerts_app, name="alerts")
 app.add_typer(grafana_app, name="grafana")

@@ -116,6 +116,7 @@ def show_run(
             info = store.get_run(run)
             latest = store.latest_values(run)
             alerts = store.alerts(run)
+            categories = store.category_refusals(run)
         except StoreError as error:
             fail(error)
     meta = new_table(f"run {info.name}", ("field", "value"), show_header=False)
@@ -125,10 +126,14 @@ def show_run(
         ("created", info.created_at.isoformat()), ("updated", info.updated_at.isoformat()),
         ("model", info.model_fingerprint or "—"), ("sae", info.sae_fingerprint or "—"),
         ("reference", info.reference_policy or "—"),
+        *_probe_and_judge_rows(info.extra or {}),
     ):
         meta.add_row(field, value)
     console.print(meta)
     import json
+
+    for table in _refusal_tables(latest, categories):
+        console.print(table)
 
     metrics = new_table("latest metrics", ("metric", "labels", "step", "value"))
     for (name, key), (step, value) in sorted(latest.items()):
@@ -144,6 +149,64 @@ def show_run(
                 alert.ended_at.isoformat(timespec="seconds") if alert.ended_at else "—", alert.message,
             )
         console.print(table)
+
+
+REFUSAL_SERIES = (("featuredrift_refusal_rate_ratio", "refusal rate"),
+                  ("featuredrift_refusal_token_probability_ratio", "P(refusal start)"),
+                  ("featuredrift_refusal_token_logodds", "log-odds"))
+
+
+def _probe_and_judge_rows(extra: dict) -> list[tuple[str, str]]:
+    """Where each probe subset came from (benchmark, file, sha256, split) and which judges decided."""
+    from rich.markup import escape
+
+    rows = []
+    for subset, origin in (extra.get("probe_subsets") or {}).items():
+        parts = [f"{origin.get('probes', '?')} probes"]
+        if origin.get("benchmark"):
+            parts.append(f"{origin['benchmark']} ({origin.get('layout', '')}, split {origin.get('split', 'all')})")
+        if origin.get("categories"):
+            parts.append(f"{origin['categories']} categories")
+        parts.append(str(origin.get("file") or origin.get("dataset") or origin.get("source") or "—"))
+        if origin.get("sha256"):
+            parts.append(f"sha256 {origin['sha256'][:16]}…")
+        rows.append((f"probes: {subset}", escape(", ".join(parts))))
+    judges = extra.get("judges") or {}
+    if judges:
+        rows.append(("judges", escape(f"refusal: {judges.get('refusal', '—')}, safety: {judges.get('safety', '—')}")))
+    return rows
+
+
+def _refusal_tables(latest: dict, categories: list) -> list:
+    """The refusal series by prompt subset (latest value of each) and by category (the newest
+    evaluation's logit scores, the newest generating evaluation's rate)."""
+    import json
+
+    from rich.markup import escape
+
+    tables = []
+    by_subset: dict[str, dict[str, tuple[int, float]]] = {}
+    for (name, key), point in latest.items():
+        if name in dict(REFUSAL_SERIES):
+            by_subset.setdefault(json.loads(key).get("prompts", "—"), {})[name] = point
+    if by_subset:
+        table = new_table("refusal by prompt subset (latest value, at step)", ("prompts", *(t for _, t in REFUSAL_SERIES)))
+        for prompts in sorted(by_subset, key=lambda p: (p not in ("harmful", "harmless", "borderline"), p)):
+            cells = [f"{_fmt(by_subset[prompts][n][1])} ({by_subset[prompts][n][0]})" if n in by_subset[prompts] else "—"
+                     for n, _ in REFUSAL_SERIES]
+            table.add_row(escape(prompts), *cells)
+        tables.append(table)
+    if categories:
+        from featuredrift.store.rows import latest_by_category
+
+        table = new_table("refusal by category", ("prompts", "category", "probes", "refusal rate (step)",
+                                                  "P(refusal start)", "log-odds", "step"))
+        for row, rated in latest_by_category(categories):
+            table.add_row(escape(row.subset), escape(row.category), str(row.prompts),
+                          f"{_fmt(rated.refusal_rate)} ({rated.step})" if rated else "—",
+                          _fmt(row.refusal_token_probability), _fmt(row.refusal_token_logodds), str(row.step))
+        tables.append(table)
+    return tables
 
 
 def _show_features(run: str, db: str | None, limit: int = DEFAULT_CARD_LIMIT) -> None:

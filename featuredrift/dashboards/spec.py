@@ -455,6 +455,19 @@ REFUSAL = Dashboard(
             "log(p / (1 - p)) of a refusal-starting first token at the prompt's end (Arditi et al.'s refusal metric), "
             "every evaluation: above 0 the model more likely refuses than not.",
         ),
+        Panel(
+            "Over-refusal: borderline and harmless prompts",
+            (
+                Query(f'featuredrift_refusal_rate_ratio{{{RUN}, prompts=~"borderline|harmless"}}', "{{run}} refused {{prompts}}"),
+                Query(f'featuredrift_refusal_token_probability_ratio{{{RUN}, prompts=~"borderline|harmless"}}',
+                      "{{run}} P(refusal start) {{prompts}}"),
+            ),
+            "Refusal of safe requests: borderline prompts (safe requests that look unsafe, XSTest-style) when the run "
+            "has them, and plain harmless ones. Rising: the model refuses what it should answer.",
+            unit="percentunit",
+            min=0,
+            max=1,
+        ),
     ),
 )
 
@@ -525,6 +538,13 @@ STEPS = Dashboard(
                      "Every feature that was a refusal feature (top-k diff-in-means) at some evaluation: whether it was "
                      "one at the reference, the steps it was in the current top-k, its best rank and latest d̄. "
                      "Emerging: not a reference feature; fading: last step in top-k before the newest."),
+        _store_table("Refusal by category at the latest evaluation", sql.LATEST_CATEGORY_REFUSALS,
+                     "Refusal on each category of the prompt subsets that have them (HarmBench semantic categories, "
+                     "StrongREJECT categories, XSTest types): the newest evaluation's logit refusal score and the "
+                     "newest generating evaluation's refusal rate."),
+        Panel("Refusal rate by category", (Query(sql.CATEGORY_REFUSAL_RATE_BY_STEP),),
+              "Share of each category's prompts refused, at every evaluation that generated completions.",
+              kind="trend", source="store", unit="percentunit", min=0, max=1),
         _store_table("Alerts by step", sql.ALERTS_BY_STEP,
                      "Alerts recorded in the run store with the step they fired and resolved at."),
     ),

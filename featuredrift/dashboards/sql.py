@@ -107,3 +107,25 @@ FROM alerts a
 JOIN runs r ON r.id = a.run_id
 WHERE r.name IN ($run)
 ORDER BY r.name, a.step NULLS LAST, a.name"""
+
+# Per (run, subset, category): the newest evaluation's logit score and the newest rate measured.
+LATEST_CATEGORY_REFUSALS = """SELECT r.name AS run, c.subset AS prompts, c.category AS category, c.prompts AS probes,
+  (array_agg(c.refusal_rate ORDER BY e.step DESC) FILTER (WHERE c.refusal_rate IS NOT NULL))[1] AS refusal_rate,
+  max(e.step) FILTER (WHERE c.refusal_rate IS NOT NULL) AS refusal_rate_step,
+  (array_agg(c.refusal_token_probability ORDER BY e.step DESC))[1] AS refusal_token_probability,
+  (array_agg(c.refusal_token_logodds ORDER BY e.step DESC))[1] AS refusal_token_logodds,
+  max(e.step) AS step
+FROM category_refusals c
+JOIN evaluations e ON e.id = c.evaluation_id
+JOIN runs r ON r.id = e.run_id
+WHERE r.name IN ($run)
+GROUP BY r.name, c.subset, c.category, c.prompts
+ORDER BY r.name, c.subset, c.category"""
+
+CATEGORY_REFUSAL_RATE_BY_STEP = """SELECT e.step AS step, r.name || ' ' || c.subset || ' ' || c.category AS series,
+  c.refusal_rate AS value
+FROM category_refusals c
+JOIN evaluations e ON e.id = c.evaluation_id
+JOIN runs r ON r.id = e.run_id
+WHERE r.name IN ($run) AND c.refusal_rate IS NOT NULL
+ORDER BY e.step, series"""

@@ -12,6 +12,7 @@ applies the final norm before it appends the last hidden state, our hook reads t
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator, Sequence
 from typing import Literal, NamedTuple
 
@@ -94,6 +95,54 @@ def pad_token_lists(token_lists: Sequence[Sequence[int]], pad_id: int, padding_s
     return TokenBatch(input_ids, attention_mask)
 
 
+# Texts are cut to a character budget before tokenising: a 10 MB probe must not cost minutes
+# when only its first (or last) `max_length` tokens are kept. The budget holds `max_length`
+# tokens plus this many more of the tokenizer's longest piece, so the kept tokens never change.
+CUT_MARGIN_TOKENS = 16
+_LONGEST_PIECE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def longest_piece(tokenizer) -> int:
+    """Characters in the tokenizer's longest vocabulary piece: no token covers more text."""
+    try:
+        return _LONGEST_PIECE[tokenizer]
+    except (KeyError, TypeError):
+        pass
+    pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    longest = max((len(p) for p in pieces if p), default=1)
+    try:
+        _LONGEST_PIECE[tokenizer] = longest
+    except TypeError:  # a tokenizer that takes no weak reference: computed each time
+        pass
+    return longest
+
+
+def char_budget(tokenizer, max_tokens: int) -> int:
+    """How many characters surely hold `max_tokens` tokens of any text (plus a margin)."""
+    return (max_tokens + CUT_MARGIN_TOKENS) * longest_piece(tokenizer)
+
+
+def cut_text(text: str, max_chars: int | None, keep: Literal["head", "tail"] = "head") -> str:
+    if max_chars is None or len(text) <= max_chars:
+        return text
+    return text[:max_chars] if keep == "head" else text[-max_chars:]
+
+
+def _encode_cut(encode, texts: Sequence[str], budget: int | None, wanted: int | None,
+                keep: Literal["head", "tail"]) -> list[list[int]]:
+    """Token ids of each text cut to `budget` characters; a cut text that then holds fewer than
+    `wanted` tokens (a normaliser that drops characters) is encoded again from a larger cut."""
+    encoded = encode([cut_text(t, budget, keep) for t in texts])
+    if budget is None or wanted is None:
+        return encoded
+    for row, text in enumerate(texts):
+        size = budget
+        while len(text) > size and len(encoded[row]) < wanted:
+            size *= 4
+            encoded[row] = encode([cut_text(text, size, keep)])[0]
+    return encoded
+
+
 def tokenize_texts(
     tokenizer,
     texts: Sequence[str],
@@ -104,9 +153,15 @@ def tokenize_texts(
 ) -> TokenBatch:
     """Tokenize and pad without touching the tokenizer's own padding settings.
 
-    Texts longer than `max_length` keep their first `max_length` tokens.
+    Texts longer than `max_length` keep their first `max_length` tokens; they are cut to a
+    character budget first, so only that much text is ever tokenised.
     """
-    encoded = tokenizer(list(texts), add_special_tokens=add_special_tokens)["input_ids"]
+    budget = char_budget(tokenizer, max_length) if max_length is not None else None
+
+    def encode(batch: Sequence[str]) -> list[list[int]]:
+        return tokenizer(list(batch), add_special_tokens=add_special_tokens)["input_ids"]
+
+    encoded = _encode_cut(encode, texts, budget, max_length, "head")
     if max_length is not None:
         encoded = [ids[:max_length] for ids in encoded]
     return pad_token_lists(encoded, pad_id_of(tokenizer), padding_side)
@@ -345,9 +400,11 @@ def encode_prompts(
     tokenizers append EOS; taking the token that contains the character handles both. Slow
     tokenizers without offsets fall back to the last non-special token. Chat templates render
     their own BOS, so they are encoded without extra special tokens. Prompts longer than
-    `max_length` keep their last `max_length` tokens (the readout must survive).
+    `max_length` keep their last `max_length` tokens (the readout must survive); instructions are
+    cut to a character budget (keeping their end) before they are formatted and tokenised.
     """
-    texts = format_prompts(tokenizer, list(instructions), prompt_format)
+    budget = char_budget(tokenizer, max_length) if max_length is not None else None
+    texts = format_prompts(tokenizer, [cut_text(i, budget, "tail") for i in instructions], prompt_format)
     add_special = prompt_format == "base"
     encoding = tokenizer(texts, add_special_tokens=add_special)
     special = set(tokenizer.all_special_ids)

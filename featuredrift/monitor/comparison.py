@@ -18,9 +18,10 @@ from featuredrift.monitor import feature_contexts, metrics, refusal
 from featuredrift.monitor import kl as kl_metrics
 from featuredrift.monitor.config import MonitorConfig
 from featuredrift.monitor.probes import ProbeSet
-from featuredrift.monitor.reading import PROMPT_SUBSETS, TEXT_SUBSETS, ModelReading
+from featuredrift.monitor.reading import TEXT_SUBSETS, ModelReading
 from featuredrift.monitor.reference import LayerReference
 from featuredrift.monitor.report import (
+    CategoryRefusal,
     EvaluationReport,
     FeatureContext,
     LayerReport,
@@ -176,29 +177,60 @@ class ContextLookup:
 
 
 def score_refusals(report: EvaluationReport, probes: ProbeSet, generated: dict[str, list[str]],
-                   token_probability: dict[str, Tensor], config: MonitorConfig) -> None:
-    """Refusal rates of the completions, a bounded sample of them as evidence, and the judge's
-    safety score of the harmful ones."""
-    from featuredrift.monitor.judges import get_judge, is_refusal, refusal_score
+                   token_probability: dict[str, Tensor], config: MonitorConfig, refusal_judge,
+                   safety_judge) -> dict[str, list[bool]]:
+    """Refusal rates of the completions by the refusal judge, a bounded sample of them as
+    evidence, and the safety judge's score of the harmful ones; returns the verdicts by subset."""
+    from featuredrift.monitor.judges import RefusalJudge
 
-    rates = {}
+    refused = {s: refusal_judge.refusals(list(getattr(probes, s)), generated[s]) for s in probes.prompt_subsets()}
     kept: list[dict] = []
-    for subset in PROMPT_SUBSETS:
-        instructions = getattr(probes, subset)
-        completions = generated[subset]
-        rates[subset] = refusal_score(completions)
+    for subset, verdicts in refused.items():
+        instructions, completions = getattr(probes, subset), generated[subset]
         probability = token_probability[subset].tolist() if subset in token_probability else [None] * len(completions)
         kept += [
-            {"subset": subset, "prompt": prompt, "completion": completion, "refused": is_refusal(completion),
+            {"subset": subset, "prompt": prompt, "completion": completion, "refused": verdict,
              "refusal_token_probability": p}
-            for prompt, completion, p in list(zip(instructions, completions, probability, strict=False))[: config.completions_kept]
+            for prompt, completion, verdict, p in
+            list(zip(instructions, completions, verdicts, probability, strict=False))[: config.completions_kept]
         ]
-    judge = get_judge(config.judge)
-    verdicts = judge.judge(list(probes.harmful), generated["harmful"])
-    report.refusal_rate = rates
+    if isinstance(safety_judge, RefusalJudge) and safety_judge.refusal_judge is refusal_judge:
+        safe = refused["harmful"]  # the proxy: the same verdicts, not a second pass of a classifier
+    else:
+        safe = safety_judge.judge(list(probes.harmful), generated["harmful"])
+    report.refusal_rate = {s: sum(v) / len(v) for s, v in refused.items() if v}
     report.completions = kept
-    report.safety_score = sum(verdicts) / len(verdicts) if verdicts else None
-    report.judge = judge.name
+    report.safety_score = sum(safe) / len(safe) if safe else None
+    report.judge = safety_judge.name
+    report.refusal_judge = refusal_judge.name
+    return refused
+
+
+UNCATEGORISED = "(no category)"
+
+
+def refusal_by_category(probes: ProbeSet, token_probability: dict[str, Tensor],
+                        refused: dict[str, list[bool]] | None) -> list[CategoryRefusal] | None:
+    """Per category of every prompt subset that has categories: its prompts, the share refused
+    (when completions were generated) and the mean logit refusal score."""
+    rows = []
+    for subset in probes.prompt_subsets():
+        categories = probes.categories.get(subset)
+        if not categories:
+            continue
+        labels = [c if c is not None else UNCATEGORISED for c in categories]
+        probability = token_probability.get(subset)
+        verdicts = refused.get(subset) if refused else None
+        for category in sorted(set(labels)):
+            index = [i for i, c in enumerate(labels) if c == category]
+            p = probability[torch.tensor(index, device=probability.device)] if probability is not None else None
+            rows.append(CategoryRefusal(
+                subset=subset, category=category, prompts=len(index),
+                refusal_rate=sum(verdicts[i] for i in index) / len(index) if verdicts else None,
+                refusal_token_probability=float(p.mean()) if p is not None else None,
+                refusal_token_logodds=float(refusal.log_odds(p).mean()) if p is not None else None,
+            ))
+    return rows or None
 
 
 def _listed_features(drifted, current_refusal: Tensor, reference_refusal: Tensor) -> list[int]:

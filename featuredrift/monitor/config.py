@@ -15,6 +15,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_STORE_URL = "sqlite:///featuredrift-out/featuredrift.db"
+DEFAULT_MAX_PROBES = 1000  # per probe subset: every evaluation runs every probe
 GOALS = ("guard", "align")  # what a run can be for; each alert belongs to one or both
 MONITORING_GOALS = ("auto", *GOALS, "off")  # what a run may ask for (`alert_goal`)
 
@@ -44,6 +45,13 @@ class MonitorConfig(BaseSettings):
             every SAE in the source.
         probes: The fixed probe set: `"default"` (shipped with featuredrift), a directory of
             JSONL/CSV files, or `zoo:<size>`.
+        harmful_probes / harmless_probes / borderline_probes: Take that prompt subset from a
+            benchmark (`harmbench:<file>`, `advbench:<file>`, `strongreject:<file>`,
+            `xstest:<file>`, or a Hub copy such as `harmbench`) or an instruction file instead;
+            borderline (safe requests that look unsafe) adds the over-refusal series.
+        max_probes: At most this many probes per subset (None: no bound); what is left out is logged.
+        refusal_judge: Who decides that a completion refuses: `substring` (the paper's list),
+            `lecture` (also refusals that lecture or redirect) or `wildguard:<local path>`.
         probe_split: Which split of the probe set is evaluated (`"heldout"` by default, `"all"`
             for every row).
         reference: `"auto"`, `"initial"`, `"adapters-disabled"` or a model path.
@@ -66,13 +74,25 @@ class MonitorConfig(BaseSettings):
         None, description="sparsify hookpoints (layers.N); None = every SAE in the source."
     )
     probes: str = Field("default", description="Probe set: 'default', a directory of JSONL/CSV files, or zoo:<size>.")
+    harmful_probes: str | None = Field(
+        None, description="Harmful subset from a benchmark (harmbench:<file>, advbench:<file>, strongreject:<file>, "
+        "xstest:<file>, a Hub copy such as 'harmbench') or an instruction file, instead of the probe set's.",
+    )
+    harmless_probes: str | None = Field(None, description="Harmless subset from an instruction file or xstest:<file>.")
+    borderline_probes: str | None = Field(
+        None, description="Borderline subset (safe requests that look unsafe: over-refusal) from xstest:<file> or an "
+        "instruction file; evaluated separately (prompts=borderline).",
+    )
     probe_split: str = Field("heldout", min_length=1, description="Split of the probe set to evaluate ('all' = every row).")
     reference: str = Field(
         "auto",
         description="'initial' (model at train begin, cached), 'adapters-disabled' (PEFT), "
         "'auto' (adapters-disabled for PEFT models, else initial) or a model path.",
     )
-    max_probes: int | None = Field(None, ge=1, description="Use at most this many prompts/texts per probe subset.")
+    max_probes: int | None = Field(
+        DEFAULT_MAX_PROBES, ge=1, description="Use at most this many prompts/texts per probe subset (None: no bound; "
+        "a warning says how many were left out).",
+    )
     max_length: int = Field(128, ge=8, description="Truncate probe texts to this many tokens.")
     batch_size: int = Field(16, ge=1)
     encode_batch_size: int = Field(4096, ge=1, description="Tokens per SAE encode chunk.")
@@ -127,7 +147,14 @@ class MonitorConfig(BaseSettings):
     max_new_tokens: int = Field(24, ge=1)
     generation_batch_size: int = Field(64, ge=1, description="Prompts per batch in refusal-score generation.")
     completions_kept: int = Field(8, ge=0, description="Completions stored per prompt subset at each generating evaluation.")
-    judge: str = Field("refusal", description="Safety judge: 'refusal' (substring proxy) or 'harmbench:<path>'.")
+    refusal_judge: str = Field(
+        "substring", description="Refusal judge: 'substring' (the paper's phrases), 'lecture' (also refusals that "
+        "lecture or redirect) or 'wildguard:<local path>'.",
+    )
+    judge: str = Field(
+        "refusal", description="Safety judge: 'refusal' (refused => safe, by the refusal judge), 'harmbench:<path>' or "
+        "'wildguard:<path>'.",
+    )
 
     # Where results go
     run_name: str | None = None
@@ -171,6 +198,19 @@ class MonitorConfig(BaseSettings):
     @classmethod
     def _lists_from_text(cls, value: Any) -> Any:
         return _split_list(value)
+
+    @field_validator("max_probes", mode="before")
+    @classmethod
+    def _no_bound_from_text(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and value.strip().lower() in ("", "none", "null") else value
+
+    @field_validator("refusal_judge", "judge")
+    @classmethod
+    def _known_judge(cls, value: str, info) -> str:
+        from featuredrift.monitor.judges import check_judge_spec
+
+        check_judge_spec(value, refusal=info.field_name == "refusal_judge")
+        return value
 
     @field_validator("hookpoints")
     @classmethod

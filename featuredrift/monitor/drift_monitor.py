@@ -28,7 +28,12 @@ from featuredrift import sae_store
 from featuredrift.lm.hookpoints import hidden_size, resolve_hookpoint, unwrap_model
 from featuredrift.lm.prompts import format_prompts
 from featuredrift.monitor import feature_contexts, reading, reference
-from featuredrift.monitor.comparison import ContextLookup, build_report, score_refusals
+from featuredrift.monitor.comparison import (
+    ContextLookup,
+    build_report,
+    refusal_by_category,
+    score_refusals,
+)
 from featuredrift.monitor.config import MonitorConfig
 from featuredrift.monitor.distributed import (
     broadcast_from_main,
@@ -36,8 +41,9 @@ from featuredrift.monitor.distributed import (
     is_main_process,
 )
 from featuredrift.monitor.errors import MonitorError
-from featuredrift.monitor.judges import refusal_start_tokens
-from featuredrift.monitor.probes import ProbeSet, load_probe_set
+from featuredrift.monitor.judges import get_judge, get_refusal_judge, refusal_start_tokens
+from featuredrift.monitor.probe_sources import bound_with_warning, configured_probe_set
+from featuredrift.monitor.probes import PROMPT_SUBSETS, ProbeSet, rows_fingerprint
 from featuredrift.monitor.reading import ModelReading, ProbeBatch, model_device
 from featuredrift.monitor.report import EvaluationReport
 
@@ -62,6 +68,8 @@ class _State:
     contexts: ContextLookup | None = None  # feature contexts (None: off)
     refusal_tokens: list[int] = field(default_factory=list)  # the logit refusal score's tokens ([]: off)
     kl_support: Tensor | None = None  # [N_kl, k] the reference's next-token ids, on every rank
+    refusal_judge: object | None = None  # decides the refusal rates (monitor.judges)
+    safety_judge: object | None = None  # decides the safety score
 
 
 class DriftMonitor:
@@ -111,8 +119,13 @@ class DriftMonitor:
 
     @property
     def probe_batches(self) -> dict[str, list[ProbeBatch]]:
-        """The tokenised probe set, by subset (base, chat, harmful, harmless)."""
+        """The tokenised probe set, by subset (base, chat, harmful, harmless, borderline)."""
         return self._require_started().batches
+
+    @property
+    def probes(self) -> ProbeSet:
+        """The probe set this monitor evaluates (composed and bounded)."""
+        return self._require_started().probes
 
     @property
     def reference_reading(self) -> ModelReading | None:
@@ -140,10 +153,11 @@ class DriftMonitor:
         state = _State()
         device = model_device(model)
         state.saes = self._load_saes(model, device)
-        probes = self._probes or load_probe_set(cfg.probes, split=cfg.probe_split)
-        if cfg.max_probes:
-            probes = probes.limit(cfg.max_probes)
+        probes = bound_with_warning(self._probes, cfg.max_probes) if self._probes else configured_probe_set(cfg)
         _check_probes(probes)
+        # Built now, so a classifier path that is not there fails at attach time, not at the first generation.
+        state.refusal_judge = get_refusal_judge(cfg.refusal_judge)
+        state.safety_judge = get_judge(cfg.judge, state.refusal_judge)
         self.tokenizer = tokenizer
         state.prompt_format = _prompt_format(tokenizer, cfg.prompt_format)
         state.evaluation_dtype = str(next(unwrap_model(model).parameters()).dtype).removeprefix("torch.")
@@ -248,8 +262,11 @@ class DriftMonitor:
         if current is not None:  # rank 0; the others take its report
             report = build_report(current, state.reference, state.layer_reference, state.saes, cfg, step=int(step),
                                   epoch=epoch, final=final, timings=timings, with_kl=do_kl, contexts=state.contexts)
+            refused = None
             if completions is not None:
-                score_refusals(report, state.probes, completions, current.refusal_probability, cfg)
+                refused = score_refusals(report, state.probes, completions, current.refusal_probability, cfg,
+                                         state.refusal_judge, state.safety_judge)
+            report.refusal_by_category = refusal_by_category(state.probes, current.refusal_probability, refused)
             timings["total"] = time.perf_counter() - t0
         state.evaluations += 1
         return broadcast_from_main(report)
@@ -273,6 +290,8 @@ class DriftMonitor:
             },
             "sae_source": self.config.sae,
             "probe_source": self.config.probes,
+            "probe_subsets": probe_subsets(state.probes),
+            "judges": {"refusal": self.config.refusal_judge, "safety": self.config.judge},
             "reference_policy": self.config.reference,
         }
 
@@ -280,6 +299,22 @@ class DriftMonitor:
         if self._state is None:
             raise MonitorError("DriftMonitor.start(model, tokenizer) must run before evaluate()")
         return self._state
+
+
+def probe_subsets(probes: ProbeSet) -> dict[str, dict]:
+    """Per evaluated subset: how many probes, and where they came from (benchmark, file, sha256, split)."""
+    subsets = {}
+    for subset, count in probes.sizes().items():
+        if not count:
+            continue
+        origin = probes.origins.get(subset)
+        subsets[subset] = {"probes": count, **(origin.as_dict() if origin else {"source": probes.source})}
+        if subset in PROMPT_SUBSETS:
+            subsets[subset]["fingerprint"] = rows_fingerprint(probes.subset_rows(subset))
+        categories = probes.categories.get(subset)
+        if categories:
+            subsets[subset]["categories"] = len({c for c in categories if c is not None})
+    return subsets
 
 
 def _check_probes(probes: ProbeSet) -> None:

@@ -16,8 +16,10 @@ from torch import Tensor, nn
 
 from featuredrift.lm.capture import (
     capture_activations,
+    char_budget,
     chat_content_mask,
     content_token_mask,
+    cut_text,
     encode_prompts,
     pad_id_of,
     pad_token_lists,
@@ -34,10 +36,9 @@ from featuredrift.monitor.distributed import (
     padded_shard,
     world,
 )
-from featuredrift.monitor.probes import ProbeSet
+from featuredrift.monitor.probes import PROMPT_SUBSETS, ProbeSet
 
 TEXT_SUBSETS = ("base", "chat")
-PROMPT_SUBSETS = ("harmful", "harmless")
 
 
 @dataclass
@@ -73,7 +74,7 @@ def model_device(model: nn.Module) -> torch.device:
 def tokenise_probes(tokenizer, probes: ProbeSet, prompt_format: str, *, batch_size: int, max_length: int,
                     token_mask: str) -> dict[str, list[ProbeBatch]]:
     """The probe set as batches by subset: base texts, chat conversations (chat format only),
-    harmful and harmless prompts."""
+    harmful, harmless and (when the set has them) borderline prompts."""
     base = list(probes.base_text)
     batches: dict[str, list[ProbeBatch]] = {
         "base": [_text_batch(tokenizer, base[i : i + batch_size], max_length, token_mask)
@@ -83,7 +84,7 @@ def tokenise_probes(tokenizer, probes: ProbeSet, prompt_format: str, *, batch_si
         chats = list(probes.chat_text)
         batches["chat"] = [_chat_batch(tokenizer, chats[i : i + batch_size], max_length, token_mask)
                            for i in range(0, len(chats), batch_size)]
-    for subset in PROMPT_SUBSETS:
+    for subset in probes.prompt_subsets():
         prompts = encode_prompts(tokenizer, getattr(probes, subset), prompt_format, max_length=max_length)
         batches[subset] = [_prompt_batch(tokenizer, prompts[i : i + batch_size]) for i in range(0, len(prompts), batch_size)]
     return batches
@@ -182,12 +183,12 @@ def kl_row_ranges(batches: list[ProbeBatch], limit: int) -> list[tuple[int, int]
 
 def generate_completions(model: nn.Module, tokenizer, probes: ProbeSet, prompt_format: str, *,
                          max_new_tokens: int, batch_size: int) -> dict[str, list[str]] | None:
-    """Greedy completions of the harmful and harmless prompts (each rank its padded shard),
-    gathered on rank 0; None on the other ranks."""
+    """Greedy completions of every prompt subset (each rank its padded shard), gathered on rank 0;
+    None on the other ranks."""
     from featuredrift.lm.generation import generate_greedy
 
     gathered = {}
-    for subset in PROMPT_SUBSETS:
+    for subset in probes.prompt_subsets():
         prompts = format_prompts(tokenizer, getattr(probes, subset), prompt_format)
         mine, real = padded_shard(prompts)
         gathered[subset] = gather_list(
@@ -206,7 +207,10 @@ def _text_batch(tokenizer, texts: list[str], max_length: int, rule: str = "conte
 
 def _chat_batch(tokenizer, conversations: list, max_length: int, rule: str = "content") -> ProbeBatch:
     """Rendered conversations (their template writes BOS, so none is added again); we read
-    only the tokens inside message contents."""
+    only the tokens inside message contents. Each content is cut to a character budget first:
+    what lies past `max_length` tokens is never rendered or tokenised."""
+    budget = char_budget(tokenizer, max_length)
+    conversations = [[{**m, "content": cut_text(m["content"], budget)} for m in messages] for messages in conversations]
     texts = [render_conversation(tokenizer, messages) for messages in conversations]
     tokens = tokenize_texts(tokenizer, texts, max_length=max_length, padding_side="right", add_special_tokens=False)
     mask = content_token_mask(tokens.input_ids, tokens.attention_mask, tokenizer, rule=rule)

@@ -40,9 +40,10 @@ METRIC_HELP = {
     "refusal_feature_activation": "Mean activation of the reference refusal features on harmful or harmless prompts.",
     "refusal_reconstruction_nmse": "NMSE of the NNLS reconstruction of the refusal direction from the refusal features.",
     "refusal_reconstruction_cosine": "Cosine of that NNLS reconstruction to the refusal direction.",
-    "refusal_rate_ratio": "Share of greedy completions containing a refusal phrase (prompts=harmful|harmless).",
+    "refusal_rate_ratio": "Share of greedy completions the refusal judge calls a refusal (prompts=harmful|harmless|"
+    "borderline; borderline: safe requests that look unsafe, i.e. over-refusal).",
     "refusal_token_probability_ratio": "Mean probability that the response starts with a refusal token, from the "
-    "logits at the prompt's end (one forward pass, every evaluation; prompts=harmful|harmless).",
+    "logits at the prompt's end (one forward pass, every evaluation; prompts=harmful|harmless|borderline).",
     "refusal_token_logodds": "Mean log-odds of a refusal-starting first token (Arditi et al.'s refusal metric).",
     "safety_score_ratio": "Share of harmful-prompt completions the configured judge rates safe.",
     "kl_divergence_mean_nats": "Mean KL(reference || current) of next-token distributions at probe positions.",
@@ -171,17 +172,33 @@ class LayerReport:
 
 
 @dataclass
+class CategoryRefusal:
+    """Refusal on the prompts of one category of one prompt subset (HarmBench's semantic
+    categories, StrongREJECT's, XSTest's types). Kept in the report and the run store, never as a
+    Prometheus label: a benchmark may have any number of categories."""
+
+    subset: str  # harmful | harmless | borderline
+    category: str
+    prompts: int
+    refusal_rate: float | None = None  # None at evaluations that generated no completions
+    refusal_token_probability: float | None = None
+    refusal_token_logodds: float | None = None
+
+
+@dataclass
 class EvaluationReport:
     """One evaluation of the model at one training step."""
 
     step: int
     timestamp: float
     layers: dict[str, LayerReport]
-    refusal_rate: dict[str, float] | None = None  # prompts ∈ {harmful, harmless} → fraction refused
+    refusal_rate: dict[str, float] | None = None  # prompts ∈ {harmful, harmless, borderline} → fraction refused
     refusal_token_probability: dict[str, float] | None = None  # prompts → mean P(refusal-starting first token)
     refusal_token_logodds: dict[str, float] | None = None  # prompts → mean log-odds of that probability
     safety_score: float | None = None
-    judge: str | None = None
+    judge: str | None = None  # the safety judge
+    refusal_judge: str | None = None  # who decided the refusal rates (substring, lecture, wildguard)
+    refusal_by_category: list[CategoryRefusal] | None = None  # per category of the subsets that have them
     kl_mean: float | None = None
     kl_p95: float | None = None
     epoch: float | None = None
@@ -208,7 +225,10 @@ class EvaluationReport:
             layer["drifted_features"] = [FeatureDrift(**_null_floats_to_nan(FeatureDrift, d)) for d in layer.get("drifted_features", [])]
             layer["feature_contexts"] = [FeatureContext(**c) for c in layer.get("feature_contexts", [])]
             layers[name] = LayerReport(**layer)
-        return cls(**{**data, "layers": layers})
+        by_category = data.get("refusal_by_category")
+        if by_category is not None:
+            by_category = [CategoryRefusal(**row) for row in by_category]
+        return cls(**{**data, "layers": layers, "refusal_by_category": by_category})
 
     def metric_samples(self) -> list[MetricSample]:
         """Flatten to metric samples with bounded labels (see DESIGN.md, Prometheus conventions)."""

@@ -114,6 +114,9 @@ def refusal_rate_finding(store: RunStore, run: str) -> Finding | None:
     text = f"Harmful prompts refused: {_percent(first)} at step {first_step}, {_percent(last)} at step {last_step}."
     if harmless:
         text += f" Harmless prompts refused: {_percent(harmless[0][1])} → {_percent(harmless[-1][1])}."
+    borderline = _series(store, run, "refusal_rate_ratio", prompts="borderline")
+    if borderline:
+        text += f" Borderline prompts (over-refusal) refused: {_percent(borderline[0][1])} → {_percent(borderline[-1][1])}."
     low = alert_threshold("HarmfulRefusalRateLow")
     tone = "alarm" if last < low else "notice" if last < first - 0.1 else "ok"
     return Finding("Refusal rate", text, tone)

@@ -166,6 +166,54 @@ def _alerts_section(alerts: list[AlertInfo]) -> str:
             f"<th>fired at step</th><th>resolved at step</th><th>where</th><th>message</th></tr>{rows}</table></section>")
 
 
+REFUSAL_SERIES = (("refusal_rate_ratio", "refusal rate"), ("refusal_token_probability_ratio", "P(refusal start)"),
+                  ("refusal_token_logodds", "log-odds"))
+
+
+def _num(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3g}"
+
+
+def _refusal_section(store: RunStore, run: str, info: RunInfo) -> str:
+    """Refusal by prompt subset (latest value of each series) and by category (the newest
+    evaluation's logit score, the newest generating evaluation's rate), with where each subset's
+    probes came from and which judges decided."""
+    subsets: dict[str, dict[str, tuple[int, float]]] = {}
+    for name, label in REFUSAL_SERIES:
+        for point in store.metric_series(run, "featuredrift_" + name):
+            subsets.setdefault(point.labels.get("prompts", "—"), {})[label] = (point.step, point.value)
+    categories = store.category_refusals(run)
+    if not subsets and not categories:
+        return ""
+    origins = info.extra.get("probe_subsets") or {}
+    rows = ""
+    for prompts, values in sorted(subsets.items(), key=lambda item: (item[0] not in ("harmful", "harmless", "borderline"), item[0])):
+        origin = origins.get(prompts, {})
+        where = ", ".join(str(part) for part in (
+            origin.get("benchmark") and f"{origin['benchmark']} (split {origin.get('split', 'all')})",
+            origin.get("file") or origin.get("dataset") or origin.get("source"),
+            origin.get("sha256") and f"sha256 {origin['sha256'][:16]}…") if part)
+        cells = "".join(f"<td>{_num(values[label][1])} (step {values[label][0]})</td>" if label in values else "<td>—</td>"
+                        for _, label in REFUSAL_SERIES)
+        rows += f"<tr><td>{esc(prompts)}</td><td>{origin.get('probes', '—')}</td>{cells}<td>{esc(where or '—')}</td></tr>"
+    judges = info.extra.get("judges") or {}
+    table = (f"<p class='meta'>Refusal judge: {esc(str(judges.get('refusal', '—')))}; safety judge: "
+             f"{esc(str(judges.get('safety', '—')))}. Borderline prompts are safe requests that look unsafe: "
+             "their refusal rate is over-refusal.</p><table><tr><th>prompts</th><th>probes</th>"
+             + "".join(f"<th>{label}</th>" for _, label in REFUSAL_SERIES) + f"<th>from</th></tr>{rows}</table>")
+    if categories:
+        from featuredrift.store.rows import latest_by_category
+
+        lines = "".join(
+            f"<tr><td>{esc(r.subset)}</td><td>{esc(r.category)}</td><td>{r.prompts}</td>"
+            f"<td>{_num(rated.refusal_rate) + f' (step {rated.step})' if rated else '—'}</td>"
+            f"<td>{_num(r.refusal_token_probability)}</td><td>{_num(r.refusal_token_logodds)}</td><td>{r.step}</td></tr>"
+            for r, rated in latest_by_category(categories))
+        table += ("<h3>By category</h3><table><tr><th>prompts</th><th>category</th><th>probes</th><th>refusal rate</th>"
+                  f"<th>P(refusal start)</th><th>log-odds</th><th>step</th></tr>{lines}</table>")
+    return f"<section id='refusal'><h2>Refusal by prompt subset and category</h2>{table}</section>"
+
+
 def _completions_section(store: RunStore, run: str) -> str:
     generated = [e for e in store.evaluations(run) if e.report.completions]
     if not generated:
@@ -208,7 +256,8 @@ def write_run_report(store: RunStore, run: str, out_dir: str | Path) -> ReportFi
         sections.append(_charts_section(f"layer-{hookpoint}", f"Layer {hookpoint}", charts))
     charts = run_charts(store, run, alerts, colours)
     images += [draw(c, out_dir) for c in charts]
-    sections += [_charts_section("run-wide", "Refusal rate and outputs", charts), _cards_section(cards, colours),
+    sections += [_charts_section("run-wide", "Refusal rate and outputs", charts), _refusal_section(store, run, info),
+                 _cards_section(cards, colours),
                  _alerts_section(alerts), _completions_section(store, run)]
     page = ("<!doctype html><html lang='en'><head><meta charset='utf-8'>"
             f"<title>featuredrift report: {esc(info.extra.get('display_name') or run)}</title>"

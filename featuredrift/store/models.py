@@ -2,8 +2,8 @@
 
 One row per evaluation holds the full report JSON (the source of truth, so nothing is lost);
 the other tables are flat, queryable projections of that report (metric values, drifted
-features, refusal features, their top-activating probe contexts) and the alerts raised during a
-run.
+features, refusal features, their top-activating probe contexts, refusal per prompt category)
+and the alerts raised during a run.
 """
 
 from __future__ import annotations
@@ -87,6 +87,9 @@ class Evaluation(Base):
     feature_contexts: Mapped[list[FeatureContext]] = relationship(
         cascade="all, delete-orphan", passive_deletes=True
     )
+    category_refusals: Mapped[list[CategoryRefusal]] = relationship(
+        cascade="all, delete-orphan", passive_deletes=True
+    )
 
 
 class MetricValue(Base):
@@ -168,6 +171,25 @@ class FeatureContext(Base):
     token: Mapped[str] = mapped_column(Text)
     right_text: Mapped[str] = mapped_column(Text)
     activation: Mapped[float] = mapped_column(Float)
+
+
+class CategoryRefusal(Base):
+    """Refusal on one category of one prompt subset (HarmBench semantic category, XSTest type, …) at
+    one evaluation: a table, not metric labels, since a benchmark may have any number of categories."""
+
+    __tablename__ = "category_refusals"
+    __table_args__ = (
+        UniqueConstraint("evaluation_id", "subset", "category", name="uq_category_refusals_slot"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    evaluation_id: Mapped[int] = mapped_column(ForeignKey("evaluations.id", ondelete="CASCADE"), index=True)
+    subset: Mapped[str] = mapped_column(String(64))  # harmful | harmless | borderline
+    category: Mapped[str] = mapped_column(String(255))
+    prompts: Mapped[int] = mapped_column(Integer)
+    refusal_rate: Mapped[float | None] = mapped_column(Float)  # None where no completions were generated
+    refusal_token_probability: Mapped[float | None] = mapped_column(Float)
+    refusal_token_logodds: Mapped[float | None] = mapped_column(Float)
 
 
 class Alert(Base):

@@ -139,6 +139,45 @@ class FeatureContextRow(NamedTuple):
     activation: float
 
 
+class CategoryRefusalRow(NamedTuple):
+    step: int
+    subset: str
+    category: str
+    prompts: int
+    refusal_rate: float | None
+    refusal_token_probability: float | None
+    refusal_token_logodds: float | None
+
+
+def latest_by_category(rows: list[CategoryRefusalRow]) -> list[tuple[CategoryRefusalRow, CategoryRefusalRow | None]]:
+    """Per (subset, category): its newest row (the newest logit score) and the newest row that has
+    a refusal rate (the newest generating evaluation), sorted by subset and category."""
+    newest: dict[tuple[str, str], CategoryRefusalRow] = {}
+    rated: dict[tuple[str, str], CategoryRefusalRow] = {}
+    for row in sorted(rows, key=lambda r: r.step):
+        newest[(row.subset, row.category)] = row
+        if row.refusal_rate is not None:
+            rated[(row.subset, row.category)] = row
+    return [(row, rated.get(key)) for key, row in sorted(newest.items())]
+
+
+CATEGORY_CHARS = 255  # the column's width: a longer category name is cut
+
+
+def category_refusal_fields(report: EvaluationReport) -> list[dict[str, Any]]:
+    """One row per (subset, category) of the report; names cut to the column (a row per name, first kept)."""
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for c in report.refusal_by_category or []:
+        key = (c.subset, c.category[:CATEGORY_CHARS])
+        rows.setdefault(key, {
+            "subset": key[0], "category": key[1], "prompts": int(c.prompts),
+            "refusal_rate": finite_or_none(c.refusal_rate),
+            "refusal_token_probability": finite_or_none(c.refusal_token_probability),
+            "refusal_token_logodds": finite_or_none(c.refusal_token_logodds),
+        })
+    return list(rows.values())
+
+
 def feature_context_fields(layer: LayerReport) -> list[dict[str, Any]]:
     return [
         {

@@ -44,6 +44,7 @@ from featuredrift.store.errors import (
 from featuredrift.store.migrate import require_current_schema, upgrade_to_head
 from featuredrift.store.models import (
     Alert,
+    CategoryRefusal,
     DriftedFeature,
     Evaluation,
     FeatureContext,
@@ -54,6 +55,7 @@ from featuredrift.store.models import (
 )
 from featuredrift.store.rows import (
     AlertInfo,
+    CategoryRefusalRow,
     DriftedFeatureRow,
     EvaluationInfo,
     FeatureContextRow,
@@ -244,7 +246,7 @@ class RunStore:
             evaluation = Evaluation(run_id=run.id, step=step)
             session.add(evaluation)
         else:
-            for table in (MetricValue, DriftedFeature, RefusalFeature, FeatureContext):
+            for table in (MetricValue, DriftedFeature, RefusalFeature, FeatureContext, CategoryRefusal):
                 session.execute(delete(table).where(table.evaluation_id == evaluation.id))
         evaluation.timestamp = float(report.timestamp)
         evaluation.epoch = rows.finite_or_none(report.epoch)
@@ -289,6 +291,9 @@ class RunStore:
             session.execute(insert(RefusalFeature), refusal)
         if contexts:
             session.execute(insert(FeatureContext), contexts)
+        categories = [{"evaluation_id": evaluation.id, **fields} for fields in rows.category_refusal_fields(report)]
+        if categories:
+            session.execute(insert(CategoryRefusal), categories)
         return evaluation.id
 
     def recorded_steps(self, run_name: str) -> list[int]:
@@ -345,60 +350,54 @@ class RunStore:
         points = [SeriesPoint(step, json.loads(key), value) for step, key, value in found]
         return [p for p in points if all(p.labels.get(k) == v for k, v in wanted.items())]
 
-    def drifted_features(self, run_name: str, hookpoint: str | None = None) -> list[DriftedFeatureRow]:
+    def _projection(self, run_name: str, table, order: tuple, *conditions) -> list[tuple[int, Any]]:
+        """(step, row) of one projection table for a run's evaluations, oldest step first."""
         with self._transaction() as session:
             run = self._require_run(session, run_name)
             query = (
-                select(Evaluation.step, DriftedFeature)
-                .join(Evaluation, DriftedFeature.evaluation_id == Evaluation.id)
-                .where(Evaluation.run_id == run.id)
-                .order_by(Evaluation.step, DriftedFeature.hookpoint, DriftedFeature.rank)
+                select(Evaluation.step, table)
+                .join(Evaluation, table.evaluation_id == Evaluation.id)
+                .where(Evaluation.run_id == run.id, *conditions)
+                .order_by(Evaluation.step, *order)
             )
-            if hookpoint is not None:
-                query = query.where(DriftedFeature.hookpoint == hookpoint)
-            return [
-                DriftedFeatureRow(
-                    step, d.hookpoint, d.feature, d.subset, d.freq_reference, d.freq_current,
-                    d.mean_reference, d.mean_current, d.score, d.rank,
-                )
-                for step, d in session.execute(query).all()
-            ]
+            return [tuple(row) for row in session.execute(query).all()]
+
+    def drifted_features(self, run_name: str, hookpoint: str | None = None) -> list[DriftedFeatureRow]:
+        where = (DriftedFeature.hookpoint == hookpoint,) if hookpoint is not None else ()
+        found = self._projection(run_name, DriftedFeature, (DriftedFeature.hookpoint, DriftedFeature.rank), *where)
+        return [
+            DriftedFeatureRow(step, d.hookpoint, d.feature, d.subset, d.freq_reference, d.freq_current,
+                              d.mean_reference, d.mean_current, d.score, d.rank)
+            for step, d in found
+        ]
 
     def refusal_features(self, run_name: str, hookpoint: str | None = None) -> list[RefusalFeatureRow]:
-        with self._transaction() as session:
-            run = self._require_run(session, run_name)
-            query = (
-                select(Evaluation.step, RefusalFeature)
-                .join(Evaluation, RefusalFeature.evaluation_id == Evaluation.id)
-                .where(Evaluation.run_id == run.id)
-                .order_by(Evaluation.step, RefusalFeature.hookpoint, RefusalFeature.k,
-                          RefusalFeature.source, RefusalFeature.rank)
-            )
-            if hookpoint is not None:
-                query = query.where(RefusalFeature.hookpoint == hookpoint)
-            return [
-                RefusalFeatureRow(step, r.hookpoint, r.k, r.feature, r.source, r.rank, r.diff_in_means, r.nnls_weight)
-                for step, r in session.execute(query).all()
-            ]
+        where = (RefusalFeature.hookpoint == hookpoint,) if hookpoint is not None else ()
+        order = (RefusalFeature.hookpoint, RefusalFeature.k, RefusalFeature.source, RefusalFeature.rank)
+        return [
+            RefusalFeatureRow(step, r.hookpoint, r.k, r.feature, r.source, r.rank, r.diff_in_means, r.nnls_weight)
+            for step, r in self._projection(run_name, RefusalFeature, order, *where)
+        ]
+
+    def category_refusals(self, run_name: str, step: int | None = None) -> list[CategoryRefusalRow]:
+        """Refusal per prompt category of `run_name`, at `step` or at every step."""
+        where = (Evaluation.step == step,) if step is not None else ()
+        order = (CategoryRefusal.subset, CategoryRefusal.category)
+        return [
+            CategoryRefusalRow(step, c.subset, c.category, c.prompts, c.refusal_rate,
+                               c.refusal_token_probability, c.refusal_token_logodds)
+            for step, c in self._projection(run_name, CategoryRefusal, order, *where)
+        ]
 
     def feature_contexts(self, run_name: str, step: int | None = None) -> list[FeatureContextRow]:
         """Stored top-activating contexts of `run_name`, at `step` or at every step."""
-        with self._transaction() as session:
-            run = self._require_run(session, run_name)
-            query = (
-                select(Evaluation.step, FeatureContext)
-                .join(Evaluation, FeatureContext.evaluation_id == Evaluation.id)
-                .where(Evaluation.run_id == run.id)
-                .order_by(Evaluation.step, FeatureContext.hookpoint, FeatureContext.feature,
-                          FeatureContext.model, FeatureContext.rank)
-            )
-            if step is not None:
-                query = query.where(Evaluation.step == step)
-            return [
-                FeatureContextRow(step, c.hookpoint, c.feature, c.model, c.rank, c.subset, c.probe_index, c.position,
-                                  c.left_text, c.token, c.right_text, c.activation)
-                for step, c in session.execute(query).all()
-            ]
+        where = (Evaluation.step == step,) if step is not None else ()
+        order = (FeatureContext.hookpoint, FeatureContext.feature, FeatureContext.model, FeatureContext.rank)
+        return [
+            FeatureContextRow(step, c.hookpoint, c.feature, c.model, c.rank, c.subset, c.probe_index, c.position,
+                              c.left_text, c.token, c.right_text, c.activation)
+            for step, c in self._projection(run_name, FeatureContext, order, *where)
+        ]
 
     # ---- alerts -----------------------------------------------------------------------
 
