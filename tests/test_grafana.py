@@ -103,8 +103,10 @@ def test_thresholds_are_coloured_on_the_side_where_the_alert_fires():
     assert [colour_at(gap, v) for v in (-0.2, 0.3, 0.7, 1.0, 1.4)] == ["red", "red", "orange", "green", "green"]
     cosine = threshold_steps(("RefusalDirectionDrifted",))
     assert (colour_at(cosine, 0.2), colour_at(cosine, 0.9)) == ("red", "green")
-    fvu = threshold_steps(("BaseSAETransferDegraded",))  # fires above
-    assert (colour_at(fvu, 0.1), colour_at(fvu, 0.9)) == ("green", "orange")
+    fvu = threshold_steps(("BaseSAEWeak",))  # fires above
+    assert (colour_at(fvu, 0.1), colour_at(fvu, 0.9)) == ("green", "yellow")
+    with pytest.raises(ValueError, match="change alert"):
+        threshold_steps(("BaseSAETransferDegraded",))
     with pytest.raises(ValueError, match="jump alert"):
         threshold_steps(("KLDivergenceSpike",))
     for dashboard in all_dashboards():
@@ -118,7 +120,9 @@ def test_thresholds_are_coloured_on_the_side_where_the_alert_fires():
 
 
 def test_panels_query_only_known_metrics_and_cover_the_overview():
-    known = {s.name for s in make_report().metric_samples()} | EXPORTER_METRICS | {"ALERTS"}
+    with_references = make_report(reference_refusal={"harmful": 1.0, "harmless": 0.0},
+                                  reference_probability={"harmful": 0.9, "harmless": 0.05})
+    known = {s.name for s in with_references.metric_samples()} | EXPORTER_METRICS | {"ALERTS"}
     overview, refusal, _ = all_dashboards()
     for dashboard in (overview, refusal):
         for title, expr in panel_queries(dashboard):

@@ -55,6 +55,8 @@ def build_report(
     if reading.refusal_probability:
         report.refusal_token_probability = {s: float(p.mean()) for s, p in reading.refusal_probability.items()}
         report.refusal_token_logodds = {s: float(refusal.log_odds(p).mean()) for s, p in reading.refusal_probability.items()}
+    if reference.refusal_probability:
+        report.refusal_token_probability_reference = {s: float(p.mean()) for s, p in reference.refusal_probability.items()}
     if with_kl:
         t = time.perf_counter()
         summary = kl_metrics.summarise_kl(kl_metrics.compact_kl(reference.next_token, reading.next_token))
@@ -179,14 +181,12 @@ def score_refusals(report: EvaluationReport, probes: ProbeSet, generated: dict[s
                    token_probability: dict[str, Tensor], config: MonitorConfig) -> None:
     """Refusal rates of the completions, a bounded sample of them as evidence, and the judge's
     safety score of the harmful ones."""
-    from featuredrift.monitor.judges import get_judge, is_refusal, refusal_score
+    from featuredrift.monitor.judges import get_judge, is_refusal
 
-    rates = {}
     kept: list[dict] = []
     for subset in PROMPT_SUBSETS:
         instructions = getattr(probes, subset)
         completions = generated[subset]
-        rates[subset] = refusal_score(completions)
         probability = token_probability[subset].tolist() if subset in token_probability else [None] * len(completions)
         kept += [
             {"subset": subset, "prompt": prompt, "completion": completion, "refused": is_refusal(completion),
@@ -195,10 +195,17 @@ def score_refusals(report: EvaluationReport, probes: ProbeSet, generated: dict[s
         ]
     judge = get_judge(config.judge)
     verdicts = judge.judge(list(probes.harmful), generated["harmful"])
-    report.refusal_rate = rates
+    report.refusal_rate = refusal_rates(generated)
     report.completions = kept
     report.safety_score = sum(verdicts) / len(verdicts) if verdicts else None
     report.judge = judge.name
+
+
+def refusal_rates(generated: dict[str, list[str]]) -> dict[str, float]:
+    """Per prompt subset, the share of completions that refuse (the paper's refusal score)."""
+    from featuredrift.monitor.judges import refusal_score
+
+    return {subset: refusal_score(completions) for subset, completions in generated.items() if completions}
 
 
 def _listed_features(drifted, current_refusal: Tensor, reference_refusal: Tensor) -> list[int]:

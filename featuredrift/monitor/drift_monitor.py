@@ -28,7 +28,12 @@ from featuredrift import sae_store
 from featuredrift.lm.hookpoints import hidden_size, resolve_hookpoint, unwrap_model
 from featuredrift.lm.prompts import format_prompts
 from featuredrift.monitor import feature_contexts, reading, reference
-from featuredrift.monitor.comparison import ContextLookup, build_report, score_refusals
+from featuredrift.monitor.comparison import (
+    ContextLookup,
+    build_report,
+    refusal_rates,
+    score_refusals,
+)
 from featuredrift.monitor.config import MonitorConfig
 from featuredrift.monitor.distributed import (
     broadcast_from_main,
@@ -62,6 +67,11 @@ class _State:
     contexts: ContextLookup | None = None  # feature contexts (None: off)
     refusal_tokens: list[int] = field(default_factory=list)  # the logit refusal score's tokens ([]: off)
     kl_support: Tensor | None = None  # [N_kl, k] the reference's next-token ids, on every rank
+    reference_refusal_rate: dict[str, float] | None = None  # the reference's generated refusal rates (rank 0)
+    # The reference's completions, kept for the first evaluation when it reads the very same model
+    # (the callback's step 0): greedy decoding would repeat them exactly. Every rank knows whether.
+    reference_completions: dict[str, list[str]] | None = None
+    reuse_reference_completions: bool = False
 
 
 class DriftMonitor:
@@ -187,6 +197,7 @@ class DriftMonitor:
             if cached is not None:
                 state.reference = cached.reading.to(model_device(model))
                 state.model_fingerprint = cached.model_fingerprint
+                state.reference_refusal_rate = cached.refusal_rate
             return
         policy_needs_cache = reference_model is None and cfg.reference in ("initial", "auto") and not reference.is_peft(model)
         if require_cache and policy_needs_cache:
@@ -195,12 +206,21 @@ class DriftMonitor:
                 f"resuming with reference policy {cfg.reference!r}: expected the cached step-0 reference at "
                 f"{reference_cache}, found {found}; pass reference=<base model path> to recompute it from the base model"
             )
+        generate = cfg.refusal_score_every > 0
         with reference.reference_source(model, reference_model, cfg.reference) as source:
             state.model_fingerprint = reference.model_fingerprint(source)
             state.reference = self._read(source, kl=cfg.kl_every > 0)
+            # Once per run: what the reference itself refuses, so the over-refusal alerts compare
+            # with it instead of blaming fine-tuning for a reference that already refused.
+            completions = self._generate(source) if generate else None
+        if completions is not None:
+            state.reference_refusal_rate = refusal_rates(completions)
+            state.reference_completions = completions
+        state.reuse_reference_completions = generate and policy_needs_cache
         if reference_cache and state.reference is not None:
             try:
-                reference.save_reading(reference_cache, state.reference, cache_key, state.model_fingerprint)
+                reference.save_reading(reference_cache, state.reference, cache_key, state.model_fingerprint,
+                                       refusal_rate=state.reference_refusal_rate)
             except Exception as error:  # noqa: BLE001 - a full disk must not stop training; only a resume needs the cache
                 logger.warning("featuredrift could not cache the reference readings at %s (%s); a resumed run "
                                "will need reference=<base model path>", reference_cache, error)
@@ -239,9 +259,12 @@ class DriftMonitor:
         current = self._read(model, kl=do_kl)
         timings["forward"] = time.perf_counter() - t0
         t = time.perf_counter()
-        completions = (reading.generate_completions(model, self.tokenizer, state.probes, state.prompt_format,
-                                                    max_new_tokens=cfg.max_new_tokens, batch_size=cfg.generation_batch_size)
-                       if do_generation else None)
+        completions = None
+        if do_generation:
+            reuse = index == 0 and self._is_unchanged_reference(model)
+            completions = state.reference_completions if reuse else self._generate(model)
+        state.reference_completions = None
+        state.reuse_reference_completions = False
         if completions is not None:
             timings["generation"] = time.perf_counter() - t
         report = None
@@ -250,9 +273,21 @@ class DriftMonitor:
                                   epoch=epoch, final=final, timings=timings, with_kl=do_kl, contexts=state.contexts)
             if completions is not None:
                 score_refusals(report, state.probes, completions, current.refusal_probability, cfg)
+            report.refusal_rate_reference = state.reference_refusal_rate
             timings["total"] = time.perf_counter() - t0
         state.evaluations += 1
         return broadcast_from_main(report)
+
+    def _generate(self, model: nn.Module) -> dict[str, list[str]] | None:
+        state, cfg = self._require_started(), self.config
+        return reading.generate_completions(model, self.tokenizer, state.probes, state.prompt_format,
+                                            max_new_tokens=cfg.max_new_tokens, batch_size=cfg.generation_batch_size)
+
+    def _is_unchanged_reference(self, model: nn.Module) -> bool:
+        """Whether `model` is the reference itself, unchanged (its fingerprint says so), so its
+        completions are the reference's. Every rank takes the same branch."""
+        state = self._require_started()
+        return state.reuse_reference_completions and reference.model_fingerprint(model) == state.model_fingerprint
 
     def provenance(self) -> dict:
         """What this monitor measures with, for the run store."""
