@@ -348,8 +348,16 @@ def encode_prompts(
     `max_length` keep their last `max_length` tokens (the readout must survive).
     """
     texts = format_prompts(tokenizer, list(instructions), prompt_format)
-    add_special = prompt_format == "base"
-    encoding = tokenizer(texts, add_special_tokens=add_special)
+    return encode_prompt_texts(tokenizer, texts, add_special_tokens=prompt_format == "base", max_length=max_length)
+
+
+def encode_prompt_texts(
+    tokenizer, texts: Sequence[str], *, add_special_tokens: bool, max_length: int | None = None
+) -> list[EncodedPrompt]:
+    """`encode_prompts` for texts already formatted (a chat template's rendering of a whole
+    conversation up to its generation prompt, or a raw prompt string): the same readout rule."""
+    texts = list(texts)
+    encoding = tokenizer(texts, add_special_tokens=add_special_tokens)
     special = set(tokenizer.all_special_ids)
     prompts = []
     for row, (text, ids) in enumerate(zip(texts, encoding["input_ids"], strict=True)):

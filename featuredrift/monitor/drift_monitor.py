@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from torch import Tensor, nn
 from featuredrift import sae_store
 from featuredrift.lm.hookpoints import hidden_size, resolve_hookpoint, unwrap_model
 from featuredrift.lm.prompts import format_prompts
-from featuredrift.monitor import feature_contexts, reading, reference
+from featuredrift.monitor import audit, feature_contexts, reading, reference
 from featuredrift.monitor.comparison import (
     ContextLookup,
     build_report,
@@ -289,6 +290,32 @@ class DriftMonitor:
         state = self._require_started()
         return state.reuse_reference_completions and reference.model_fingerprint(model) == state.model_fingerprint
 
+    def audit(self, model: nn.Module, rows: Sequence[tuple[int, Mapping]], dataset_size: int) -> list[audit.DataAudit] | None:
+        """Read training examples (index, row) with the reference model and score how each would
+        move refusal (see `monitor/audit.py`): one audit per hookpoint. Runs on every rank (the
+        forward is a collective); rank 0 gets the audits, the other ranks None."""
+        state, cfg = self._require_started(), self.config
+        inputs, problems = audit.audit_inputs(rows, self.tokenizer, state.prompt_format, max_length=cfg.max_length)
+        if not inputs:
+            reason = problems[0] if problems else "no rows"
+            return [audit.DataAudit(h, [], dataset_size, len(problems), reason) for h in state.saes] if is_main_process() else None
+        batches = {"audit": reading.prompt_batches(self.tokenizer, [item.prompt for item in inputs], cfg.batch_size)}
+        with reference.reference_source(model, None, cfg.reference) as source:
+            read = reading.read_probes(source, batches, list(state.saes), keep={}, refusal_tokens=state.refusal_tokens,
+                                       refusal_subsets=("audit",))
+        if read is None:
+            return None
+        audits = []
+        for hookpoint, sae in state.saes.items():
+            ref = state.layer_reference[hookpoint]
+            probe_acts = {s: state.reference.activations[s][hookpoint] for s in reading.PROMPT_SUBSETS}
+            scores = audit.harmfulness_scores(read.activations["audit"][hookpoint], sae, ref.direction, ref.refusal_features,
+                                              probe_acts, {s: ref.codes[s] for s in reading.PROMPT_SUBSETS},
+                                              encode_batch_size=cfg.encode_batch_size)
+            examples = audit.audited_examples(inputs, *scores, read.refusal_probability.get("audit"))
+            audits.append(audit.DataAudit(hookpoint, examples, dataset_size, len(problems), problems[0] if problems else None))
+        return audits
+
     def provenance(self) -> dict:
         """What this monitor measures with, for the run store."""
         state = self._require_started()
@@ -307,6 +334,7 @@ class DriftMonitor:
                 "outliers_left_out": {s: int((~k).sum()) for s, k in state.keep.items()},
             },
             "sae_source": self.config.sae,
+            "neuronpedia_ids": {h: sae.neuronpedia_id for h, sae in state.saes.items() if getattr(sae, "neuronpedia_id", None)},
             "probe_source": self.config.probes,
             "reference_policy": self.config.reference,
         }
