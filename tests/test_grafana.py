@@ -38,6 +38,7 @@ from featuredrift.dashboards.spec import (
     render_json,
     threshold_steps,
 )
+from featuredrift.store import RunStore
 
 TOKEN = "glsa_featuredrift_test"
 EXPORTER_METRICS = {
@@ -314,6 +315,32 @@ def test_every_sql_panel_runs_on_a_real_run_store(reader_store):
     assert (0, f"{run} layers.3 feature 5", 1.0) in [(s, n, round(v, 6)) for s, n, v in trajectory]
     columns, rows = results["Alerts by step"]
     assert [(r[1], r[4]) for r in rows] == [("RefusalFeaturesFading", 20)]
+
+    columns, rows = results["Runs: state and heartbeat"]
+    assert [dict(zip(columns, row, strict=True))["state"] for row in rows] == ["finished"]
+
+
+@pytest.mark.servers
+def test_runs_panel_calls_a_silent_running_run_stale_without_rewriting_it(postgres_url):
+    """A run killed an hour ago is still 'running' on record: the panel calls it stale, the store
+    keeps its status, and a late replay of an older event does not revive it."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    url = create_postgres_database(postgres_url, "grafana_stale")
+    dead = "killed-run"
+    with RunStore(url) as store:
+        store.start_run(dead, {})
+        store.record_heartbeat(dead, time.time() - 3600, expected_s=60)
+        store.record_heartbeat(dead, time.time() - 7200)
+        assert store.get_run(dead).status == "running" and store.get_run(dead).stale()
+    writer = make_url(url)
+    conninfo = f"host={writer.host} port={writer.port} user={writer.username} dbname={writer.database}"
+    query = dict(panel_sql(steps_dashboard()))["Runs: state and heartbeat"]
+    with psycopg.connect(conninfo) as connection:
+        cursor = connection.execute(grafana_sql(query, run=[dead]))
+        (row,) = [dict(zip([c.name for c in cursor.description], r, strict=True)) for r in cursor.fetchall()]
+    assert row["state"] == "stale" and 3500 < row["silent_s"] < 3700 and row["expected_every_s"] == 60
 
 
 @pytest.mark.servers

@@ -144,7 +144,7 @@ def test_report_opens_with_findings_then_layers_cards_and_alerts(story, tmp_path
     assert "Sample completions at step 30" in parsed.sections["completions"]
     assert "Sure, first insert a tension wrench" in parsed.sections["completions"]
     findings = " | ".join(parsed.findings)
-    assert "RefusalFeaturesFading (critical)" in findings and "fired at step 20" in findings
+    assert "RefusalFeaturesFading (critical)" in findings and "Fired at step 20" in findings
     assert "Harmful prompts refused: 95% at step 0, 35% at step 30" in findings
     assert f"({FADING[1]}) is no longer among the top 4 refusal features" in findings
     assert f"{EMERGING} (since step 20)" in findings

@@ -535,6 +535,10 @@ STEPS = Dashboard(
                      "Emerging: not a reference feature; fading: last step in top-k before the newest."),
         _store_table("Alerts by step", sql.ALERTS_BY_STEP,
                      "Alerts recorded in the run store with the step they fired and resolved at."),
+        _store_table("Runs: state and heartbeat", sql.RUNS_STATE,
+                     "Each selected run as recorded: 'stale' marks a run still running on record that has sent no "
+                     "event for more than three of its heartbeat intervals (most likely killed); 'failed' runs name "
+                     "the exception that ended them. Also the newest evaluated step and checkpoint, and the goal."),
     ),
 )
 

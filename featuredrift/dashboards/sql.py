@@ -102,8 +102,25 @@ WHERE r.name IN ($run) AND f.hookpoint IN ($layer) AND f.source = 'reference' AN
 ORDER BY e.step, series"""
 
 ALERTS_BY_STEP = """SELECT r.name AS run, a.name AS alert, a.severity AS severity, a.status AS status,
-  a.step AS fired_at_step, a.resolved_step AS resolved_at_step, a.message AS message
+  a.step AS fired_at_step, a.resolved_step AS resolved_at_step, a.message AS message,
+  a.checkpoint AS last_safe_checkpoint
 FROM alerts a
 JOIN runs r ON r.id = a.run_id
 WHERE r.name IN ($run)
 ORDER BY r.name, a.step NULLS LAST, a.name"""
+
+# Each run's state as recorded, and whether it is stale: still 'running' on record but silent for
+# more than three of its own heartbeat intervals (most likely dead). Derived here; the stored
+# status is never rewritten. Also its newest step, newest checkpoint and monitoring goal.
+RUNS_STATE = """SELECT r.name AS run,
+  CASE WHEN r.status = 'running' AND r.heartbeat_at
+            < now() - make_interval(secs => 3 * coalesce(r.heartbeat_interval_s, 60)) THEN 'stale'
+       ELSE r.status END AS state,
+  r.heartbeat_at AS last_event, extract(epoch FROM now() - r.heartbeat_at) AS silent_s,
+  r.heartbeat_interval_s AS expected_every_s,
+  (SELECT max(e.step) FROM evaluations e WHERE e.run_id = r.id) AS last_step,
+  (SELECT max(c.step) FROM checkpoints c WHERE c.run_id = r.id) AS newest_checkpoint_step,
+  r.extra ->> 'monitoring_goal' AS goal, r.extra -> 'error' ->> 'type' AS error
+FROM runs r
+WHERE r.name IN ($run)
+ORDER BY r.created_at DESC"""

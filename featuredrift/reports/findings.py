@@ -310,13 +310,14 @@ def alert_findings(store: RunStore, run: str) -> list[Finding]:
     findings = []
     for alert in store.alerts(run):
         where = ", ".join(f"{k}={v}" for k, v in sorted(alert.labels.items()))
-        at = f"fired at step {alert.step}" if alert.step is not None else "fired"
+        at = f"Fired at step {alert.step}" if alert.step is not None else "Fired"
         until = (f", resolved at step {alert.resolved_step}" if alert.resolved_step is not None
                  else ", resolved" if alert.status == "resolved" else ", still firing")
         tone = {"critical": "alarm", "warning": "notice"}.get(alert.severity, "neutral")
+        message = f": {alert.message.rstrip('.')}." if alert.message else "."
         back = f" Last safe checkpoint then: {alert.checkpoint}." if alert.checkpoint else ""
         findings.append(Finding(f"Alert {alert.name} ({alert.severity})",
-                                f"{at}{until}{' on ' + where if where else ''}. {alert.message}{back}".strip(), tone))
+                                f"{at}{until}{' on ' + where if where else ''}{message}{back}", tone))
     return findings
 
 
