@@ -130,7 +130,7 @@ def drift_finding(cards: list[FeatureCard]) -> Finding | None:
             change += f", mean activation {firing.mean_now:.3g} (reference {firing.mean_reference:.3g})"
     return Finding("What drifted most",
                    f"Feature {top.feature} at {top.hookpoint} drifted most by step {top.step} "
-                   f"(drift score {top.drift_score:.3g}){change}. Its card is below.")
+                   f"(drift score {top.drift_score:.3g}){change}. Its card is below.", "neutral")
 
 
 def refusal_feature_findings(cards: list[FeatureCard], goal: RunGoal) -> list[Finding]:
@@ -346,10 +346,12 @@ def audit_finding(store: RunStore, run: str) -> Finding | None:
     text = (f"Of {len(audit.examples)} training examples read (of {audit.dataset_size}), {len(eroding)} answer a "
             f"harmful-looking request compliantly (they erode refusal) and {len(over)} answer a harmless request with a "
             "refusal (they teach over-refusal).")
-    top = audit.eroding(1) if eroding else audit.over_refusing(1) if over else []
-    if top:
-        text += f" Most telling: example {top[0].example}, “{top[0].prompt[:80]}” → “{top[0].target[:80]}”."
-    return Finding("Training-data audit", text, "notice" if eroding or over else "ok")
+    for label, examples in (("Most likely to erode refusal", audit.eroding(1)),
+                            ("most likely to teach over-refusal", [e for e in audit.over_refusing(1) if not e.harmful_request])):
+        if examples:
+            e = examples[0]
+            text += f" {label}: example {e.example}, “{e.prompt[:80]}” → “{e.target[:80]}”."
+    return Finding("Training-data audit", text + " The examples are listed below.", "notice" if eroding or over else "ok")
 
 
 def run_findings(store: RunStore, run: str, cards: list[FeatureCard]) -> list[Finding]:
