@@ -27,20 +27,11 @@ AUROC_SCORES = (
 
 def read_rows(path: Path) -> list[dict]:
     """Rows of a JSONL file (conversations, prompt-completion pairs, or tokenised rows)."""
+    from featuredrift.monitor.probes import read_json_lines
+
     if not path.is_file():
         raise ValueError(f"{path}: expected a JSONL file of training examples, found no file")
-    rows = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number}: expected a JSON object, found invalid JSON ({error.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{number}: expected a JSON object, found {type(row).__name__}")
-            rows.append(row)
+    rows = [row for _, row in read_json_lines(path)]
     if not rows:
         raise ValueError(f"{path}: expected at least one training example, found none")
     return rows

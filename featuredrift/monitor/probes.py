@@ -111,6 +111,11 @@ def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
     return rows
 
 
+def read_json_lines(path: Path | str) -> list[tuple[int, dict]]:
+    """(line number, object) of every non-empty line of a JSONL file; an error names the line."""
+    return _read_jsonl(Path(path))
+
+
 def _read_csv_rows(path: Path) -> list[tuple[int, dict]]:
     if not path.is_file():
         raise ProbeError(f"{path}: missing probe file")

@@ -62,6 +62,14 @@ def _series(store: RunStore, run: str, metric: str, **labels: str) -> list[tuple
     return sorted(by_step.items())
 
 
+def _by_layer(store: RunStore, run: str, metric: str, hookpoints: list[str]):
+    """(hookpoint, its series) for each layer that has the metric."""
+    for hookpoint in hookpoints:
+        points = _series(store, run, metric, layer=hookpoint)
+        if points:
+            yield hookpoint, points
+
+
 def _percent(value: float) -> str:
     """Whole percents, but two significant digits for rare events (a feature firing on 0.3% of tokens)."""
     percent = 100 * value
@@ -171,10 +179,7 @@ def gap_findings(store: RunStore, run: str, hookpoints: list[str], goal: RunGoal
     if not goal.preserving:
         return []
     findings = []
-    for hookpoint in hookpoints:
-        points = _series(store, run, "refusal_feature_gap_relative", layer=hookpoint)
-        if not points:
-            continue
+    for hookpoint, points in _by_layer(store, run, "refusal_feature_gap_relative", hookpoints):
         step, value = points[-1]
         fading, weakening = alert_threshold("RefusalFeaturesFading"), alert_threshold("RefusalFeaturesWeakening")
         tone = "alarm" if value < fading else "notice" if value < weakening else "ok"
@@ -190,10 +195,7 @@ def separation_findings(store: RunStore, run: str, hookpoints: list[str], goal: 
         return []
     threshold = alert_threshold("RefusalFeaturesEmerging")
     findings = []
-    for hookpoint in hookpoints:
-        points = _series(store, run, "refusal_feature_separation_gain", layer=hookpoint)
-        if not points:
-            continue
+    for hookpoint, points in _by_layer(store, run, "refusal_feature_separation_gain", hookpoints):
         step, gain = points[-1]
         best_step, best = max(points, key=lambda p: p[1])
         peak = f", largest {best:+.2f} at step {best_step}" if best_step != step and best > gain + 0.1 else ""
