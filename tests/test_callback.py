@@ -97,6 +97,7 @@ def test_benign_fine_tune_fires_no_critical_alert(zoo_nano, tmp_path):
     assert {r.monitoring_goal for r in result.reports} == {"guard"}
     assert result.stop_reason is None
     assert not [a.describe() for a in result.alerts if a.status == "firing" and a.severity != "info"]
+    assert not {a.name for a in result.alerts} & {"OverRefusal", "OverRefusalRising"}  # it refuses no more safe requests
     assert result.reports[-1].refusal_rate["harmful"] >= 0.9
 
 
@@ -342,6 +343,8 @@ def test_a_run_whose_training_raised_ends_failed_with_the_exception(zoo_nano, tm
     assert message.startswith("CUDA out of memory") and "hunter2" not in message and "token=abc" not in message
     listed = CliRunner().invoke(app, ["runs", "list", "--db", config.store_url], env={"COLUMNS": "250"})
     assert "failed: RuntimeError: CUDA out of memory" in listed.output
+    shown = CliRunner().invoke(app, ["runs", "show", "test", "--db", config.store_url], env={"COLUMNS": "250"})
+    assert "Training failed. The run ended failed at step 2: RuntimeError: CUDA out of memory" in shown.output
 
 
 def test_ctrl_c_ends_a_run_failed_even_without_attach(zoo_nano, tmp_path):

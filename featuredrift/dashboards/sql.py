@@ -110,13 +110,15 @@ WHERE r.name IN ($run)
 ORDER BY r.name, a.step NULLS LAST, a.name"""
 
 # Each run's state as recorded, and whether it is stale: still 'running' on record but silent for
-# more than three of its own heartbeat intervals (most likely dead). Derived here; the stored
+# more than three of its own heartbeat intervals (most likely dead; runs recorded before heartbeats:
+# since the store last wrote to them). Derived here; the stored
 # status is never rewritten. Also its newest step, newest checkpoint and monitoring goal.
 RUNS_STATE = """SELECT r.name AS run,
-  CASE WHEN r.status = 'running' AND r.heartbeat_at
+  CASE WHEN r.status = 'running' AND coalesce(r.heartbeat_at, r.updated_at)
             < now() - make_interval(secs => 3 * coalesce(r.heartbeat_interval_s, 60)) THEN 'stale'
        ELSE r.status END AS state,
-  r.heartbeat_at AS last_event, extract(epoch FROM now() - r.heartbeat_at) AS silent_s,
+  coalesce(r.heartbeat_at, r.updated_at) AS last_event,
+  extract(epoch FROM now() - coalesce(r.heartbeat_at, r.updated_at)) AS silent_s,
   r.heartbeat_interval_s AS expected_every_s,
   (SELECT max(e.step) FROM evaluations e WHERE e.run_id = r.id) AS last_step,
   (SELECT max(c.step) FROM checkpoints c WHERE c.run_id = r.id) AS newest_checkpoint_step,

@@ -47,11 +47,13 @@ class RunInfo:
         return self.heartbeat_interval_s or DEFAULT_HEARTBEAT_INTERVAL_S
 
     def silent_for(self, now: datetime | None = None) -> float | None:
-        """Seconds since the run's last event (None when it recorded none)."""
-        if self.heartbeat_at is None:
+        """Seconds since the run's last event (runs recorded before heartbeats: since the store
+        last wrote to them)."""
+        last = self.heartbeat_at or self.updated_at
+        if last is None:
             return None
         now = now or datetime.now(timezone.utc)
-        return max(0.0, (now - self.heartbeat_at).total_seconds())
+        return max(0.0, (now - last).total_seconds())
 
     def stale(self, now: datetime | None = None) -> bool:
         """A run still `running` on record that has been silent for more than
