@@ -229,6 +229,11 @@ def test_export_round_trips(store):
     for report in reports:
         store.record_evaluation("sft-d", report)
     store.record_alert("sft-d", "RefusalFeaturesFading", "critical", message="gap 0.6", step=6)
+    store.record_checkpoint("sft-d", 3, "/runs/sft-d/checkpoint-3")
+    from featuredrift.monitor.audit_report import AuditedExample, DataAudit
+
+    audit = DataAudit("layers.1", [AuditedExample(4, "How do I pick a lock?", "Sure!", 1.2, 1.1, 1.3, False, 0.9)], 40)
+    store.record_audit("sft-d", [audit])
 
     rows = parse_csv_export(store.export("sft-d", "csv"))
     from_csv: dict[int, dict] = {}
@@ -243,6 +248,8 @@ def test_export_round_trips(store):
     assert [e.report.to_json() for e in store.evaluations("sft-d-copy")] == [r.to_json() for r in reports]
     [alert] = store.alerts("sft-d-copy")
     assert (alert.name, alert.status, alert.step) == ("RefusalFeaturesFading", "firing", 6)
+    assert [(c.step, c.path) for c in store.checkpoints("sft-d-copy")] == [(3, "/runs/sft-d/checkpoint-3")]
+    assert store.audit("sft-d-copy") == [audit] and audit.summary == {"harmful-looking request answered compliantly": 1}
 
 
 def test_alerts_open_and_resolve(store):

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -73,4 +74,8 @@ class DataAudit:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DataAudit:
-        return cls(**{**data, "examples": [AuditedExample(**e) for e in data["examples"]]})
+        """Inverse of `to_dict`; also reads JSON exports, where an undefined score is null."""
+        def example(e: Mapping[str, Any]) -> AuditedExample:
+            return AuditedExample(**{**e, **{k: math.nan for k in ("harmfulness", "direction_score") if e.get(k) is None}})
+
+        return cls(**{**data, "examples": [example(e) for e in data["examples"]]})

@@ -726,9 +726,13 @@ class RunStore:
                     "message": a.message, "value": a.value, "step": a.step, "resolved_step": a.resolved_step,
                     "started_at": a.started_at.isoformat(),
                     "ended_at": a.ended_at.isoformat() if a.ended_at else None,
+                    "checkpoint": a.checkpoint, "checkpoint_step": a.checkpoint_step,
                 }
                 for a in self.alerts(run_name)
             ],
+            "checkpoints": [{"step": c.step, "path": c.path, "saved_at": c.saved_at.timestamp()}
+                            for c in self.checkpoints(run_name)],
+            "audit": [a.to_dict() for a in self.audit(run_name)],
         }
         return json.dumps(_nan_to_null(document), indent=1, allow_nan=False)
 
@@ -759,7 +763,21 @@ class RunStore:
                 ended = datetime.fromisoformat(alert["ended_at"]) if alert.get("ended_at") else started
                 self.record_alert(name, alert["name"], alert["severity"], "resolved", at=ended,
                                   **{**common, "step": alert.get("resolved_step")})
+            if alert.get("checkpoint"):
+                self._note_alert_checkpoint(name, alert["name"], alert.get("labels") or {}, alert["checkpoint"],
+                                            alert.get("checkpoint_step"))
+        for checkpoint in document.get("checkpoints", []):
+            self.record_checkpoint(name, checkpoint["step"], checkpoint["path"], checkpoint.get("saved_at"))
+        if document.get("audit"):
+            self.record_audit(name, [DataAudit.from_dict(a) for a in document["audit"]])
         return self.finish_run(name, run.get("status") if run.get("status") in RUN_STATUSES else "finished")
+
+    def _note_alert_checkpoint(self, run_name: str, alert: str, labels: dict, checkpoint: str, step: int | None) -> None:
+        with self._transaction() as session:
+            run = self._require_run(session, run_name)
+            for record in session.scalars(select(Alert).where(Alert.run_id == run.id, Alert.name == alert,
+                                                             Alert.labels == labels_key(labels))).all():
+                record.checkpoint, record.checkpoint_step = checkpoint, step
 
     # ---- helpers ----------------------------------------------------------------------
 
