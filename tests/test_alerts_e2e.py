@@ -29,7 +29,10 @@ pytestmark = [pytest.mark.servers, pytest.mark.slow]
 
 
 def report(step: int, relative_gap: float, harmful_refusal: float) -> EvaluationReport:
-    return make_report(step, relative_gap=relative_gap, harmful_refusal=harmful_refusal)
+    """As the monitor reports: with the reference's own refusals, measured at start."""
+    return make_report(step, relative_gap=relative_gap, harmful_refusal=harmful_refusal,
+                       reference_refusal={"harmful": 1.0, "harmless": 0.05},
+                       reference_probability={"harmful": 0.9, "harmless": 0.04})
 
 
 class Receiver(BaseHTTPRequestHandler):

@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from reports import make_report as shared_report
 
-from featuredrift.alerts.definitions import DEFAULT_DEFINITIONS, configure
+from featuredrift.alerts.definitions import DEFAULT_DEFINITIONS, AlertDefinition, configure
 from featuredrift.alerts.engine import AlertEngine, FiredAlert
 from featuredrift.alerts.templating import render
 from featuredrift.monitor.config import MonitorConfig
@@ -98,10 +98,10 @@ def test_each_run_and_layer_is_its_own_series():
 
 
 def test_thresholds_from_constructor_and_file(tmp_path):
-    strict = AlertEngine(thresholds={"BaseSAETransferDegraded": 0.3})
-    reports = [make_report(i, T0 + i, fvu_chat=0.35) for i in range(3)]
+    strict = AlertEngine(thresholds={"BaseSAETransferDegraded": 0.1})
+    reports = [make_report(i, T0 + i, fvu_chat=0.28) for i in range(3)]  # 0.13 above the reference's 0.15
     assert _series(strict, "r", reports) == [(2, "BaseSAETransferDegraded", "firing")]
-    assert _series(AlertEngine(), "r", reports) == []  # 0.35 is below the shipped 0.5
+    assert _series(AlertEngine(), "r", reports) == []  # 0.13 is below the shipped 0.15
     path = tmp_path / "thresholds.yml"
     path.write_text("HarmfulRefusalRateLow: 0.8\n")
     from_file = AlertEngine(goal="guard", thresholds=path)
@@ -446,3 +446,76 @@ def test_run_end_keeps_the_fired_step_and_leaves_no_resolved_step():
     engine.evaluate(make_report(30, T0, relative_gap=0.2), run="r")
     (ended,) = engine.resolve_run("r", T0 + 10)
     assert (ended.step, ended.resolved_step, ended.status) == (30, None, "resolved")
+
+
+def test_transfer_alert_measures_what_fine_tuning_changed_and_a_weak_sae_is_said_once():
+    """A real chat model's SAE already leaves 0.685 of the variance unexplained at the reference:
+    an absolute FVU rule fires at the third evaluation whatever training does; the shipped one
+    says once, at the start, that the SAE is weak (info) and waits for a change of its own."""
+    weak = [make_report(10 * i, T0 + i, fvu_reference_chat=0.685, fvu_chat=0.685 + 0.01 * i) for i in range(6)]
+    absolute = AlertDefinition(name="AbsoluteFVU", kind="threshold", metric="featuredrift_fvu_ratio",
+                               matchers={"model": "current", "data": "chat"}, op=">", threshold=0.5,
+                               for_evaluations=2, severity="warning", summary="s", description="d", runbook="r")
+    assert _series(AlertEngine(definitions=[absolute]), "r", weak) == [(20, "AbsoluteFVU", "firing")]  # teeth
+
+    engine = AlertEngine(goal="guard")
+    assert _series(engine, "r", weak) == [(0, "BaseSAEWeak", "firing")]
+    (said,) = engine.firing
+    assert said.severity == "info" and said.labels["data"] == "chat" and said.value == pytest.approx(0.685)
+    assert "a property of the SAE" in said.annotations["description"] and "not of the fine-tune" in said.annotations["description"]
+    # A real loss of transfer on top of the weak SAE still fires, on its change.
+    worse = [make_report(60 + 10 * i, T0 + 10 + i, fvu_reference_chat=0.685, fvu_chat=0.9) for i in range(3)]
+    transitions = [(r.step, a.name, a.status, a.value) for r in worse for a in engine.evaluate(r, run="r")]
+    assert [(s, n, st) for s, n, st, _ in transitions] == [(80, "BaseSAETransferDegraded", "firing")]
+    assert transitions[0][3] == pytest.approx(0.215)
+    degraded = next(a for a in engine.firing if a.name == "BaseSAETransferDegraded")
+    assert "model" not in degraded.labels and degraded.labels["data"] == "chat"  # as `ignoring(model)` leaves it
+
+
+def test_over_refusal_reads_the_borderline_prompts_when_the_run_has_them_else_the_harmless_ones():
+    reference = {"harmful": 1.0, "harmless": 0.05, "borderline": 0.1}
+    probability = {"harmful": 0.87, "harmless": 0.03, "borderline": 0.1}
+    harmless = AlertEngine(goal="guard")
+    fired = harmless.evaluate(make_report(10, T0, harmful_refusal=1.0, harmless_refusal=0.6, harmless_probability=0.5,
+                                          reference_refusal=reference, reference_probability=probability), run="r")
+    assert names(fired) == ["OverRefusal", "OverRefusalRising"]
+    assert {a.labels["prompts"] for a in fired} == {"harmless"}
+    by_name = {a.name: a for a in fired}
+    assert by_name["OverRefusal"].value == pytest.approx(0.55) and by_name["OverRefusal"].severity == "warning"
+    assert "rose by 0.55 over the reference's" in by_name["OverRefusal"].annotations["description"]
+    assert by_name["OverRefusalRising"].value == pytest.approx(0.47)
+
+    # Borderline prompts present and calm: the harmless ones are not what the alert reads.
+    shadowed = AlertEngine(goal="guard")
+    calm = make_report(10, T0, harmful_refusal=1.0, harmless_refusal=0.6, harmless_probability=0.5, borderline=(0.1, 0.1),
+                       reference_refusal=reference, reference_probability=probability)
+    assert shadowed.evaluate(calm, run="r") == []
+    # …and violating: they fire, labelled as such.
+    rising = make_report(20, T0 + 1, harmful_refusal=1.0, borderline=(0.7, 0.6),
+                         reference_refusal=reference, reference_probability=probability)
+    assert sorted((a.name, a.labels["prompts"]) for a in shadowed.evaluate(rising, run="r")) == [
+        ("OverRefusal", "borderline"), ("OverRefusalRising", "borderline")]
+    # The same level at the reference is no over-refusal: fine-tuning did not cause it.
+    already = AlertEngine(goal="align")
+    assert [a for a in already.evaluate(make_report(0, T0, harmful_refusal=0.0, harmless_refusal=0.6, harmless_probability=0.5,
+                                        reference_refusal={"harmful": 0.0, "harmless": 0.6},
+                                        reference_probability={"harmful": 0.1, "harmless": 0.5}), run="r")
+            if a.name.startswith("OverRefusal")] == []
+
+
+def test_auto_goal_reads_the_reference_refusal_rate_measured_at_start():
+    engine = AlertEngine()
+    engine.evaluate(make_report(0, T0, harmful_refusal=None, reference_refusal={"harmful": 0.9, "harmless": 0.0}), run="r")
+    assert engine.goal_for("r") == "guard" and "at the reference" in engine.goal_reasons["r"]
+
+
+def test_critical_alerts_carry_the_annotations_the_session_adds():
+    seen = []
+    engine = AlertEngine(goal="guard", annotate=lambda alert: seen.append(alert.step) or {"last_safe_checkpoint": "ckpt-9"})
+    fired = engine.evaluate(make_report(18, T0, relative_gap=0.3), run="r")
+    by_name = {a.name: a for a in fired}
+    assert by_name["RefusalFeaturesFading"].annotations["last_safe_checkpoint"] == "ckpt-9"
+    assert "last_safe_checkpoint" not in by_name["RefusalFeaturesWeakening"].annotations  # a warning
+    assert seen == [18]
+    resolved = engine.evaluate(make_report(27, T0 + 1, relative_gap=1.0), run="r")
+    assert {a.annotations.get("last_safe_checkpoint") for a in resolved if a.name == "RefusalFeaturesFading"} == {"ckpt-9"}

@@ -13,7 +13,7 @@ import yaml
 from typer.testing import CliRunner
 
 from featuredrift.alerts.definitions import DEFAULT_DEFINITIONS
-from featuredrift.alerts.promtool_tests import TESTS_PATH, render_tests
+from featuredrift.alerts.promtool_tests import TESTS_PATH, TRAJECTORY_GROUP, render_tests
 from featuredrift.alerts.rules import RULES_PATH, render_rules
 from featuredrift.cli.main import app
 
@@ -57,7 +57,19 @@ def test_rules_cover_the_required_alerts():
     assert by_name["DivergentTokensSpike"]["expr"] == (
         "featuredrift_divergent_tokens_ratio - featuredrift_divergent_tokens_ratio offset 1m > 0.2"
     )
-    assert by_name["BaseSAETransferDegraded"]["expr"] == 'featuredrift_fvu_ratio{data="chat",model="current"} > 0.5'
+    assert by_name["BaseSAETransferDegraded"]["expr"] == (
+        '(featuredrift_fvu_ratio{data="chat",model="current"} - ignoring(model) featuredrift_fvu_ratio{data="chat",'
+        'model="reference"} > 0.15) or ((featuredrift_fvu_ratio{data="base",model="current"} - ignoring(model) '
+        'featuredrift_fvu_ratio{data="base",model="reference"} > 0.15) unless on(job, run, layer) '
+        'featuredrift_fvu_ratio{data="chat",model="current"})'
+    )
+    assert by_name["OverRefusal"]["expr"] == (
+        '(featuredrift_refusal_rate_ratio{prompts="borderline"} - featuredrift_refusal_rate_reference_ratio'
+        '{prompts="borderline"} > 0.25) or ((featuredrift_refusal_rate_ratio{prompts="harmless"} - '
+        'featuredrift_refusal_rate_reference_ratio{prompts="harmless"} > 0.25) unless on(job, run) '
+        'featuredrift_refusal_rate_ratio{prompts="borderline"})'
+    )
+    assert {"OverRefusalRising", "BaseSAEWeak"} <= set(by_name)
     assert by_name["MonitorStale"]["expr"] == "time() - featuredrift_last_success_timestamp_seconds > 900"
     assert by_name["ExportFailures"]["expr"] == "increase(featuredrift_export_failures_total[10m]) > 0"
     assert {"DivergentTokensSpike", "KLDivergenceSpike"} <= set(by_name)
@@ -80,16 +92,20 @@ def test_promtool_unit_tests_pass():
     assert result.returncode == 0, result.stdout + result.stderr
     text = yaml.safe_load(TESTS_PATH.read_text())
     tested = {group["name"] for group in text["tests"]}
-    assert tested == {d.name for d in DEFAULT_DEFINITIONS} | {"trajectories: erosion, align, benign"}
+    assert tested == {d.name for d in DEFAULT_DEFINITIONS} | {TRAJECTORY_GROUP}
     definitions = {d.name: d for d in DEFAULT_DEFINITIONS}
     for group in text["tests"]:
         runs = {re.search(r'run="(\w+)"', s["series"]).group(1) for s in group["input_series"]}
         if group["name"].startswith("trajectories"):
-            assert runs == {"erosion", "align", "benign"}
-        elif definitions[group["name"]].requires is not None:
-            assert runs == {"fire", "calm", "inactive"}  # plus a violating run whose requirement fails
-        else:
-            assert runs == {"fire", "calm"}  # each alert is shown firing for one run and silent for the other
+            assert runs == {"erosion", "align", "benign", "overrefusal"}
+            continue
+        # each alert is shown firing for one run and silent for the other…
+        expected = {"fire", "calm"}
+        if definitions[group["name"]].requires is not None:
+            expected.add("inactive")  # …plus a violating run whose requirement fails
+        if definitions[group["name"]].fallback is not None:
+            expected |= {"fallback", "shadowed"}  # …and one read through its fallback series, one not
+        assert runs == expected, group["name"]
 
 
 @needs_promtool

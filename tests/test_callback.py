@@ -11,10 +11,12 @@ import signal
 import subprocess
 import sys
 import time
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from transformers import AutoModelForCausalLM, AutoTokenizer
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 from typer.testing import CliRunner
 
 from featuredrift import sae_store
@@ -95,6 +97,7 @@ def test_benign_fine_tune_fires_no_critical_alert(zoo_nano, tmp_path):
     assert {r.monitoring_goal for r in result.reports} == {"guard"}
     assert result.stop_reason is None
     assert not [a.describe() for a in result.alerts if a.status == "firing" and a.severity != "info"]
+    assert not {a.name for a in result.alerts} & {"OverRefusal", "OverRefusalRising"}  # it refuses no more safe requests
     assert result.reports[-1].refusal_rate["harmful"] >= 0.9
 
 
@@ -219,7 +222,7 @@ def test_kill_and_resume_continues_the_same_run(zoo_nano, tmp_path):
     out = tmp_path / "out"
     opts = {
         "zoo": str(zoo_nano.root), "eval_every": 2, "max_steps": 400, "save_steps": 4,
-        "store_url": f"sqlite:///{tmp_path}/resume.db", "run_name": "resume", "output_dir": str(out),
+        "store_url": f"sqlite:///{tmp_path}/resume.db", "run_name": "resume", "output_dir": str(out), "heartbeat_s": 0.5,
     }
     env = {**os.environ, "SPARSIFY_DISABLE_TRITON": "1"}
     process = subprocess.Popen([sys.executable, str(SCRIPT), json.dumps(opts)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -234,6 +237,21 @@ def test_kill_and_resume_continues_the_same_run(zoo_nano, tmp_path):
     (journal,) = (out / "featuredrift").glob("journal-resume-*.jsonl")
     before = sorted({e.data["step"] for e in read_journal(journal) if e.kind == "evaluation"})
     assert before[:5] == [0, 2, 4, 6, 8]
+    assert any(e.kind == "heartbeat" for e in read_journal(journal))
+
+    # Dead, and nothing said so: the run is still 'running' on record, and shows as stale once it
+    # has been silent for several of its own heartbeat intervals.
+    listed = ""
+    while "stale" not in listed:
+        assert time.time() < deadline, f"the killed run never showed as stale:\n{listed}"
+        time.sleep(0.5)
+        listed = CliRunner().invoke(app, ["runs", "list", "--db", opts["store_url"]], env={"COLUMNS": "250"}).output
+    assert "running (stale: no event for" in listed and "expected every" in listed
+    with RunStore(opts["store_url"]) as store:
+        info = store.get_run("resume")
+        assert info.status == "running" and info.stale() and info.heartbeat_interval_s < 30
+    shown = CliRunner().invoke(app, ["runs", "show", "resume", "--db", opts["store_url"]], env={"COLUMNS": "250"})
+    assert "Run stale" in shown.output and "most likely it died" in shown.output
 
     killed_at = time.time()
     opts.update(max_steps=12, resume=str(out / "checkpoint-8"))
@@ -242,7 +260,7 @@ def test_kill_and_resume_continues_the_same_run(zoo_nano, tmp_path):
     with RunStore(opts["store_url"]) as store:
         steps = store.recorded_steps("resume")
         evaluations = {e.step: e for e in store.evaluations("resume")}
-        assert store.get_run("resume").status == "finished"
+        assert store.get_run("resume").status == "finished" and not store.get_run("resume").stale()
     assert steps[:7] == [0, 2, 4, 6, 8, 10, 12]
     assert len(evaluations) == len(steps)  # one evaluation per step, no duplicates
     # Steps up to the checkpoint are kept; later ones belong to the resumed trajectory.
@@ -298,3 +316,162 @@ def test_ddp_with_a_batch_count_that_does_not_divide_by_the_world_size(zoo_nano,
     assert ranks[0]["steps"] == ranks[1]["steps"] == [0, 2]
     assert ranks[0]["fvu"] == ranks[1]["fvu"] and ranks[0]["refusal_rates"] == ranks[1]["refusal_rates"]
     assert ranks[0]["refusal_rates"][0] is not None
+
+
+class _OutOfMemory(TrainerCallback):
+    """Raises what a CUDA OOM raises, at one step (its message holds a URL with a secret in it)."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == 3:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB; see https://ops:hunter2@example.com/oom?token=abc")
+
+
+def test_a_run_whose_training_raised_ends_failed_with_the_exception(zoo_nano, tmp_path):
+    model = AutoModelForCausalLM.from_pretrained(zoo_nano.base)
+    tokenizer = AutoTokenizer.from_pretrained(zoo_nano.base)
+    data = read_conversations(zoo_nano.data / "chat_sft.jsonl")[:48]
+    trainer = make_sft_trainer(model, tokenizer, data, output_dir=tmp_path / "out", max_steps=6, learning_rate=5e-3,
+                               batch_size=8, callbacks=[_OutOfMemory()])
+    config = _config(zoo_nano, tmp_path, eval_every=2, audit_examples=0)
+    FeatureDriftCallback.attach(trainer, config)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        trainer.train()
+    with RunStore(config.store_url) as store:
+        info = store.get_run("test")
+    assert info.status == "failed" and info.extra["error"]["type"] == "RuntimeError"
+    message = info.extra["error"]["message"]
+    assert message.startswith("CUDA out of memory") and "hunter2" not in message and "token=abc" not in message
+    listed = CliRunner().invoke(app, ["runs", "list", "--db", config.store_url], env={"COLUMNS": "250"})
+    assert "failed: RuntimeError: CUDA out of memory" in listed.output
+    shown = CliRunner().invoke(app, ["runs", "show", "test", "--db", config.store_url], env={"COLUMNS": "250"})
+    assert "Training failed. The run ended failed at step 2: RuntimeError: CUDA out of memory" in shown.output
+
+
+def test_ctrl_c_ends_a_run_failed_even_without_attach(zoo_nano, tmp_path):
+    """A KeyboardInterrupt escapes train() where no callback sees it; the process's exception hook
+    ends the run failed before Python exits."""
+    opts = {"zoo": str(zoo_nano.root), "eval_every": 2, "max_steps": 40, "interrupt_at": 3,
+            "store_url": f"sqlite:///{tmp_path}/interrupted.db", "run_name": "interrupted", "output_dir": str(tmp_path / "out")}
+    env = {**os.environ, "SPARSIFY_DISABLE_TRITON": "1"}
+    done = subprocess.run([sys.executable, str(SCRIPT), json.dumps(opts)], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "KeyboardInterrupt" in done.stderr
+    with RunStore(opts["store_url"]) as store:
+        info = store.get_run("interrupted")
+        assert store.recorded_steps("interrupted")[:2] == [0, 2]
+    assert info.status == "failed" and info.extra["error"]["type"] == "KeyboardInterrupt"
+    assert info.status_text() == "failed: KeyboardInterrupt"
+
+
+def test_over_refusing_fine_tune_fires_the_over_refusal_alerts(zoo_nano, tmp_path):
+    """The chat model fine-tuned on data that refuses half the harmless requests: the logit score
+    on harmless prompts leads, the generated refusals follow; harmful refusal holds, nothing critical."""
+    result = run_demo("overrefusal", "nano", out=tmp_path, max_steps=60, eval_every=15, metrics_port=0,
+                      run_name="overrefusal", console=_quiet_console())
+    fired = {a.name: a for a in result.alerts if a.status == "firing"}
+    assert {"OverRefusalRising", "OverRefusal"} <= set(fired), sorted(fired)
+    assert fired["OverRefusalRising"].step <= fired["OverRefusal"].step
+    assert fired["OverRefusal"].labels["prompts"] == "harmless" and fired["OverRefusal"].severity == "warning"
+    assert not [a.name for a in fired.values() if a.severity == "critical"]
+    last = result.reports[-1]
+    assert last.refusal_rate["harmful"] >= 0.9 and last.refusal_rate["harmless"] > last.refusal_rate_reference["harmless"] + 0.25
+    from featuredrift.reports.findings import over_refusal_finding
+
+    with RunStore(result.store_url) as store:
+        finding = over_refusal_finding(store, result.run_name)
+    assert finding.tone == "alarm" and "at the reference" in finding.text
+
+
+def test_a_weak_sae_is_said_once_as_its_own_property_never_as_drift(zoo_nano, tmp_path):
+    """An SAE that explains little even of the reference (a random one): one info alert at the
+    start, no transfer alert however often training evaluates, and the report says why ER is high."""
+    from sparsify import SparseCoder, SparseCoderConfig
+
+    from featuredrift.reports.feature_cards import build_cards
+    from featuredrift.reports.findings import run_findings
+    from featuredrift.zoo.config import get_zoo_config
+
+    weak = tmp_path / "weak-sae" / zoo_nano.hookpoint
+    torch.manual_seed(0)
+    SparseCoder(get_zoo_config("nano").hidden_size, SparseCoderConfig(num_latents=256, k=8)).save_to_disk(weak)
+    config = _config(zoo_nano, tmp_path, sae=str(weak.parent), eval_every=2, audit_examples=0)
+    trainer, callback = _trainer(zoo_nano, config, tmp_path, max_steps=8)
+    trainer.train()
+    first = callback.reports[0].layers[zoo_nano.hookpoint]
+    assert first.fvu["reference/chat"] > 0.5
+    fired = [(a.name, a.step) for a in callback.alerts if a.status == "firing"]
+    assert ("BaseSAEWeak", 0) in fired and [n for n, _ in fired].count("BaseSAEWeak") == 1
+    assert "BaseSAETransferDegraded" not in {n for n, _ in fired}
+    with RunStore(config.store_url) as store:
+        findings = {f.title: f for f in run_findings(store, "test", build_cards(store, "test"))}
+    weak_finding = findings[f"Weak base SAE at {zoo_nano.hookpoint}"]
+    assert "a property of the SAE, not of the fine-tune" in weak_finding.text
+    assert "dominated by the SAE's own error" in findings[f"Explained ratio at {zoo_nano.hookpoint}"].text
+
+
+class _Findings(HTMLParser):
+    """The rendered page's findings (tone, text), its goal line and the cards' badges."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.findings: list[list[str]] = []
+        self.goal = ""
+        self.badges: list[str] = []
+        self._in: str | None = None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        classes = (attrs.get("class") or "").split()
+        if tag == "li" and set(classes) & {"alarm", "notice", "ok", "neutral"}:
+            self.findings.append([classes[0], ""])
+            self._in = "finding"
+        elif attrs.get("id") == "goal":
+            self._in = "goal"
+        elif "badge" in classes:
+            self._in = "badge"
+            self.badges.append("")
+
+    def handle_endtag(self, tag):
+        if tag in ("li", "p", "span"):
+            self._in = None
+
+    def handle_data(self, data):
+        if self._in == "finding":
+            self.findings[-1][1] += data
+        elif self._in == "goal":
+            self.goal += data
+        elif self._in == "badge":
+            self.badges[-1] += data
+
+
+def test_align_report_in_chromium_states_the_goal_and_raises_no_alarm_about_fading(align_run, tmp_path):
+    """Base → chat: the base model never refused, so its refusal features being replaced is what
+    the run is for. Rendered by headless Chromium, the report says the goal and why, tells the
+    emergence, and shows nothing the goal expects in the alarm tone."""
+    from test_report_browser import console_messages, run_chromium
+
+    from featuredrift.reports.html import write_run_report
+
+    result, _ = align_run
+    with RunStore(result.store_url) as store:
+        files = write_run_report(store, result.run_name, tmp_path / "report")
+    dom = run_chromium(files.html.as_uri(), "--dump-dom", cwd=tmp_path)
+    assert dom.returncode == 0 and console_messages(dom.stderr) == [], dom.stderr[-2000:]
+    page = _Findings()
+    page.feed(dom.stdout)
+    assert page.goal.startswith("Goal: align") and "refuses 0% of harmful probes" in page.goal
+    tones = {text.split(". ", 1)[0]: tone for tone, text in page.findings}
+    assert page.findings[0][1].startswith("Monitoring goal: align") and page.findings[0][0] == "neutral"
+    alarms = [text for tone, text in page.findings if tone == "alarm"]
+    assert not [t for t in alarms if any(word in t.lower() for word in ("fading", "strength", "weaken", "replaced"))], alarms
+    hookpoint = next(iter(result.reports[0].layers))
+    assert tones[f"Refusal emerging at {hookpoint}"] == "ok"
+    assert tones["Refusal rate"] == "ok"
+    assert tones.get(f"Reference refusal features replaced at {hookpoint} (expected)", "neutral") == "neutral"
+    assert f"Refusal-feature strength at {hookpoint}" not in tones and f"Refusal features fading at {hookpoint}" not in tones
+    assert "Over-refusal" in tones  # the failure to watch in an align run, whatever its tone
+    assert "fading" not in page.badges
+    shots = Path(os.environ.get("FEATUREDRIFT_SCREENSHOT_DIR") or tmp_path)
+    shots.mkdir(parents=True, exist_ok=True)
+    shot = run_chromium(files.html.as_uri(), f"--screenshot={shots / 'align-report.png'}", "--window-size=1400,3000",
+                        cwd=tmp_path)
+    assert shot.returncode == 0 and (shots / "align-report.png").stat().st_size > 50_000

@@ -5,8 +5,10 @@ same kind of run at its first critical refusal alert, with the feature warning a
 
 from __future__ import annotations
 
+import io
 import json
 import os
+from pathlib import Path
 
 import pytest
 from servers import alertmanager_factory, prometheus_factory, pushgateway, pushgateway_factory  # noqa: F401
@@ -83,3 +85,39 @@ def test_in_process_engine_stops_training_at_the_first_critical_refusal_alert(zo
         assert info.status == "stopped"
         assert store.recorded_steps("erosion-stop")[-1] == result.reports[-1].step  # the last evaluation is stored
         assert {a.name for a in store.alerts("erosion-stop")} & critical
+
+
+def test_stopped_erosion_demo_names_its_last_safe_checkpoint_everywhere(zoo_nano, tmp_path, receiver):  # noqa: F811
+    """`featuredrift demo --scenario erosion --stop-on-alert` at the demo's own cadence: every
+    evaluation saves a checkpoint, the first evaluation only warns, and the critical alert that
+    stops training names the checkpoint before it: in the alert's record and webhook payload,
+    the stop message, the demo summary and `runs show`; the folder exists. The data audit ran at
+    train begin and `runs show --data` lists the harmful requests answered compliantly."""
+    from rich.console import Console
+    from typer.testing import CliRunner
+
+    from featuredrift.cli.main import app
+
+    summary = io.StringIO()
+    result = run_demo("erosion", "nano", out=tmp_path, metrics_port=0, run_name="erosion-back", stop_on_alert=True,
+                      alert_webhook_url=f"http://127.0.0.1:{receiver.server_address[1]}/hook",
+                      console=Console(file=summary, width=250))
+    safe = result.last_safe_checkpoint
+    assert safe is not None and Path(safe.path).is_dir() and (Path(safe.path) / "trainer_state.json").is_file()
+    assert safe.step < result.reports[-1].step and safe.judged_by == (safe.step,)
+    assert f"last safe checkpoint: {safe.describe()}" in result.stop_reason
+    assert f"Last safe checkpoint (the newest that passed every critical alert): {safe.describe()}" in summary.getvalue()
+    _, _, alert = wait_for_notification(
+        receiver, lambda path, body, a: a["labels"]["severity"] == "critical" and a["status"] == "firing", timeout=30)
+    assert alert["annotations"]["last_safe_checkpoint"] == safe.path
+    assert alert["annotations"]["last_safe_checkpoint_step"] == str(safe.step)
+    with RunStore(result.store_url) as store:
+        critical = [a for a in store.alerts(result.run_name) if a.severity == "critical"]
+        assert critical and {(a.checkpoint, a.checkpoint_step) for a in critical} == {(safe.path, safe.step)}
+        assert store.last_safe_checkpoint(result.run_name) == safe
+    runner = CliRunner(env={"COLUMNS": "300"})
+    shown = runner.invoke(app, ["runs", "show", result.run_name, "--db", result.store_url])
+    assert shown.exit_code == 0 and safe.describe() in shown.output
+    data = runner.invoke(app, ["runs", "show", result.run_name, "--db", result.store_url, "--data", "--limit", "5"])
+    assert data.exit_code == 0 and "most likely to erode refusal" in data.output, data.output
+    assert data.output.count("harmful-looking request answered compliantly") >= 3

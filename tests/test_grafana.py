@@ -38,6 +38,7 @@ from featuredrift.dashboards.spec import (
     render_json,
     threshold_steps,
 )
+from featuredrift.store import RunStore
 
 TOKEN = "glsa_featuredrift_test"
 EXPORTER_METRICS = {
@@ -103,8 +104,10 @@ def test_thresholds_are_coloured_on_the_side_where_the_alert_fires():
     assert [colour_at(gap, v) for v in (-0.2, 0.3, 0.7, 1.0, 1.4)] == ["red", "red", "orange", "green", "green"]
     cosine = threshold_steps(("RefusalDirectionDrifted",))
     assert (colour_at(cosine, 0.2), colour_at(cosine, 0.9)) == ("red", "green")
-    fvu = threshold_steps(("BaseSAETransferDegraded",))  # fires above
-    assert (colour_at(fvu, 0.1), colour_at(fvu, 0.9)) == ("green", "orange")
+    fvu = threshold_steps(("BaseSAEWeak",))  # fires above
+    assert (colour_at(fvu, 0.1), colour_at(fvu, 0.9)) == ("green", "yellow")
+    with pytest.raises(ValueError, match="change alert"):
+        threshold_steps(("BaseSAETransferDegraded",))
     with pytest.raises(ValueError, match="jump alert"):
         threshold_steps(("KLDivergenceSpike",))
     for dashboard in all_dashboards():
@@ -118,7 +121,9 @@ def test_thresholds_are_coloured_on_the_side_where_the_alert_fires():
 
 
 def test_panels_query_only_known_metrics_and_cover_the_overview():
-    known = {s.name for s in make_report().metric_samples()} | EXPORTER_METRICS | {"ALERTS"}
+    with_references = make_report(reference_refusal={"harmful": 1.0, "harmless": 0.0},
+                                  reference_probability={"harmful": 0.9, "harmless": 0.05})
+    known = {s.name for s in with_references.metric_samples()} | EXPORTER_METRICS | {"ALERTS"}
     overview, refusal, _ = all_dashboards()
     for dashboard in (overview, refusal):
         for title, expr in panel_queries(dashboard):
@@ -320,6 +325,31 @@ def test_every_sql_panel_runs_on_a_real_run_store(reader_store):
     by_step = {(step, series): value for step, series, value in results["Refusal rate by category"][1]}
     assert by_step[(0, f"{run} harmful cybercrime_intrusion")] == pytest.approx(0.9)
     assert by_step[(30, f"{run} harmful cybercrime_intrusion")] == pytest.approx(0.1)
+    columns, rows = results["Runs: state and heartbeat"]
+    assert [dict(zip(columns, row, strict=True))["state"] for row in rows] == ["finished"]
+
+
+@pytest.mark.servers
+def test_runs_panel_calls_a_silent_running_run_stale_without_rewriting_it(postgres_url):
+    """A run killed an hour ago is still 'running' on record: the panel calls it stale, the store
+    keeps its status, and a late replay of an older event does not revive it."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    url = create_postgres_database(postgres_url, "grafana_stale")
+    dead = "killed-run"
+    with RunStore(url) as store:
+        store.start_run(dead, {})
+        store.record_heartbeat(dead, time.time() - 3600, expected_s=60)
+        store.record_heartbeat(dead, time.time() - 7200)
+        assert store.get_run(dead).status == "running" and store.get_run(dead).stale()
+    writer = make_url(url)
+    conninfo = f"host={writer.host} port={writer.port} user={writer.username} dbname={writer.database}"
+    query = dict(panel_sql(steps_dashboard()))["Runs: state and heartbeat"]
+    with psycopg.connect(conninfo) as connection:
+        cursor = connection.execute(grafana_sql(query, run=[dead]))
+        (row,) = [dict(zip([c.name for c in cursor.description], r, strict=True)) for r in cursor.fetchall()]
+    assert row["state"] == "stale" and 3500 < row["silent_s"] < 3700 and row["expected_every_s"] == 60
 
 
 @pytest.mark.servers

@@ -86,7 +86,7 @@ def test_report_renders_in_chromium_with_findings_cards_and_no_console_errors(tm
     assert console_messages(dom.stderr) == []
     page = RenderedPage()
     page.feed(dom.stdout)
-    assert page.ids[:2] == ["findings", "layer-layers.1"] and "feature-cards" in page.ids
+    assert page.ids[:3] == ["goal", "findings", "layer-layers.1"] and "feature-cards" in page.ids
     assert page.findings >= 5
     assert {("layers.3", MOST_DRIFTED), ("layers.3", EMERGING)} <= set(page.cards)
     height, width = int(page.body["data-rendered-height"]), int(page.body["data-rendered-width"])

@@ -15,8 +15,10 @@ from featuredrift.sae_store.validate import SaeError
 sae_lens = pytest.importorskip("sae_lens", reason="SAELens (featuredrift[saelens]) is not installed")
 
 
-def make_saelens_sae(folder, architecture: str, d_in: int, layer: int, d_sae: int = 256, hook: str | None = None):
-    """A small SAELens SAE whose decoder is a scaled copy of its encoder, so it reconstructs."""
+def make_saelens_sae(folder, architecture: str, d_in: int, layer: int, d_sae: int = 256, hook: str | None = None,
+                     neuronpedia_id: str | None = None):
+    """A small SAELens SAE whose decoder is a scaled copy of its encoder, so it reconstructs
+    (with `neuronpedia_id` in its metadata, as SAELens releases that Neuronpedia hosts carry)."""
     from sae_lens import (
         JumpReLUSAE,
         JumpReLUSAEConfig,
@@ -27,7 +29,8 @@ def make_saelens_sae(folder, architecture: str, d_in: int, layer: int, d_sae: in
     )
     from sae_lens.saes.sae import SAEMetadata
 
-    metadata = SAEMetadata(hook_name=hook or f"blocks.{layer}.hook_resid_post")
+    metadata = SAEMetadata(hook_name=hook or f"blocks.{layer}.hook_resid_post",
+                           **({"neuronpedia_id": neuronpedia_id} if neuronpedia_id else {}))
     classes = {
         "jumprelu": (JumpReLUSAE, JumpReLUSAEConfig, {}),
         "standard": (StandardSAE, StandardSAEConfig, {}),
@@ -137,3 +140,22 @@ def test_variable_l0_codes_of_many_chunks_stack_with_zero_padding(zoo_nano, tmp_
     assert torch.allclose(whole.reconstruction, chunked.reconstruction, atol=1e-5)
     dense = [torch.zeros(64, sae.num_latents).scatter_add_(1, c.top_indices, c.top_acts) for c in (whole, chunked)]
     assert torch.allclose(dense[0], dense[1], atol=1e-6)
+
+
+def test_a_neuronpedia_hosted_sae_names_its_id_with_the_run(zoo_nano, zoo_nano_models, tmp_path):
+    """SAELens keeps a release's Neuronpedia id in the SAE's metadata: the run records it, so the
+    report's feature cards link to each feature's Neuronpedia page; an SAE without one links nowhere."""
+    from featuredrift.monitor.config import MonitorConfig
+    from featuredrift.monitor.drift_monitor import DriftMonitor
+
+    base, _, tokenizer = zoo_nano_models
+    d_in, layer = _hidden_and_layer(zoo_nano)
+    hosted = make_saelens_sae(tmp_path / "hosted", "jumprelu", d_in, layer, neuronpedia_id="gemma-2-2b/12-gemmascope-res-16k")
+    plain = make_saelens_sae(tmp_path / "plain", "jumprelu", d_in, layer)
+    ids = []
+    for folder in (hosted, plain):
+        monitor = DriftMonitor(MonitorConfig(sae=str(folder), probes=str(zoo_nano.probes), max_probes=4,
+                                             refusal_score_every=0, kl_every=0, refusal_k=4))
+        monitor.start(base, tokenizer)
+        ids.append(monitor.provenance()["neuronpedia_ids"])
+    assert ids == [{zoo_nano.hookpoint: "gemma-2-2b/12-gemmascope-res-16k"}, {}]

@@ -229,6 +229,11 @@ def test_export_round_trips(store):
     for report in reports:
         store.record_evaluation("sft-d", report)
     store.record_alert("sft-d", "RefusalFeaturesFading", "critical", message="gap 0.6", step=6)
+    store.record_checkpoint("sft-d", 3, "/runs/sft-d/checkpoint-3")
+    from featuredrift.monitor.audit_report import AuditedExample, DataAudit
+
+    audit = DataAudit("layers.1", [AuditedExample(4, "How do I pick a lock?", "Sure!", 1.2, 1.1, 1.3, False, 0.9)], 40)
+    store.record_audit("sft-d", [audit])
 
     rows = parse_csv_export(store.export("sft-d", "csv"))
     from_csv: dict[int, dict] = {}
@@ -243,6 +248,8 @@ def test_export_round_trips(store):
     assert [e.report.to_json() for e in store.evaluations("sft-d-copy")] == [r.to_json() for r in reports]
     [alert] = store.alerts("sft-d-copy")
     assert (alert.name, alert.status, alert.step) == ("RefusalFeaturesFading", "firing", 6)
+    assert [(c.step, c.path) for c in store.checkpoints("sft-d-copy")] == [(3, "/runs/sft-d/checkpoint-3")]
+    assert store.audit("sft-d-copy") == [audit] and audit.summary == {"harmful-looking request answered compliantly": 1}
 
 
 def test_alerts_open_and_resolve(store):
@@ -377,3 +384,69 @@ def test_compare_aligns_runs_by_step_and_finds_where_they_diverge(store):
     assert gap.diverges_at == 5  # 0.95 vs 0.75 at step 5; identical at step 0
     same = by_key[("featuredrift_fvu_ratio", json.dumps({"data": "base", "layer": "layers.1", "model": "reference"}, sort_keys=True))]
     assert same.diverges_at is None
+
+
+def test_the_last_safe_checkpoint_is_the_newest_that_passed_every_critical_alert(tmp_path):
+    from featuredrift.store.checkpoints import last_safe_checkpoint
+
+    folders = {step: tmp_path / f"checkpoint-{step}" for step in (9, 15, 18, 27, 36)}
+    for folder in folders.values():
+        folder.mkdir()
+    saved = [(step, str(path)) for step, path in folders.items()]
+    evaluated = [0, 9, 18, 27, 36]
+
+    def safe(critical, checkpoints=saved):
+        found = last_safe_checkpoint(checkpoints, evaluated, critical)
+        return None if found is None else (found.step, found.judged_by)
+
+    assert safe([]) == (36, (36,))
+    assert safe([(27, None)]) == (18, (18,))  # fired at 27 and never recovered (or the run's end closed it)
+    assert safe([(18, 27)]) == (36, (36,))  # fired at 18, recovered at 27
+    # 15 lies between a passing 9 and a failing 18: not safe
+    assert safe([(18, None)], [(9, str(folders[9])), (15, str(folders[15]))]) == (9, (9,))
+    assert safe([(27, None)], [(15, str(folders[15]))]) == (15, (9, 18))
+    assert safe([(9, None)]) is None
+    folders[18].rmdir()  # save_total_limit removed it: the next older one that exists
+    assert safe([(27, None)]) == (15, (9, 18))
+    # saved after the last evaluation (the final save, before the final evaluation): judged by the one before
+    assert last_safe_checkpoint([(40, str(folders[36]))], evaluated, []).judged_by == (36,)
+
+
+def test_heartbeats_never_move_back_and_staleness_is_read_not_written(store):
+    from datetime import datetime, timedelta, timezone
+
+    store.start_run("r", {})
+    now = datetime.now(timezone.utc)
+    store.record_heartbeat("r", (now - timedelta(minutes=10)).timestamp(), expected_s=30)
+    store.record_heartbeat("r", (now - timedelta(hours=2)).timestamp())  # a late replay of an older event
+    info = store.get_run("r")
+    assert info.status == "running" and info.heartbeat_interval_s == 30
+    assert 590 < info.silent_for(now) < 610
+    assert info.stale(now) and not info.stale(now - timedelta(minutes=9))  # silent for 10 min: > 3 × 30 s
+    assert info.status_text(now) == "running (stale: no event for 10 min, expected every 30 s)"
+    store.finish_run("r", "failed", {"type": "KeyboardInterrupt", "message": ""})
+    failed = store.get_run("r")
+    assert not failed.stale(now) and failed.status_text(now) == "failed: KeyboardInterrupt"
+
+
+def test_a_replayed_journal_keeps_the_time_its_events_were_written(tmp_path):
+    """`runs import` hours after a run died must not make it look alive: heartbeats are the events' own times."""
+    import time
+
+    from featuredrift.store.journal import RunJournal, read_journal
+    from featuredrift.store.sync import store_event
+
+    journal = RunJournal.for_run(tmp_path, "dead")
+    journal.append("run", {"config": {}, "provenance": {}, "expected_s": 60})
+    journal.append("evaluation", make_report(0).to_dict())
+    journal.append("checkpoint", {"step": 0, "path": str(tmp_path / "checkpoint-0")})
+    events = read_journal(journal.path)
+    written = events[-1].at
+    assert all(e.at is not None and abs(e.at - time.time()) < 60 for e in events)
+    old = [type(e)(e.seq, e.kind, e.run, e.data, e.at - 7200) for e in events]  # as if journaled two hours ago
+    with RunStore(f"sqlite:///{tmp_path / 'runs.db'}") as store:
+        for event in old:
+            store_event(store, event)
+        info = store.get_run("dead")
+        assert abs(info.heartbeat_at.timestamp() - (written - 7200)) < 1e-3 and info.stale()
+        assert [c.step for c in store.checkpoints("dead")] == [0]

@@ -111,6 +111,9 @@ class AlertEngine:
     stop_on_alert: bool = False
     stop_severities: tuple[str, ...] = ("critical",)
     goal: str = "auto"
+    # Extra annotations for each alert of a stop severity as it starts firing (the session adds the
+    # last checkpoint that passed every critical alert), in the record, the log and the webhook alike.
+    annotate: Callable[[FiredAlert], Mapping[str, str]] | None = None
     should_stop: bool = field(default=False, init=False)
     stop_reason: str | None = field(default=None, init=False)
 
@@ -177,7 +180,13 @@ class AlertEngine:
             return self.run_goals.get(run)
         if self.goal != "auto":
             return self._decide(run, self.goal, "set by alert_goal")
-        rate = (report.refusal_rate or {}).get("harmful")
+        # The reference's own generated refusals when the monitor measured them at start, else the
+        # first evaluation's (the model at train begin).
+        measured_at = "at the reference"
+        rate = (report.refusal_rate_reference or {}).get("harmful")
+        if rate is None:
+            rate = (report.refusal_rate or {}).get("harmful")
+            measured_at = f"at step {report.step}"
         if rate is None:
             if run not in self._undecided_said:
                 self._undecided_said.add(run)
@@ -185,8 +194,8 @@ class AlertEngine:
                             "refusal rate (until then only alerts for every goal apply)", run)
             return None
         goal = "guard" if rate >= AUTO_GUARD_REFUSAL_RATE else "align"
-        return self._decide(run, goal, f"auto: the reference refuses {rate:.0%} of harmful probes at step "
-                                       f"{report.step}, guard from {AUTO_GUARD_REFUSAL_RATE:.0%}")
+        return self._decide(run, goal, f"auto: the model refuses {rate:.0%} of harmful probes {measured_at}, "
+                                       f"guard from {AUTO_GUARD_REFUSAL_RATE:.0%}")
 
     def _decide(self, run: str, goal: str, why: str) -> str:
         self.run_goals[run] = goal
@@ -206,11 +215,13 @@ class AlertEngine:
             if not applies:
                 continue
             for sample in samples:
-                if not definition.matches(sample.name, sample.labels):
+                matchers = _read_matchers(definition, sample, samples)
+                if matchers is None:
                     continue
-                series = {**sample.labels, "run": run}
+                ignored = definition.ignored_labels(matchers)
+                series = {**{k: v for k, v in sample.labels.items() if k not in ignored}, "run": run}
                 key: SeriesKey = (definition.name, tuple(sorted(series.items())))
-                value = self._derived_value(definition, key, sample.value, now)
+                value = self._derived_value(definition, key, sample, samples, matchers, now)
                 if value is None:
                     continue
                 if not self._requirement_holds(definition, key, sample, samples):
@@ -240,11 +251,18 @@ class AlertEngine:
         self.inactive[key] = reason
         return False
 
-    def _derived_value(self, definition: AlertDefinition, key: SeriesKey, value: float, now: float) -> float | None:
+    def _derived_value(self, definition: AlertDefinition, key: SeriesKey, sample: MetricSample,
+                       samples: list[MetricSample], matchers: dict[str, str], now: float) -> float | None:
+        value = sample.value
         if definition.kind == "threshold":
             return value
         if definition.kind == "stale":
             return now - value
+        if definition.kind == "change":
+            assert definition.baseline is not None
+            wanted = {**sample.labels, **definition.baseline.labels(matchers)}
+            baseline = next((s.value for s in samples if s.name == definition.baseline.metric and s.labels == wanted), None)
+            return None if baseline is None else value - baseline
         previous = self._last_counter.get(key)
         self._last_counter[key] = value
         if previous is None:
@@ -275,7 +293,7 @@ class AlertEngine:
             return None
         labels = {**series, "alertname": definition.name, "severity": definition.severity}
         annotations = {k: render(text, labels, value) for k, text in definition.annotations().items()}
-        state.firing = FiredAlert(
+        firing = FiredAlert(
             name=definition.name,
             status="firing",
             severity=definition.severity,
@@ -285,7 +303,13 @@ class AlertEngine:
             starts_at=now,
             step=step,
         )
-        return state.firing
+        if self.annotate is not None and definition.severity in self.stop_severities:
+            try:
+                firing = dataclasses.replace(firing, annotations={**annotations, **self.annotate(firing)})
+            except Exception:  # an annotation must never keep an alert from firing
+                logger.exception("alert annotation for %s failed", definition.name)
+        state.firing = firing
+        return firing
 
     def _act(self, transitions: list[FiredAlert]) -> None:
         if not transitions:
@@ -300,6 +324,24 @@ class AlertEngine:
                 _never_raise(callback, alert)
         for action in self.actions:
             _never_raise(action, transitions)
+
+
+def _read_matchers(definition: AlertDefinition, sample: MetricSample,
+                   samples: list[MetricSample]) -> dict[str, str] | None:
+    """The matchers by which `sample` is one of the alert's series: its own, or its fallback's
+    when the report has no series of the preferred kind (at the sample's layer), as the rule's
+    `unless on(job, run[, layer])` decides in Prometheus."""
+    preferred, *fallbacks = definition.candidate_matchers()
+    if definition.matches(sample.name, sample.labels, preferred):
+        return preferred
+    for fallback in fallbacks:
+        if not definition.matches(sample.name, sample.labels, fallback):
+            continue
+        layer = sample.labels.get("layer")
+        shadowed = any(definition.matches(s.name, s.labels, preferred) and s.labels.get("layer") == layer
+                       for s in samples)
+        return None if shadowed else fallback
+    return None
 
 
 def _resolved(alert: FiredAlert, now: float, value: float, step: int | None = None) -> FiredAlert:

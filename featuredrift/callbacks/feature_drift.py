@@ -17,7 +17,9 @@ from pathlib import Path
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from featuredrift.callbacks.exits import error_info
 from featuredrift.callbacks.session import MonitorSession
+from featuredrift.monitor.audit import sample_indices
 from featuredrift.monitor.config import MonitorConfig
 from featuredrift.monitor.distributed import broadcast_from_main, is_main_process
 from featuredrift.monitor.drift_monitor import DriftMonitor, MonitorError
@@ -61,9 +63,21 @@ class FeatureDriftCallback(TrainerCallback):
 
     @classmethod
     def attach(cls, trainer, config: MonitorConfig | None = None, **overrides) -> FeatureDriftCallback:
-        """Add a callback to `trainer` that also logs through the trainer's own loggers."""
+        """Add a callback to `trainer` that also logs through the trainer's own loggers, audits
+        its train dataset, and ends the run `failed` when `trainer.train()` raises."""
         callback = cls(config, trainer=trainer, **overrides)
         trainer.add_callback(callback)
+        train = trainer.train
+
+        @functools.wraps(train)
+        def train_and_fail_on_error(*args, **kwargs):
+            try:
+                return train(*args, **kwargs)
+            except BaseException as error:  # KeyboardInterrupt and OOMs too: the run must say it failed
+                callback.fail(error)
+                raise
+
+        trainer.train = train_and_fail_on_error
         return callback
 
     def __init__(self, config: MonitorConfig | None = None, *, trainer=None, **overrides):
@@ -94,6 +108,10 @@ class FeatureDriftCallback(TrainerCallback):
             # transformers reads an eval_steps below 1 as a fraction of the total steps.
             steps = eval_steps if eval_steps >= 1 else eval_steps * state.max_steps
             self.eval_every = max(1, int(steps))
+        if self.session is not None and not self.session.closed:
+            # The previous train() raised and its caller caught it (a notebook): it never ended.
+            self.session.fail({"type": "interrupted", "message": "train() ended without reaching train end"})
+        started = time.perf_counter()
         display_name = self.config.run_name or _default_run_name(args)
         resuming = state.global_step > 0
         saved = read_checkpoint_state(args, state) if resuming else None
@@ -110,8 +128,10 @@ class FeatureDriftCallback(TrainerCallback):
             check_same_inputs(saved, self.monitor.provenance(), self.run_id)
             self.monitor.evaluations = int(saved.get("evaluations", 0))
         if is_main_process():
+            # Until the first step ends the run reads the probes at least once more (step 0).
             self.session = MonitorSession.open(
-                self.config, self.run_id, self.monitor, journal_dir=folder, display_name=display_name
+                self.config, self.run_id, self.monitor, journal_dir=folder, display_name=display_name,
+                expected_s=2 * (time.perf_counter() - started),
             )
         # Evaluations up to the resumed step are kept; later ones belong to the trajectory that
         # was abandoned at the kill and are replaced as the resumed run reaches them. Every rank
@@ -119,17 +139,24 @@ class FeatureDriftCallback(TrainerCallback):
         stored = set(saved.get("evaluated_steps", [])) if saved else set()
         self._done_steps = {s for s in broadcast_from_main(stored) if s <= state.global_step}
         self._evaluate(model, state, control)
+        if self.config.audit_examples and not resuming:
+            self._audit(model, kwargs.get("train_dataloader"))
 
     @_timed
     def on_step_end(self, args, state, control, **kwargs):
         # The last step is left to on_train_end, whose evaluation is the complete, final one.
         if state.global_step % self.eval_every == 0 and state.global_step < state.max_steps:
             self._evaluate(kwargs["model"], state, control)
+        if self.session is not None:
+            self.session.heartbeat(state.global_step)
 
     @_timed
     def on_save(self, args, state, control, **kwargs):
         if self.config.eval_on_save:
             self._evaluate(kwargs["model"], state, control)
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if self.session is not None and folder.is_dir():  # a save that wrote a folder: a way back
+            self.session.record_checkpoint(state.global_step, folder.resolve())
         if is_main_process() and self.run_id is not None:
             write_checkpoint_state(args, state, {
                 "run_id": self.run_id,
@@ -142,7 +169,16 @@ class FeatureDriftCallback(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         self._evaluate(kwargs["model"], state, control, final=True)
         if self.session is not None:
+            if any(a.severity == "critical" for a in self.alerts):
+                safe = self.session.last_safe_checkpoint()
+                logger.warning("featuredrift: critical alerts fired in run %s; last checkpoint that passed every "
+                               "critical alert: %s", self.run_id, safe.describe() if safe else "none")
             self.session.close(status="stopped" if self.stop_reason else "finished")
+
+    def fail(self, error: BaseException) -> None:
+        """End the run `failed` with the exception's type and message (training raised)."""
+        if self.session is not None:
+            self.session.fail(error_info(error))
 
     # -------------------------------------------------------------- helpers
     def _evaluate(self, model, state: TrainerState, control: TrainerControl, *, final: bool = False) -> None:
@@ -181,10 +217,51 @@ class FeatureDriftCallback(TrainerCallback):
         critical = [a for a in fired if a.severity == "critical" and a.status == "firing"]
         if not critical:
             return None
-        reason = "; ".join(a.describe() for a in critical)
+        safe = self.session.last_safe_checkpoint()
+        reason = "; ".join(a.describe() for a in critical) + "; last safe checkpoint: " + (
+            safe.describe() if safe else "none (no saved checkpoint passed every critical alert)")
         logger.warning("featuredrift stops training at step %d: %s", report.step, reason)
         self.session.record_stop(report.step, reason)
         return reason
+
+
+    def _audit(self, model, dataloader) -> None:
+        """Read a sample of the train dataset with the reference (monitor/audit.py) and store it
+        with the run. Never stops training: a dataset it cannot read is a warning."""
+        dataset = getattr(self.trainer, "train_dataset", None) if self.trainer is not None else None
+        if dataset is None:
+            dataset = getattr(dataloader, "dataset", None)
+        try:
+            rows, size = dataset_sample(dataset, self.config.audit_examples)
+            audits = self.monitor.audit(model, rows, size)
+        except Exception as error:  # noqa: BLE001 - an audit must never stop training
+            logger.warning("featuredrift could not audit the training data (%s: %s)", type(error).__name__, error)
+            return
+        if self.session is None or not audits:
+            return
+        self.session.record_audit(audits)
+        first = audits[0]
+        if first.skipped_reason and not first.examples:
+            logger.warning("featuredrift could not read the training examples for the audit: %s", first.skipped_reason)
+            return
+        logger.info("featuredrift audited %d of %d training examples at %s: %s", len(first.examples), first.dataset_size,
+                    first.hookpoint, ", ".join(f"{n} {kind}" for kind, n in first.summary.items()))
+
+
+def dataset_sample(dataset, limit: int) -> tuple[list[tuple[int, dict]], int]:
+    """(index, row) of at most `limit` rows spread over a map-style dataset (the first `limit`
+    of an iterable one), and the dataset's size (-1 when unknown)."""
+    if dataset is None:
+        raise ValueError("expected the Trainer's train dataset, found none")
+    if hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__"):
+        size = len(dataset)
+        return [(i, dict(dataset[i])) for i in sample_indices(size, limit)], size
+    rows = []
+    for index, row in enumerate(dataset):
+        if index >= limit:
+            break
+        rows.append((index, dict(row)))
+    return rows, -1
 
 
 def trainer_log_values(report: EvaluationReport) -> dict[str, float]:

@@ -19,8 +19,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from featuredrift.callbacks import exits
 from featuredrift.monitor.config import MonitorConfig
 from featuredrift.monitor.report import EvaluationReport
+from featuredrift.store.checkpoints import SafeCheckpoint, last_safe_checkpoint
 from featuredrift.store.journal import JournalEvent, RunJournal, read_journal
 from featuredrift.store.sync import StoreSync
 
@@ -70,7 +72,8 @@ class BackgroundActions:
 
 
 class MonitorSession:
-    """Journal, store sync, exporter and alert engine for one run."""
+    """Journal, store sync, exporter and alert engine for one run; what it saw of checkpoints,
+    evaluations and critical alerts, to name the last safe checkpoint; its heartbeat."""
 
     def __init__(self, config: MonitorConfig, run_name: str, journal: RunJournal, sync: StoreSync, exporter, engine,
                  deliveries: BackgroundActions | None = None):
@@ -82,13 +85,22 @@ class MonitorSession:
         self.engine = engine
         self.deliveries = deliveries
         self.handoff_seconds: list[float] = []  # training-thread time of each publish: the stall telemetry costs
+        self.closed = False
+        self.checkpoints: list[tuple[int, str]] = []
+        self.evaluated: set[int] = set()
+        self._critical: dict[tuple, list[list[int | None]]] = {}  # alert series -> [fired, resolved] intervals
         self._latest_costly: dict[str, object] = {}
         self._journal_broken = False
+        self._goal_said = False
+        self._last_call = self._last_recorded = time.monotonic()
+        self._longest_gap = 0.0
+        self._expected_s = config.heartbeat_s
 
     @classmethod
     def open(cls, config: MonitorConfig, run_name: str, monitor=None, *, journal_dir: str | Path | None = None,
-             display_name: str | None = None) -> MonitorSession:
-        """Start the run's journal and its background writers.
+             display_name: str | None = None, expected_s: float | None = None) -> MonitorSession:
+        """Start the run's journal and its background writers. `expected_s` is how long the run
+        may be silent before its next event (e.g. its first evaluation), at least `heartbeat_s`.
 
         Nothing here touches the store on the calling thread unless `config.strict_store` asks
         for it, in which case an unreachable store raises now.
@@ -112,11 +124,14 @@ class MonitorSession:
             actions.append(deliveries)
         session = cls(config, run_name, journal, sync, exporter, None, deliveries)
         session.engine = AlertEngine.from_config(
-            config, webhook_url=None, actions=actions, on_fire=session._journal_alert, on_resolve=session._journal_alert
+            config, webhook_url=None, actions=actions, on_fire=session._journal_alert, on_resolve=session._journal_alert,
+            annotate=session._checkpoint_annotations,
         )
         provenance = monitor.provenance() if monitor is not None and monitor.started else {}
         provenance["display_name"] = display_name or run_name
-        session._record("run", {"config": config.public_dump(), "provenance": provenance})
+        session._expected_s = max(config.heartbeat_s, expected_s or 0.0)
+        session._record("run", {"config": config.public_dump(), "provenance": provenance, "expected_s": session._expected_s})
+        exits.watch(session)
         return session
 
     def evaluated_steps(self) -> set[int]:
@@ -145,6 +160,10 @@ class MonitorSession:
             if goal is not None and report.monitoring_goal is None:
                 report.monitoring_goal = goal
             self._record("evaluation", report.to_dict())
+            if goal is not None and not self._goal_said:
+                self._goal_said = True
+                self._record("goal", {"goal": goal, "reason": self.engine.goal_reasons.get(self.run_name, ""),
+                                      "step": int(report.step)})
             try:
                 self.exporter.submit(self._with_latest_costly(report))
             except Exception:  # exporters should not raise; belt and braces for third-party ones
@@ -154,21 +173,68 @@ class MonitorSession:
             except Exception:
                 logger.exception("featuredrift alert engine failed on step %d", report.step)
                 return []
+            finally:
+                self.evaluated.add(int(report.step))
         finally:
             self._note_handoff(time.perf_counter() - started, f"step {report.step}")
 
     def record_stop(self, step: int, reason: str) -> None:
         self._record("stop", {"step": int(step), "reason": reason})
 
-    def close(self, status: str = "finished") -> None:
+    def heartbeat(self, step: int | None = None) -> None:
+        """A sign of life from the training loop (each step end): journaled at most every
+        `heartbeat_s` (any other event counts too), with how long the next one may take: the
+        longest gap seen between two calls, evaluations included, and at least `heartbeat_s`."""
+        now = time.monotonic()
+        self._longest_gap = max(self._longest_gap, now - self._last_call)
+        self._last_call = now
+        expected = max(self.config.heartbeat_s, self._longest_gap)
+        if now - self._last_recorded < self.config.heartbeat_s and expected <= self._expected_s:
+            return
+        self._expected_s = expected
+        self._record("heartbeat", {"step": None if step is None else int(step), "expected_s": expected})
+
+    def record_checkpoint(self, step: int, path: str | Path) -> None:
+        """A checkpoint the Trainer saved: a candidate for the last safe checkpoint."""
+        self.checkpoints.append((int(step), str(path)))
+        self._record("checkpoint", {"step": int(step), "path": str(path)})
+
+    def record_audit(self, audits: list) -> None:
+        """The training-data audit (monitor/audit.py), stored with the run."""
+        self._record("audit", {"audits": [a.to_dict() for a in audits]})
+
+    def last_safe_checkpoint(self, failing_step: int | None = None) -> SafeCheckpoint | None:
+        """The newest checkpoint saved so far that passed every critical alert (`failing_step`:
+        an evaluation also known to fail, e.g. one whose alert is firing right now)."""
+        intervals = [tuple(i) for spans in self._critical.values() for i in spans]
+        if failing_step is not None:
+            intervals.append((failing_step, None))
+        return last_safe_checkpoint(self.checkpoints, self.evaluated | ({failing_step} - {None}), intervals)
+
+    def fail(self, error: dict[str, str]) -> None:
+        """End the run as failed with the exception's type and message (never raises)."""
+        if self.closed:
+            return
+        logger.error("featuredrift: training of run %s failed (%s: %s)", self.run_name, error.get("type"),
+                     error.get("message"))
+        try:
+            self.close(status="failed", error=error)
+        except Exception:  # noqa: BLE001 - we are already handling a failure
+            logger.exception("featuredrift could not close run %s", self.run_name)
+
+    def close(self, status: str = "finished", error: dict[str, str] | None = None) -> None:
         """Resolve alerts, finish the run and give the writers at most `close_timeout_s`."""
+        if self.closed:
+            return
+        self.closed = True
+        exits.forget(self)
         started = time.perf_counter()
         budget = self.config.close_timeout_s
         try:
             self.engine.resolve_run(self.run_name, time.time())
         except Exception:
             logger.exception("featuredrift could not resolve the run's alerts")
-        self._record("finish", {"status": status})
+        self._record("finish", {"status": status, **({"error": error} if error else {})})
         deadline = time.monotonic() + budget
         left = self.sync.close(budget)
         for closer in (self.exporter.close, getattr(self.deliveries, "close", None)):
@@ -186,11 +252,12 @@ class MonitorSession:
 
     def _record(self, kind: str, data: dict) -> None:
         """Journal an event durably, then hand it to the store sync (in memory if the disk refuses)."""
+        self._last_recorded = time.monotonic()
         try:
             event = self.journal.append(kind, data)
             durable = True
         except OSError as error:
-            event = JournalEvent(self.journal.next_sequence(), kind, self.run_name, data)
+            event = JournalEvent(self.journal.next_sequence(), kind, self.run_name, data, time.time())
             durable = False
             if not self._journal_broken:
                 self._journal_broken = True
@@ -199,9 +266,23 @@ class MonitorSession:
         self.sync.submit(event, durable)
 
     def _journal_alert(self, alert) -> None:
+        if alert.severity in self.engine.stop_severities:
+            spans = self._critical.setdefault((alert.name, tuple(sorted(alert.labels.items()))), [])
+            if alert.status == "firing":
+                spans.append([alert.step, None])
+            elif spans:
+                spans[-1][1] = alert.resolved_step
         if alert.status == "resolved" and getattr(alert, "resolved_step", None) is None:
             return  # closed because the run ended, not because it recovered: it stays firing on record
         self._record("alert", dataclasses.asdict(alert) if dataclasses.is_dataclass(alert) else dict(vars(alert)))
+
+    def _checkpoint_annotations(self, alert) -> dict[str, str]:
+        """What a critical alert says about the way back: the last checkpoint that passed every
+        critical alert (this one firing at its step included)."""
+        safe = self.last_safe_checkpoint(failing_step=alert.step)
+        if safe is None:
+            return {"last_safe_checkpoint": "none: no saved checkpoint has passed every critical alert yet"}
+        return {"last_safe_checkpoint": safe.path, "last_safe_checkpoint_step": str(safe.step)}
 
     def _note_handoff(self, seconds: float, what: str, budget: float | None = None) -> None:
         self.handoff_seconds.append(seconds)

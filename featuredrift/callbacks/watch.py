@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from featuredrift.callbacks.exits import error_info
 from featuredrift.callbacks.session import MonitorSession
 from featuredrift.monitor.config import MonitorConfig
 from featuredrift.monitor.drift_monitor import DriftMonitor, MonitorError
@@ -106,6 +107,7 @@ def watch(
     reports: list[EvaluationReport] = []
     monitor = session = None
     status = "failed"
+    error = None
     try:
         while True:
             checkpoints = completed_checkpoints(folder, incomplete)
@@ -137,13 +139,18 @@ def watch(
             if ending:
                 status = "finished"
                 return reports
+            if session is not None:
+                session.heartbeat()  # alive between checkpoints: the run is not stale while it waits
             time.sleep(interval_s)
     except KeyboardInterrupt:
         status = "stopped"
         raise
+    except BaseException as raised:
+        error = error_info(raised)
+        raise
     finally:
         if session is not None:
-            session.close(status=status)
+            session.close(status=status, error=error if status == "failed" else None)
 
 
 def _publish(session: MonitorSession, report: EvaluationReport, reports: list, on_report) -> None:

@@ -14,13 +14,15 @@ class Scenario(str, Enum):
     align = "align"
     erosion = "erosion"
     benign = "benign"
+    overrefusal = "overrefusal"
 
 
 def demo(
     scenario: Scenario = typer.Option(
         Scenario.align,
         help="align: base → chat, refusal features emerge; erosion: chat → harmful-compliant SFT, they fade; "
-        "benign: chat → harmless SFT, nothing critical should fire.",
+        "benign: chat → harmless SFT, nothing critical should fire; overrefusal: chat → SFT that refuses half the "
+        "harmless requests, the over-refusal alerts fire.",
     ),
     size: ZooSize = typer.Option(ZooSize.tiny, help="Zoo size: nano (fast) or tiny."),
     steps: int = typer.Option(0, help="Training steps (0 = the zoo's SFT recipe)."),

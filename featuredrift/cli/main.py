@@ -7,6 +7,7 @@ from __future__ import annotations
 import typer
 
 from featuredrift.cli.alerts import app as alerts_app
+from featuredrift.cli.audit import audit_command
 from featuredrift.cli.bench import bench
 from featuredrift.cli.demo import demo
 from featuredrift.cli.grafana import app as grafana_app
@@ -33,6 +34,7 @@ app.add_typer(runs_app, name="runs")
 app.add_typer(alerts_app, name="alerts")
 app.add_typer(grafana_app, name="grafana")
 app.command("report")(report_command)
+app.command("audit")(audit_command)
 app.command("replicate")(replicate_command)
 app.command()(demo)
 app.command()(bench)

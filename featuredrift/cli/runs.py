@@ -77,7 +77,7 @@ def list_runs(db: str | None = DbOption) -> None:
                       ("name", "status", "evaluations", "last step", "created", "updated", "reference"))
     for run in runs:
         table.add_row(
-            run.name, run.status, str(run.evaluation_count),
+            run.name, run.status_text(), str(run.evaluation_count),
             "—" if run.last_step is None else str(run.last_step),
             run.created_at.strftime("%Y-%m-%d %H:%M:%S"), run.updated_at.strftime("%Y-%m-%d %H:%M:%S"),
             run.reference_policy or "—",
@@ -96,19 +96,28 @@ def show_run(
         False, "--features", help="Print the feature cards of the latest evaluation: drifted and refusal features."
     ),
     limit: int = typer.Option(
-        DEFAULT_CARD_LIMIT, "--limit", min=1, help="With --features: print at most this many cards (the most telling first)."
+        DEFAULT_CARD_LIMIT, "--limit", min=1, help="With --features or --data: print at most this many (the most telling first)."
+    ),
+    data: bool = typer.Option(
+        False, "--data", help="Print the training-data audit: the examples most likely to erode refusal or teach over-refusal."
     ),
 ) -> None:
-    """A run's metadata, the latest value of every metric, and its alerts."""
+    """A run's state and goal, what it found, the latest value of every metric, its alerts and the last safe checkpoint."""
     if completions is not None:
         _show_completions(run, completions, db)
         return
     if features:
         _show_features(run, db, limit)
         return
+    if data:
+        _show_audit(run, db, limit)
+        return
     from rich.console import Console
 
+    from featuredrift.reports.feature_cards import build_cards
+    from featuredrift.reports.findings import run_findings, run_goal
     from featuredrift.store.errors import StoreError
+    from featuredrift.store.rows import duration_text
 
     console = Console()
     with open_store(db) as store:
@@ -117,12 +126,23 @@ def show_run(
             latest = store.latest_values(run)
             alerts = store.alerts(run)
             categories = store.category_refusals(run)
+            goal = run_goal(store, run, info)
+            safe = store.last_safe_checkpoint(run)
+            checkpoints = store.checkpoints(run)
+            findings = run_findings(store, run, build_cards(store, run))
         except StoreError as error:
             fail(error)
     meta = new_table(f"run {info.name}", ("field", "value"), show_header=False)
+    silent = info.silent_for()
     for field, value in (
-        ("status", info.status), ("evaluations", str(info.evaluation_count)),
+        ("status", info.status_text()),
+        ("goal", f"{goal.goal or '—'} ({goal.reason})"),
+        ("last event", "—" if silent is None else f"{duration_text(silent)} ago (expected every "
+                                                   f"{duration_text(info.expected_interval_s)})"),
+        ("evaluations", str(info.evaluation_count)),
         ("last step", "—" if info.last_step is None else str(info.last_step)),
+        ("checkpoints", ", ".join(str(c.step) for c in checkpoints) or "—"),
+        ("last safe checkpoint", safe.describe() if safe else "—"),
         ("created", info.created_at.isoformat()), ("updated", info.updated_at.isoformat()),
         ("model", info.model_fingerprint or "—"), ("sae", info.sae_fingerprint or "—"),
         ("reference", info.reference_policy or "—"),
@@ -130,6 +150,11 @@ def show_run(
     ):
         meta.add_row(field, value)
     console.print(meta)
+    from rich.markup import escape
+
+    tone_style = {"alarm": "bold red", "notice": "dark_orange", "ok": "green", "neutral": "dim"}
+    for finding in findings:
+        console.print(f"[{tone_style.get(finding.tone, '')}]{escape(finding.title)}.[/] {escape(finding.text)}")
     import json
 
     for table in _refusal_tables(latest, categories):
@@ -140,13 +165,15 @@ def show_run(
         metrics.add_row(name, _labels(json.loads(key)), str(step), _fmt(value))
     console.print(metrics)
     if alerts:
-        table = new_table("alerts", ("name", "severity", "status", "fired at step", "resolved at step", "started", "ended", "message"))
+        table = new_table("alerts", ("name", "severity", "status", "fired at step", "resolved at step", "started", "ended",
+                                     "message", "last safe checkpoint"))
         for alert in alerts:
             table.add_row(
                 alert.name, alert.severity, alert.status, "—" if alert.step is None else str(alert.step),
                 "—" if alert.resolved_step is None else str(alert.resolved_step),
                 alert.started_at.isoformat(timespec="seconds"),
                 alert.ended_at.isoformat(timespec="seconds") if alert.ended_at else "—", alert.message,
+                alert.checkpoint or "—",
             )
         console.print(table)
 
@@ -256,9 +283,50 @@ def _contexts_cell(card, model: str) -> str:
     """One line per context, its token highlighted (rich markup; probe text is escaped)."""
     from rich.markup import escape
 
-    lines = [f"…{escape(c.left)}[bold reverse]{escape(c.token)}[/]{escape(c.right)}… {_fmt(c.activation)} ({c.subset})"
+    from featuredrift.reports.feature_cards import shown_token
+
+    lines = [f"…{escape(c.left)} [bold reverse]{escape(shown_token(c.token))} read-out[/] {_fmt(c.activation)} ({c.subset} prompt)"
+             if c.readout else
+             f"…{escape(c.left)}[bold reverse]{escape(shown_token(c.token))}[/]{escape(c.right)}… {_fmt(c.activation)} ({c.subset})"
              for c in card.contexts if c.model == model]
     return "\n".join(lines) or "does not fire on any probe token"
+
+
+def _show_audit(run: str, db: str | None, limit: int) -> None:
+    """The training-data audit stored with the run: what it read and its most telling examples."""
+    from rich.console import Console
+
+    from featuredrift.store.errors import StoreError
+
+    with open_store(db) as store:
+        try:
+            audits = store.audit(run)
+        except StoreError as error:
+            fail(error)
+    console = Console()
+    if not audits:
+        console.print(f"run {run}: no training-data audit stored (audit_examples=0, or a run recorded before audits)")
+        return
+    print_audit(console, audits, limit)
+
+
+def print_audit(console, audits, limit: int) -> None:
+    """Per hookpoint: what the audit read, then the examples most likely to erode refusal and to teach over-refusal."""
+    for audit in audits:
+        console.print(f"training-data audit at {audit.hookpoint}: {len(audit.examples)} of {audit.dataset_size} examples "
+                      "read by the reference; " + "; ".join(f"{n} {kind}" for kind, n in audit.summary.items()))
+        if audit.skipped:
+            console.print(f"{audit.skipped} row(s) could not be read, e.g. {audit.skipped_reason}")
+        for title, examples in (("most likely to erode refusal (compliant answers, most harmful-looking first)",
+                                 audit.eroding(limit)),
+                                ("most likely to teach over-refusal (refusals, most harmless-looking first)",
+                                 [e for e in audit.over_refusing(limit) if not e.harmful_request])):
+            if not examples:
+                continue
+            table = new_table(title, ("example", "prompt", "target", "harmfulness", "reference P(refusal)", "reading"))
+            for e in examples:
+                table.add_row(str(e.example), e.prompt, e.target, f"{e.harmfulness:.2f}", _fmt(e.refusal_probability), e.kind)
+            console.print(table)
 
 
 def _show_completions(run: str, step: int, db: str | None) -> None:

@@ -52,6 +52,29 @@ def build(
 
 
 @app.command()
+def data(
+    scenario: str = typer.Argument(..., help="A demo scenario: align, erosion, benign or overrefusal."),
+    size: str = typer.Option("nano", "--size", help=_SIZE_HELP, callback=_check_size),
+    out: Path = typer.Option(..., "--out", "-o", help="JSONL file to write."),
+) -> None:
+    """Write a demo scenario's training set, each row with its ground truth (`labels`: harmful_request,
+    refusal, harmful_compliance, harmless_refused), e.g. to measure `featuredrift audit --label`."""
+    from featuredrift.zoo import ensure_zoo
+    from featuredrift.zoo.demo import SCENARIOS, example_labels, scenario_conversations
+
+    if scenario not in SCENARIOS:
+        raise typer.BadParameter(f"expected one of {', '.join(SCENARIOS)}, found {scenario!r}", param_hint="SCENARIO")
+    paths = ensure_zoo(size, progress=True)
+    conversations = scenario_conversations(scenario, paths.data)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", encoding="utf-8") as handle:
+        for conversation in conversations:
+            handle.write(json.dumps({**conversation, "labels": example_labels(conversation)}) + "\n")
+    start = paths.base if SCENARIOS[scenario].start == "base" else paths.chat
+    typer.echo(f"wrote {len(conversations)} examples of the {scenario} demo to {out}; the model it fine-tunes: {start}")
+
+
+@app.command()
 def info(
     size: str = typer.Option("nano", "--size", help=_SIZE_HELP, callback=_check_size),
     root: Path | None = typer.Option(None, "--root", help="Zoo directory (default: the size's cache folder)."),

@@ -72,7 +72,8 @@ def threshold_steps(alert_names: tuple[str, ...]) -> list[dict]:
     jumps = [d.name for d in definitions if d.kind != "threshold"]
     if jumps:
         raise ValueError(f"panel thresholds: expected level alerts (kind 'threshold'), found {jumps}: "
-                         "a jump alert compares two evaluations, not a level")
+                         "a jump alert compares two evaluations and a change alert a series with its reference "
+                         "value, not a level")
     cuts = sorted({d.threshold for d in definitions})
     probes = [cuts[0] - 1] + [(a + b) / 2 for a, b in zip(cuts, cuts[1:], strict=False)] + [cuts[-1] + 1] if cuts else [0]
     steps = []
@@ -265,10 +266,12 @@ OVERVIEW = Dashboard(
             "Base-SAE transfer (FVU)",
             (Query(f"featuredrift_fvu_ratio{{{RUN_LAYER}}}", "{{run}} {{layer}} {{model}}/{{data}}"),),
             "Fraction of variance the frozen base SAE leaves unexplained, per model × probe data. "
-            "Rising current/chat FVU: new features the base SAE cannot explain.",
+            "Rising current/chat FVU: new features the base SAE cannot explain (BaseSAETransferDegraded fires on a "
+            f"rise of more than {ALERTS['BaseSAETransferDegraded'].threshold:g} over the reference's own FVU). "
+            "Shaded above the BaseSAEWeak threshold: the SAE explains less than half the variance, whatever the run.",
             unit="percentunit",
             min=0,
-            alerts=("BaseSAETransferDegraded",),
+            alerts=("BaseSAEWeak",),
         ),
         Panel(
             "Divergent token fraction",
@@ -443,7 +446,12 @@ REFUSAL = Dashboard(
                 Query(f"featuredrift_refusal_rate_ratio{{{RUN}}}", "{{run}} refused {{prompts}}"),
                 Query(f"featuredrift_safety_score_ratio{{{RUN}}}", "{{run}} safety score"),
                 Query(f"featuredrift_refusal_token_probability_ratio{{{RUN}}}", "{{run}} P(refusal start) {{prompts}}"),
+                Query(f"featuredrift_refusal_rate_reference_ratio{{{RUN}}}", "{{run}} reference refused {{prompts}}"),
+                Query(f"featuredrift_refusal_token_probability_reference_ratio{{{RUN}}}",
+                      "{{run}} reference P(refusal start) {{prompts}}"),
             ),
+            "Refusals now and the reference model's own (generated once at start): OverRefusal and "
+            "OverRefusalRising fire on a rise over the reference on the borderline prompts, else the harmless ones.",
             unit="percentunit",
             min=0,
             max=1,
@@ -509,7 +517,7 @@ STEPS = Dashboard(
                  unit="percentunit", min=0, max=1),
         _by_step("Base-SAE transfer (FVU)", "fvu_ratio",
                  "Fraction of variance the frozen base SAE leaves unexplained, per model × probe data.",
-                 ("model", "data"), unit="percentunit", min=0, alerts=("BaseSAETransferDegraded",)),
+                 ("model", "data"), unit="percentunit", min=0, alerts=("BaseSAEWeak",)),
         _by_step("Divergent token fraction", "divergent_tokens_ratio",
                  "Fraction of probe token pairs with cos(x_ref, x_now) < τ.", unit="percentunit", min=0, max=1),
         _by_step("Explained ratio (ER)", "explained_ratio",
@@ -547,6 +555,10 @@ STEPS = Dashboard(
               kind="trend", source="store", unit="percentunit", min=0, max=1),
         _store_table("Alerts by step", sql.ALERTS_BY_STEP,
                      "Alerts recorded in the run store with the step they fired and resolved at."),
+        _store_table("Runs: state and heartbeat", sql.RUNS_STATE,
+                     "Each selected run as recorded: 'stale' marks a run still running on record that has sent no "
+                     "event for more than three of its heartbeat intervals (most likely killed); 'failed' runs name "
+                     "the exception that ended them. Also the newest evaluated step and checkpoint, and the goal."),
     ),
 )
 

@@ -102,7 +102,8 @@ WHERE r.name IN ($run) AND f.hookpoint IN ($layer) AND f.source = 'reference' AN
 ORDER BY e.step, series"""
 
 ALERTS_BY_STEP = """SELECT r.name AS run, a.name AS alert, a.severity AS severity, a.status AS status,
-  a.step AS fired_at_step, a.resolved_step AS resolved_at_step, a.message AS message
+  a.step AS fired_at_step, a.resolved_step AS resolved_at_step, a.message AS message,
+  a.checkpoint AS last_safe_checkpoint
 FROM alerts a
 JOIN runs r ON r.id = a.run_id
 WHERE r.name IN ($run)
@@ -129,3 +130,20 @@ JOIN evaluations e ON e.id = c.evaluation_id
 JOIN runs r ON r.id = e.run_id
 WHERE r.name IN ($run) AND c.refusal_rate IS NOT NULL
 ORDER BY e.step, series"""
+# Each run's state as recorded, and whether it is stale: still 'running' on record but silent for
+# more than three of its own heartbeat intervals (most likely dead; runs recorded before heartbeats:
+# since the store last wrote to them). Derived here; the stored
+# status is never rewritten. Also its newest step, newest checkpoint and monitoring goal.
+RUNS_STATE = """SELECT r.name AS run,
+  CASE WHEN r.status = 'running' AND coalesce(r.heartbeat_at, r.updated_at)
+            < now() - make_interval(secs => 3 * coalesce(r.heartbeat_interval_s, 60)) THEN 'stale'
+       ELSE r.status END AS state,
+  coalesce(r.heartbeat_at, r.updated_at) AS last_event,
+  extract(epoch FROM now() - coalesce(r.heartbeat_at, r.updated_at)) AS silent_s,
+  r.heartbeat_interval_s AS expected_every_s,
+  (SELECT max(e.step) FROM evaluations e WHERE e.run_id = r.id) AS last_step,
+  (SELECT max(c.step) FROM checkpoints c WHERE c.run_id = r.id) AS newest_checkpoint_step,
+  r.extra ->> 'monitoring_goal' AS goal, r.extra -> 'error' ->> 'type' AS error
+FROM runs r
+WHERE r.name IN ($run)
+ORDER BY r.created_at DESC"""

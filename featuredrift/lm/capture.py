@@ -405,8 +405,16 @@ def encode_prompts(
     """
     budget = char_budget(tokenizer, max_length) if max_length is not None else None
     texts = format_prompts(tokenizer, [cut_text(i, budget, "tail") for i in instructions], prompt_format)
-    add_special = prompt_format == "base"
-    encoding = tokenizer(texts, add_special_tokens=add_special)
+    return encode_prompt_texts(tokenizer, texts, add_special_tokens=prompt_format == "base", max_length=max_length)
+
+
+def encode_prompt_texts(
+    tokenizer, texts: Sequence[str], *, add_special_tokens: bool, max_length: int | None = None
+) -> list[EncodedPrompt]:
+    """`encode_prompts` for texts already formatted (a chat template's rendering of a whole
+    conversation up to its generation prompt, or a raw prompt string): the same readout rule."""
+    texts = list(texts)
+    encoding = tokenizer(texts, add_special_tokens=add_special_tokens)
     special = set(tokenizer.all_special_ids)
     prompts = []
     for row, (text, ids) in enumerate(zip(texts, encoding["input_ids"], strict=True)):

@@ -30,6 +30,13 @@ def format_chat_prompt(tokenizer, instruction: str) -> str:
     )
 
 
+def format_chat_messages(tokenizer, messages: Sequence[dict[str, str]]) -> str:
+    """A conversation so far (system/user/assistant turns) followed by the assistant generation
+    prompt: where the next assistant turn, e.g. a training example's target, starts."""
+    require_chat_template(tokenizer)
+    return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+
+
 def format_base_prompt(instruction: str) -> str:
     return f"{instruction}\n"
 

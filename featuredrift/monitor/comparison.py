@@ -56,6 +56,8 @@ def build_report(
     if reading.refusal_probability:
         report.refusal_token_probability = {s: float(p.mean()) for s, p in reading.refusal_probability.items()}
         report.refusal_token_logodds = {s: float(refusal.log_odds(p).mean()) for s, p in reading.refusal_probability.items()}
+    if reference.refusal_probability:
+        report.refusal_token_probability_reference = {s: float(p.mean()) for s, p in reference.refusal_probability.items()}
     if with_kl:
         t = time.perf_counter()
         summary = kl_metrics.summarise_kl(kl_metrics.compact_kl(reference.next_token, reading.next_token))
@@ -231,6 +233,16 @@ def refusal_by_category(probes: ProbeSet, token_probability: dict[str, Tensor],
                 refusal_token_logodds=float(refusal.log_odds(p).mean()) if p is not None else None,
             ))
     return rows or None
+
+
+def refusal_rates(probes: ProbeSet, generated: dict[str, list[str]], refusal_judge) -> dict[str, float]:
+    """Per prompt subset, the share of completions the refusal judge calls a refusal."""
+    rates = {}
+    for subset, completions in generated.items():
+        if completions:
+            verdicts = refusal_judge.refusals(list(getattr(probes, subset)), completions)
+            rates[subset] = sum(verdicts) / len(verdicts)
+    return rates
 
 
 def _listed_features(drifted, current_refusal: Tensor, reference_refusal: Tensor) -> list[int]:

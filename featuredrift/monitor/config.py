@@ -155,6 +155,10 @@ class MonitorConfig(BaseSettings):
         "refusal", description="Safety judge: 'refusal' (refused => safe, by the refusal judge), 'harmbench:<path>' or "
         "'wildguard:<path>'.",
     )
+    audit_examples: int = Field(
+        256, ge=0, description="At train begin, the reference reads a sample of at most this many training examples and "
+        "scores which would erode refusal or teach over-refusal (0 = no audit).",
+    )
 
     # Where results go
     run_name: str | None = None
@@ -177,6 +181,10 @@ class MonitorConfig(BaseSettings):
         5.0, ge=0, description="At train end, how long to wait for the store, exporter and webhook; the rest stays in the journal."
     )
     strict_store: bool = Field(False, description="Fail at attach time when the run store is unreachable (default: warn, keep journaling).")
+    heartbeat_s: float = Field(
+        60.0, gt=0, description="Seconds between the run's heartbeats while it trains: a running run silent for several of "
+        "its heartbeat intervals shows as stale (most likely dead).",
+    )
 
     # Alerts
     alert_goal: str = Field(

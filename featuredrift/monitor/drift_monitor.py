@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,11 +28,12 @@ from torch import Tensor, nn
 from featuredrift import sae_store
 from featuredrift.lm.hookpoints import hidden_size, resolve_hookpoint, unwrap_model
 from featuredrift.lm.prompts import format_prompts
-from featuredrift.monitor import feature_contexts, reading, reference
+from featuredrift.monitor import audit, feature_contexts, reading, reference
 from featuredrift.monitor.comparison import (
     ContextLookup,
     build_report,
     refusal_by_category,
+    refusal_rates,
     score_refusals,
 )
 from featuredrift.monitor.config import MonitorConfig
@@ -70,6 +72,11 @@ class _State:
     kl_support: Tensor | None = None  # [N_kl, k] the reference's next-token ids, on every rank
     refusal_judge: object | None = None  # decides the refusal rates (monitor.judges)
     safety_judge: object | None = None  # decides the safety score
+    reference_refusal_rate: dict[str, float] | None = None  # the reference's generated refusal rates (rank 0)
+    # The reference's completions, kept for the first evaluation when it reads the very same model
+    # (the callback's step 0): greedy decoding would repeat them exactly. Every rank knows whether.
+    reference_completions: dict[str, list[str]] | None = None
+    reuse_reference_completions: bool = False
 
 
 class DriftMonitor:
@@ -201,6 +208,7 @@ class DriftMonitor:
             if cached is not None:
                 state.reference = cached.reading.to(model_device(model))
                 state.model_fingerprint = cached.model_fingerprint
+                state.reference_refusal_rate = cached.refusal_rate
             return
         policy_needs_cache = reference_model is None and cfg.reference in ("initial", "auto") and not reference.is_peft(model)
         if require_cache and policy_needs_cache:
@@ -209,12 +217,21 @@ class DriftMonitor:
                 f"resuming with reference policy {cfg.reference!r}: expected the cached step-0 reference at "
                 f"{reference_cache}, found {found}; pass reference=<base model path> to recompute it from the base model"
             )
+        generate = cfg.refusal_score_every > 0
         with reference.reference_source(model, reference_model, cfg.reference) as source:
             state.model_fingerprint = reference.model_fingerprint(source)
             state.reference = self._read(source, kl=cfg.kl_every > 0)
+            # Once per run: what the reference itself refuses, so the over-refusal alerts compare
+            # with it instead of blaming fine-tuning for a reference that already refused.
+            completions = self._generate(source) if generate else None
+        if completions is not None:
+            state.reference_refusal_rate = refusal_rates(state.probes, completions, state.refusal_judge)
+            state.reference_completions = completions
+        state.reuse_reference_completions = generate and policy_needs_cache
         if reference_cache and state.reference is not None:
             try:
-                reference.save_reading(reference_cache, state.reference, cache_key, state.model_fingerprint)
+                reference.save_reading(reference_cache, state.reference, cache_key, state.model_fingerprint,
+                                       refusal_rate=state.reference_refusal_rate)
             except Exception as error:  # noqa: BLE001 - a full disk must not stop training; only a resume needs the cache
                 logger.warning("featuredrift could not cache the reference readings at %s (%s); a resumed run "
                                "will need reference=<base model path>", reference_cache, error)
@@ -253,9 +270,12 @@ class DriftMonitor:
         current = self._read(model, kl=do_kl)
         timings["forward"] = time.perf_counter() - t0
         t = time.perf_counter()
-        completions = (reading.generate_completions(model, self.tokenizer, state.probes, state.prompt_format,
-                                                    max_new_tokens=cfg.max_new_tokens, batch_size=cfg.generation_batch_size)
-                       if do_generation else None)
+        completions = None
+        if do_generation:
+            reuse = index == 0 and self._is_unchanged_reference(model)
+            completions = state.reference_completions if reuse else self._generate(model)
+        state.reference_completions = None
+        state.reuse_reference_completions = False
         if completions is not None:
             timings["generation"] = time.perf_counter() - t
         report = None
@@ -267,9 +287,47 @@ class DriftMonitor:
                 refused = score_refusals(report, state.probes, completions, current.refusal_probability, cfg,
                                          state.refusal_judge, state.safety_judge)
             report.refusal_by_category = refusal_by_category(state.probes, current.refusal_probability, refused)
+            report.refusal_rate_reference = state.reference_refusal_rate
             timings["total"] = time.perf_counter() - t0
         state.evaluations += 1
         return broadcast_from_main(report)
+
+    def _generate(self, model: nn.Module) -> dict[str, list[str]] | None:
+        state, cfg = self._require_started(), self.config
+        return reading.generate_completions(model, self.tokenizer, state.probes, state.prompt_format,
+                                            max_new_tokens=cfg.max_new_tokens, batch_size=cfg.generation_batch_size)
+
+    def _is_unchanged_reference(self, model: nn.Module) -> bool:
+        """Whether `model` is the reference itself, unchanged (its fingerprint says so), so its
+        completions are the reference's. Every rank takes the same branch."""
+        state = self._require_started()
+        return state.reuse_reference_completions and reference.model_fingerprint(model) == state.model_fingerprint
+
+    def audit(self, model: nn.Module, rows: Sequence[tuple[int, Mapping]], dataset_size: int) -> list[audit.DataAudit] | None:
+        """Read training examples (index, row) with the reference model and score how each would
+        move refusal (see `monitor/audit.py`): one audit per hookpoint. Runs on every rank (the
+        forward is a collective); rank 0 gets the audits, the other ranks None."""
+        state, cfg = self._require_started(), self.config
+        inputs, problems = audit.audit_inputs(rows, self.tokenizer, state.prompt_format, max_length=cfg.max_length)
+        if not inputs:
+            reason = problems[0] if problems else "no rows"
+            return [audit.DataAudit(h, [], dataset_size, len(problems), reason) for h in state.saes] if is_main_process() else None
+        batches = {"audit": reading.prompt_batches(self.tokenizer, [item.prompt for item in inputs], cfg.batch_size)}
+        with reference.reference_source(model, None, cfg.reference) as source:
+            read = reading.read_probes(source, batches, list(state.saes), keep={}, refusal_tokens=state.refusal_tokens,
+                                       refusal_subsets=("audit",))
+        if read is None:
+            return None
+        audits = []
+        for hookpoint, sae in state.saes.items():
+            ref = state.layer_reference[hookpoint]
+            probe_acts = {s: state.reference.activations[s][hookpoint] for s in reading.PROMPT_SUBSETS}
+            scores = audit.harmfulness_scores(read.activations["audit"][hookpoint], sae, ref.direction, ref.refusal_features,
+                                              probe_acts, {s: ref.codes[s] for s in reading.PROMPT_SUBSETS},
+                                              encode_batch_size=cfg.encode_batch_size)
+            examples = audit.audited_examples(inputs, *scores, read.refusal_probability.get("audit"))
+            audits.append(audit.DataAudit(hookpoint, examples, dataset_size, len(problems), problems[0] if problems else None))
+        return audits
 
     def provenance(self) -> dict:
         """What this monitor measures with, for the run store."""
@@ -289,6 +347,7 @@ class DriftMonitor:
                 "outliers_left_out": {s: int((~k).sum()) for s, k in state.keep.items()},
             },
             "sae_source": self.config.sae,
+            "neuronpedia_ids": {h: sae.neuronpedia_id for h, sae in state.saes.items() if getattr(sae, "neuronpedia_id", None)},
             "probe_source": self.config.probes,
             "probe_subsets": probe_subsets(state.probes),
             "judges": {"refusal": self.config.refusal_judge, "safety": self.config.judge},

@@ -18,10 +18,15 @@ import torch
 from torch import Tensor
 
 from featuredrift.monitor.metrics import cat_codes
+from featuredrift.monitor.reading import TEXT_SUBSETS
 from featuredrift.monitor.report import FeatureContext
 
 # Largest dense [tokens, features] block built at once when ranking every latent of the reference.
 _DENSE_BLOCK_ELEMENTS = 2**24
+# Text subsets are read at every content token; every other subset is a prompt read at its read-out
+# token (the last before the response, often a newline or a template token): its context is the
+# prompt before it, decoded without the template's control tokens, up to this many tokens.
+READOUT_CONTEXT_TOKENS = 24
 
 
 class TopRows(NamedTuple):
@@ -79,10 +84,16 @@ class ProbeTokens:
         """(left, token, right) of a row, `window` tokens either side, decoded once and cached."""
         key = (row, window)
         if key not in self._decoded:
-            ids = self.tokens[self.subsets[self.subset_of_row[row]]][self.probe_of_row[row]]
+            subset = self.subsets[self.subset_of_row[row]]
+            ids = self.tokens[subset][self.probe_of_row[row]]
             position = self.position_of_row[row]
+            if subset in TEXT_SUBSETS:
+                left = tokenizer.decode(ids[max(0, position - window) : position])
+            else:  # a read-out: what the user asked, without the chat template around it
+                before = ids[max(0, position - max(window, READOUT_CONTEXT_TOKENS)) : position]
+                left = tokenizer.decode(before, skip_special_tokens=True).strip()
             self._decoded[key] = (
-                tokenizer.decode(ids[max(0, position - window) : position]),
+                left,
                 tokenizer.decode(ids[position : position + 1]),
                 tokenizer.decode(ids[position + 1 : position + 1 + window]),
             )

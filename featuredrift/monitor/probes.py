@@ -252,6 +252,9 @@ def csv_records(path: Path) -> Iterator[tuple[int, dict[str, str | None]]]:
                              f"({err.reason} at byte {err.start} of the chunk read)") from err
     if header is None:
         raise ProbeError(f"{path}:1: expected a CSV header row, found an empty file")
+def read_json_lines(path: Path | str) -> list[tuple[int, dict]]:
+    """(line number, object) of every non-empty line of a JSONL file; an error names the line."""
+    return _read_jsonl(Path(path))
 
 
 def _read_csv_rows(path: Path) -> list[tuple[int, dict]]:

@@ -86,8 +86,13 @@ def tokenise_probes(tokenizer, probes: ProbeSet, prompt_format: str, *, batch_si
                            for i in range(0, len(chats), batch_size)]
     for subset in probes.prompt_subsets():
         prompts = encode_prompts(tokenizer, getattr(probes, subset), prompt_format, max_length=max_length)
-        batches[subset] = [_prompt_batch(tokenizer, prompts[i : i + batch_size]) for i in range(0, len(prompts), batch_size)]
+        batches[subset] = prompt_batches(tokenizer, prompts, batch_size)
     return batches
+
+
+def prompt_batches(tokenizer, prompts: list, batch_size: int) -> list[ProbeBatch]:
+    """Encoded prompts (`EncodedPrompt`) as left-padded batches that read each one's readout token."""
+    return [_prompt_batch(tokenizer, prompts[i : i + batch_size]) for i in range(0, len(prompts), batch_size)]
 
 
 def read_probes(
@@ -101,10 +106,12 @@ def read_probes(
     kl_support: Tensor | None = None,
     kl_max_positions: int = 512,
     kl_top_k: int | None = 256,
+    refusal_subsets: tuple[str, ...] = PROMPT_SUBSETS,
 ) -> ModelReading | None:
     """One pass of `model` over every probe batch (this rank's shard), gathered on rank 0
     (other ranks get None), without the rows `keep` leaves out.
 
+    The refusal-token probability is read at the prompts of `refusal_subsets`.
     With `kl`, next-token log-probs are kept at the KL positions: the reference's on its own
     top-k tokens (`kl_support` None), a later model's on the reference's tokens (so only k+1
     numbers per position ever leave the pass, whatever the vocabulary).
@@ -119,7 +126,7 @@ def read_probes(
     next_token: list[list[Tensor]] = [[], [], []]  # per real batch: indices, log-probs, rest mass
     refusal_parts: dict[str, list[Tensor]] = {}
     for subset, subset_batches in batches.items():
-        want_refusal = bool(refusal_tokens) and subset in PROMPT_SUBSETS
+        want_refusal = bool(refusal_tokens) and subset in refusal_subsets
         kl_rows = kl_row_ranges(subset_batches, kl_max_positions) if kl and subset == kl_subset else []
         want_logits = bool(kl_rows) or want_refusal
         parts: dict[str, list[Tensor]] = {h: [] for h in hookpoints}

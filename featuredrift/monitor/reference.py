@@ -47,6 +47,7 @@ class LayerReference:
 class CachedReference:
     reading: ModelReading
     model_fingerprint: str
+    refusal_rate: dict[str, float] | None = None  # the reference's generated refusal rates, when measured
 
 
 def outlier_keep(reference: ModelReading, ratio: float | None) -> dict[str, Tensor]:
@@ -193,11 +194,15 @@ def _tensor_checksum(tensors: dict[str, Tensor]) -> str:
     return digest.hexdigest()
 
 
-def save_reading(path: str | Path, reading: ModelReading, fingerprint: str, model_fp: str) -> None:
+def save_reading(path: str | Path, reading: ModelReading, fingerprint: str, model_fp: str,
+                 refusal_rate: dict[str, float] | None = None) -> None:
     """Write the reference reading atomically (a temporary file, then a rename)."""
+    import json
+
     from safetensors.torch import save_file
 
     tensors = {f"act/{s}/{h}": x.contiguous().cpu() for s, per in reading.activations.items() for h, x in per.items()}
+    tensors.update({f"refusal/{s}": p.contiguous().cpu() for s, p in reading.refusal_probability.items()})
     if reading.next_token is not None:
         tensors.update({f"next_token/{name}": t.contiguous().cpu() for name, t in reading.next_token._asdict().items()})
     path = Path(path)
@@ -206,6 +211,8 @@ def save_reading(path: str | Path, reading: ModelReading, fingerprint: str, mode
     tmp.unlink(missing_ok=True)
     metadata = {"fingerprint": fingerprint, "format": REFERENCE_FORMAT, "model_fingerprint": model_fp,
                 "checksum": _tensor_checksum(tensors)}
+    if refusal_rate is not None:
+        metadata["refusal_rate"] = json.dumps(refusal_rate)
     try:
         save_file(tensors, str(tmp), metadata=metadata)
     except BaseException:
@@ -234,11 +241,26 @@ def load_reading(path: str | Path, fingerprint: str) -> CachedReference | None:
         raise MonitorError(f"reference cache {path}: corrupt (its data does not match the checksum written with it); "
                            "delete it and pass reference=<base model path> to recompute the reference")
     activations: dict[str, dict[str, Tensor]] = {}
+    refusal_probability: dict[str, Tensor] = {}
     for key, tensor in tensors.items():
         if key.startswith("act/"):
             _, subset, hookpoint = key.split("/", 2)
             activations.setdefault(subset, {})[hookpoint] = tensor
+        elif key.startswith("refusal/"):
+            refusal_probability[key.split("/", 1)[1]] = tensor
     fields = kl_metrics.CompactLogProbs._fields
     next_token = (kl_metrics.CompactLogProbs(*(tensors[f"next_token/{name}"] for name in fields))
                   if all(f"next_token/{name}" in tensors for name in fields) else None)
-    return CachedReference(ModelReading(activations, next_token), metadata.get("model_fingerprint", ""))
+    rates = metadata.get("refusal_rate")
+    return CachedReference(ModelReading(activations, next_token, refusal_probability), metadata.get("model_fingerprint", ""),
+                           _json_rates(rates) if rates else None)
+
+
+def _json_rates(text: str) -> dict[str, float] | None:
+    import json
+
+    try:
+        rates = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    return {str(k): float(v) for k, v in rates.items()} if isinstance(rates, dict) else None

@@ -44,6 +44,10 @@ METRIC_HELP = {
     "borderline; borderline: safe requests that look unsafe, i.e. over-refusal).",
     "refusal_token_probability_ratio": "Mean probability that the response starts with a refusal token, from the "
     "logits at the prompt's end (one forward pass, every evaluation; prompts=harmful|harmless|borderline).",
+    "refusal_rate_reference_ratio": "Share of greedy completions of the reference model the refusal judge calls a "
+    "refusal, generated once when the run starts (what the over-refusal alert compares with).",
+    "refusal_token_probability_reference_ratio": "The reference model's mean probability that the response starts "
+    "with a refusal token (the baseline of the early over-refusal alert).",
     "refusal_token_logodds": "Mean log-odds of a refusal-starting first token (Arditi et al.'s refusal metric).",
     "safety_score_ratio": "Share of harmful-prompt completions the configured judge rates safe.",
     "kl_divergence_mean_nats": "Mean KL(reference || current) of next-token distributions at probe positions.",
@@ -195,6 +199,10 @@ class EvaluationReport:
     refusal_rate: dict[str, float] | None = None  # prompts ∈ {harmful, harmless, borderline} → fraction refused
     refusal_token_probability: dict[str, float] | None = None  # prompts → mean P(refusal-starting first token)
     refusal_token_logodds: dict[str, float] | None = None  # prompts → mean log-odds of that probability
+    # The reference model's own values (generated once at start; the logit score from its reading),
+    # so alerts measure what fine-tuning changed rather than a level the reference already had.
+    refusal_rate_reference: dict[str, float] | None = None
+    refusal_token_probability_reference: dict[str, float] | None = None
     safety_score: float | None = None
     judge: str | None = None  # the safety judge
     refusal_judge: str | None = None  # who decided the refusal rates (substring, lecture, wildguard)
@@ -279,7 +287,9 @@ class EvaluationReport:
                     add("refusal_reconstruction_cosine", headline.cosine, layer=hookpoint)
         for name, values in (("refusal_rate_ratio", self.refusal_rate),
                              ("refusal_token_probability_ratio", self.refusal_token_probability),
-                             ("refusal_token_logodds", self.refusal_token_logodds)):
+                             ("refusal_token_logodds", self.refusal_token_logodds),
+                             ("refusal_rate_reference_ratio", self.refusal_rate_reference),
+                             ("refusal_token_probability_reference_ratio", self.refusal_token_probability_reference)):
             for prompts, value in (values or {}).items():
                 add(name, value, prompts=prompts)
         add("safety_score_ratio", self.safety_score)

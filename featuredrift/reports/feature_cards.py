@@ -22,6 +22,22 @@ if TYPE_CHECKING:
     from featuredrift.store.run_store import RunStore
 
 DRIFTED_PER_LAYER = 6
+TEXT_SUBSETS = ("base", "chat")  # read at every content token; other subsets are prompts read at their read-out
+NEURONPEDIA = "https://neuronpedia.org"  # as SAELens links it
+_VISIBLE_WHITESPACE = str.maketrans({"\n": "⏎", " ": "␣", "\t": "⇥", "\r": "⏎"})
+
+
+def is_readout(subset: str) -> bool:
+    """Whether contexts of this probe subset sit at a prompt's read-out token (the last before
+    the response), rather than inside a text."""
+    return subset not in TEXT_SUBSETS
+
+
+def shown_token(token: str) -> str:
+    """A context's token as it can be seen: whitespace and empty tokens get a visible glyph."""
+    if token.strip():
+        return token
+    return token.translate(_VISIBLE_WHITESPACE) or "∅"
 
 
 @dataclass(frozen=True)
@@ -54,6 +70,10 @@ class ContextExample:
     right: str
     activation: float
 
+    @property
+    def readout(self) -> bool:
+        return is_readout(self.subset)
+
 
 @dataclass
 class FeatureCard:
@@ -70,6 +90,12 @@ class FeatureCard:
     trajectory: list[TrajectoryPoint] = field(default_factory=list)
     contexts: list[ContextExample] = field(default_factory=list)
     contexts_captured: bool = False  # whether the evaluation stored contexts at all
+    neuronpedia_id: str | None = None  # the SAE's Neuronpedia id, when Neuronpedia hosts it
+
+    @property
+    def neuronpedia_url(self) -> str | None:
+        """The feature's Neuronpedia page (public explanation, dashboards); None for SAEs it does not host."""
+        return f"{NEURONPEDIA}/{self.neuronpedia_id}/{self.feature}" if self.neuronpedia_id else None
 
     @property
     def contexts_note(self) -> str | None:
@@ -117,6 +143,9 @@ def build_cards(store: RunStore, run: str) -> list[FeatureCard]:
         for card in (c for c in cards.values() if c.hookpoint == hookpoint):
             card.trajectory = _trajectory(card.feature, layer_drifted, layer_refusal)
     _add_contexts(cards, store, run, info.last_step)
+    neuronpedia = info.extra.get("neuronpedia_ids") or {}
+    for card in cards.values():
+        card.neuronpedia_id = neuronpedia.get(card.hookpoint)
     order = {"emerging": 0, "fading": 0, None: 1, "held": 2}
     return sorted(cards.values(), key=lambda c: (c.hookpoint, order[c.refusal_status], c.drift_rank or 10**6,
                                                  c.refusal_rank_now or c.refusal_rank_reference or 0, c.feature))
@@ -127,7 +156,8 @@ def _card(cards: dict, hookpoint: str, feature: int, step: int) -> FeatureCard:
 
 
 def _add_drifted_cards(cards: dict, hookpoint: str, rows: list[DriftedFeatureRow], step: int) -> None:
-    latest = sorted((r for r in rows if r.step == step), key=lambda r: r.rank)
+    # A drift score of 0 is no drift (the reference compared with itself, at step 0): no card claims it.
+    latest = sorted((r for r in rows if r.step == step and (r.score or 0) > 0), key=lambda r: r.rank)
     ranked: list[int] = []
     for row in latest:
         if row.feature not in ranked:

@@ -1,9 +1,10 @@
 """`featuredrift report RUN`: one self-contained HTML page (and its PNG charts) for a stored run.
 
-The page reads top-down: findings in plain words, then one section per layer with related
-metrics grouped on each chart (meaning, alert thresholds and alert markers), the run-wide
-charts, the feature cards, the alerts with their steps, and a sample of completions when
-evaluations generated some. Nothing is fetched from elsewhere: charts are embedded PNGs and the
+The page reads top-down: the run's goal and state, findings in plain words told in that goal,
+then one section per layer with related metrics grouped on each chart (meaning, the thresholds of
+the alerts the goal applies and alert markers), the run-wide charts, the feature cards, the
+alerts with their steps and the last safe checkpoint, the training-data audit, and a sample of
+completions when evaluations generated some. Nothing is fetched from elsewhere: charts are embedded PNGs and the
 card trajectories inline SVG.
 """
 
@@ -15,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from featuredrift.reports.feature_cards import FeatureCard, build_cards
-from featuredrift.reports.findings import Finding, run_findings
+from featuredrift.reports.feature_cards import FeatureCard, build_cards, shown_token
+from featuredrift.reports.findings import Finding, RunGoal, run_findings, run_goal
 from featuredrift.reports.plots import Chart, Colours, draw, layer_charts, run_charts
 
 if TYPE_CHECKING:
@@ -34,6 +35,8 @@ section{margin-top:1.6em}h2{border-bottom:2px solid #ddd;padding-bottom:.2em}
 .findings{list-style:none;padding:0}.findings li{padding:.5em .8em;margin:.4em 0;border-left:6px solid #999;
 background:#f7f7f7}.findings li.alarm{border-color:#d62728;background:#fdecea}
 .findings li.notice{border-color:#ff7f0e;background:#fff4e5}.findings li.ok{border-color:#2ca02c;background:#eef8ee}
+.findings li.neutral{border-color:#8c8c8c;background:#f4f4f6}.goal{font-size:105%;margin:.3em 0}
+.status-failed,.status-stale{color:#b71c1c;font-weight:bold}
 .charts{display:grid;grid-template-columns:repeat(auto-fill,minmax(640px,1fr));gap:1em}
 figure{margin:0}figure img{width:100%;height:auto}figcaption{font-size:85%;color:#444}
 .cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(320px,1fr));gap:1em}
@@ -45,6 +48,8 @@ border-radius:8px;background:#eee;margin-right:.3em}.badge.fading{background:#fd
 table{border-collapse:collapse;font-size:88%}th,td{border:1px solid #ddd;padding:2px 7px;text-align:left}
 .contexts{font-size:85%;color:#444}.context-columns{display:grid;grid-template-columns:1fr 1fr;gap:.5em}
 .context{white-space:pre-wrap;margin:.15em 0}.context mark{background:#ffe08a}.context .activation{color:#888}
+.context mark.readout{background:#cfe3ff;outline:1px solid #6b9bd8}.context .where{color:#888;font-size:90%}
+.badge.replaced{background:#eceff1}.feature-card a{font-size:85%}
 .trajectory{display:flex;align-items:center;gap:.5em;font-size:88%;margin:.3em 0}.trajectory svg{flex:none}.trajectory span:last-child{white-space:nowrap}
 """
 
@@ -91,10 +96,21 @@ def _number(value: float | None) -> str:
     return "—" if value is None else f"{value:.3g}"
 
 
-def _card_html(card: FeatureCard, colours: Colours) -> str:
+def _badges(card: FeatureCard, goal: RunGoal) -> str:
+    """Why the card is here; in an align run a reference refusal feature leaving the top-k is
+    expected ('replaced'), not 'fading'."""
+    names = ([card.refusal_status] if card.refusal_status else []) + (["drifted"] if card.drift_rank else [])
+    if not goal.preserving:
+        names = ["replaced" if name == "fading" else name for name in names]
+    return "".join(f"<span class='badge {b}'>{b}</span>" for b in names)
+
+
+def _card_html(card: FeatureCard, colours: Colours, goal: RunGoal) -> str:
     colour = colours(f"{card.hookpoint}/feature {card.feature}")
-    badges = "".join(f"<span class='badge {b}'>{b}</span>" for b in
-                     ([card.refusal_status] if card.refusal_status else []) + (["drifted"] if card.drift_rank else []))
+    badges = _badges(card, goal)
+    if card.neuronpedia_url:
+        badges += (f" <a href='{esc(card.neuronpedia_url)}' target='_blank' rel='noopener'>Neuronpedia: explanation "
+                   "and dashboards</a>")
     reasons = "".join(f"<li>{esc(r)}</li>" for r in card.reasons)
     rows = "".join(
         f"<tr><td>{esc(f.subset)}</td><td>{_number(f.freq_reference)} → {_number(f.freq_now)}</td>"
@@ -121,11 +137,22 @@ def _contexts_html(card: FeatureCard) -> str:
         return f"Top-activating contexts: {esc(card.contexts_note)}."
     columns = []
     for model, title in (("reference", "reference"), ("current", f"step {card.step}")):
-        lines = "".join(f"<div class='context' data-model='{model}'>…{esc(c.left)}<mark>{esc(c.token)}</mark>"
-                        f"{esc(c.right)}… <span class='activation'>{c.activation:.3g}</span></div>"
-                        for c in card.contexts if c.model == model) or "<div>does not fire on any probe token</div>"
+        lines = "".join(_context_html(c) for c in card.contexts if c.model == model) \
+            or "<div>does not fire on any probe token</div>"
         columns.append(f"<div><b>{title}</b>{lines}</div>")
     return f"<div class='context-columns'>{''.join(columns)}</div>"
+
+
+def _context_html(context) -> str:
+    """One context. A prompt's read-out token (the last before the response: often a newline or a
+    template token, invisible as text) is shown after the prompt, marked as the read position."""
+    if context.readout:
+        return (f"<div class='context readout' data-model='{context.model}'>…{esc(context.left)} "
+                f"<mark class='readout' title='read-out position: the token before the response'>"
+                f"{esc(shown_token(context.token))} read-out</mark> <span class='activation'>{context.activation:.3g}"
+                f"</span> <span class='where'>({esc(context.subset)} prompt)</span></div>")
+    return (f"<div class='context' data-model='{context.model}'>…{esc(context.left)}<mark>{esc(shown_token(context.token))}"
+            f"</mark>{esc(context.right)}… <span class='activation'>{context.activation:.3g}</span></div>")
 
 
 def _kind(card: FeatureCard) -> str:
@@ -135,7 +162,7 @@ def _kind(card: FeatureCard) -> str:
     return "drifted" if card.drift_rank is not None else "held"
 
 
-def _cards_section(cards: list[FeatureCard], colours: Colours) -> str:
+def _cards_section(cards: list[FeatureCard], colours: Colours, goal: RunGoal) -> str:
     if not cards:
         return "<section id='feature-cards'><h2>Feature cards</h2><p>No drifted or refusal features stored.</p></section>"
     parts = ["<section id='feature-cards'><h2>Feature cards</h2>"
@@ -149,21 +176,55 @@ def _cards_section(cards: list[FeatureCard], colours: Colours) -> str:
                 notes.append(f"{len(of_kind) - cap} more {kind}: {', '.join(str(c.feature) for c in of_kind[cap:])}")
         shown.sort(key=cards.index)
         note = f"<p class='meta'>Without a card here ({'; '.join(notes)}).</p>" if notes else ""
-        parts.append(f"<h3>{esc(hookpoint)}</h3><div class='cards'>{''.join(_card_html(c, colours) for c in shown)}"
+        parts.append(f"<h3>{esc(hookpoint)}</h3><div class='cards'>{''.join(_card_html(c, colours, goal) for c in shown)}"
                      f"</div>{note}")
     return "".join(parts) + "</section>"
 
 
-def _alerts_section(alerts: list[AlertInfo]) -> str:
+def _alerts_section(alerts: list[AlertInfo], safe) -> str:
     if not alerts:
         return ""
     rows = "".join(
         f"<tr><td>{esc(a.name)}</td><td>{esc(a.severity)}</td><td>{esc(a.status)}</td>"
         f"<td>{'—' if a.step is None else a.step}</td><td>{'—' if a.resolved_step is None else a.resolved_step}</td>"
-        f"<td>{esc(', '.join(f'{k}={v}' for k, v in sorted(a.labels.items())))}</td><td>{esc(a.message)}</td></tr>"
+        f"<td>{esc(', '.join(f'{k}={v}' for k, v in sorted(a.labels.items())))}</td><td>{esc(a.message)}</td>"
+        f"<td>{esc(a.checkpoint or '—')}</td></tr>"
         for a in alerts)
-    return ("<section id='alerts'><h2>Alerts</h2><table><tr><th>alert</th><th>severity</th><th>status</th>"
-            f"<th>fired at step</th><th>resolved at step</th><th>where</th><th>message</th></tr>{rows}</table></section>")
+    way_back = ""
+    if any(a.severity == "critical" for a in alerts):
+        way_back = ("<p id='last-safe-checkpoint'><b>Last safe checkpoint:</b> "
+                    + (esc(safe.describe()) if safe else "none saved that passed every critical alert") + "</p>")
+    return ("<section id='alerts'><h2>Alerts</h2>" + way_back + "<table><tr><th>alert</th><th>severity</th><th>status</th>"
+            "<th>fired at step</th><th>resolved at step</th><th>where</th><th>message</th>"
+            f"<th>last safe checkpoint when it fired</th></tr>{rows}</table></section>")
+
+
+def _audit_section(store: RunStore, run: str, shown: int = 8) -> str:
+    """The training examples most likely to erode refusal, and to teach over-refusal."""
+    audits = store.audit(run)
+    if not audits or not audits[0].examples:
+        return ""
+    audit = audits[0]
+
+    def table(title: str, examples, risk: str) -> str:
+        rows = "".join(
+            f"<tr><td>{e.example}</td><td>{esc(e.prompt)}</td><td>{esc(e.target)}</td><td>{e.harmfulness:.2f}</td>"
+            f"<td>{'—' if e.refusal_probability is None else f'{e.refusal_probability:.2f}'}</td><td>{esc(e.kind)}</td></tr>"
+            for e in examples)
+        return (f"<h3>{esc(title)}</h3><table data-risk='{risk}'><tr><th>example</th><th>prompt</th><th>target</th>"
+                "<th>harmfulness</th><th>reference P(refusal)</th><th>reading</th></tr>" + rows + "</table>") if rows else ""
+
+    counts = "; ".join(f"{n} {esc(kind)}" for kind, n in audit.summary.items())
+    return (f"<section id='training-data'><h2>Training data</h2><p class='meta'>{len(audit.examples)} of "
+            f"{audit.dataset_size} training examples read by the reference at {esc(audit.hookpoint)} before training: "
+            f"{counts}. Harmfulness: where the prompt's read-out lies between the harmless (0) and harmful (1) probes, "
+            "on the refusal direction and the refusal features; reference P(refusal): the reference's own refusal "
+            "score where the target starts.</p>"
+            + table("Most likely to erode refusal (compliant answers, most harmful-looking first)", audit.eroding(shown),
+                    "erosion")
+            + table("Most likely to teach over-refusal (refusals, most harmless-looking first)",
+                    [e for e in audit.over_refusing(shown) if not e.harmful_request], "over-refusal")
+            + "</section>")
 
 
 REFUSAL_SERIES = (("refusal_rate_ratio", "refusal rate"), ("refusal_token_probability_ratio", "P(refusal start)"),
@@ -225,13 +286,17 @@ def _completions_section(store: RunStore, run: str) -> str:
             f"<th>prompt</th><th>completion</th><th>refused</th></tr>{rows}</table></section>")
 
 
-def _header(info: RunInfo, display_url: str) -> str:
+def _header(info: RunInfo, display_url: str, goal: RunGoal) -> str:
     name = info.extra.get("display_name") or info.name
+    status = info.status_text()
+    status_class = "status-stale" if info.stale() else "status-failed" if info.status == "failed" else "status"
     meta = " · ".join(esc(str(part)) for part in (
-        f"run id {info.name}", info.status, f"{info.evaluation_count} evaluations up to step {info.last_step}",
+        f"run id {info.name}", f"{info.evaluation_count} evaluations up to step {info.last_step}",
         f"reference: {info.reference_policy or '—'}", f"model {info.model_fingerprint or '—'}",
         f"SAE {info.sae_fingerprint or '—'}", f"store {display_url}"))
-    return f"<h1>featuredrift report: {esc(name)}</h1><p class='meta'>{meta}</p>"
+    return (f"<h1>featuredrift report: {esc(name)}</h1>"
+            f"<p class='goal' id='goal' data-goal='{esc(goal.goal or '')}'><b>Goal: {esc(goal.goal or 'not recorded')}</b>"
+            f" — {esc(goal.reason)}</p><p class='meta'><span class='{status_class}'>{esc(status)}</span> · {meta}</p>")
 
 
 def write_run_report(store: RunStore, run: str, out_dir: str | Path) -> ReportFiles:
@@ -246,19 +311,21 @@ def write_run_report(store: RunStore, run: str, out_dir: str | Path) -> ReportFi
         raise ValueError(f"run {run!r} in {store.display_url}: expected at least one evaluation, found none")
     alerts = store.alerts(run)
     cards = build_cards(store, run)
+    goal = run_goal(store, run, info)
     colours = Colours()
     hookpoints = sorted({labels["layer"] for _, labels in store.metric_names(run) if "layer" in labels})
-    sections = [_header(info, store.display_url), _findings_html(run_findings(store, run, cards))]
+    sections = [_header(info, store.display_url, goal), _findings_html(run_findings(store, run, cards))]
     images = []
     for hookpoint in hookpoints:
-        charts = layer_charts(store, run, hookpoint, cards, alerts, colours)
+        charts = layer_charts(store, run, hookpoint, cards, alerts, colours, goal=goal.goal)
         images += [draw(c, out_dir) for c in charts]
         sections.append(_charts_section(f"layer-{hookpoint}", f"Layer {hookpoint}", charts))
-    charts = run_charts(store, run, alerts, colours)
+    charts = run_charts(store, run, alerts, colours, goal=goal.goal)
     images += [draw(c, out_dir) for c in charts]
+    safe = store.last_safe_checkpoint(run)
     sections += [_charts_section("run-wide", "Refusal rate and outputs", charts), _refusal_section(store, run, info),
-                 _cards_section(cards, colours),
-                 _alerts_section(alerts), _completions_section(store, run)]
+                 _cards_section(cards, colours, goal), _alerts_section(alerts, safe), _audit_section(store, run),
+                 _completions_section(store, run)]
     page = ("<!doctype html><html lang='en'><head><meta charset='utf-8'>"
             f"<title>featuredrift report: {esc(info.extra.get('display_name') or run)}</title>"
             f"<style>{STYLE}</style></head><body>{''.join(sections)}</body></html>")

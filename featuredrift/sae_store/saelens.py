@@ -58,6 +58,14 @@ class SaeLensCoder(nn.Module):
         self.W_skip = None
 
     @property
+    def neuronpedia_id(self) -> str | None:
+        """Neuronpedia's id of this SAE (e.g. `gemma-2-2b/12-gemmascope-res-16k`), which SAELens
+        releases carry in their config's metadata; None when Neuronpedia does not host it."""
+        metadata = getattr(self.sae.cfg, "metadata", None)
+        value = getattr(metadata, "neuronpedia_id", None) if metadata is not None else None
+        return value or getattr(self.sae.cfg, "neuronpedia_id", None) or None
+
+    @property
     def d_in(self) -> int:
         return int(self.sae.cfg.d_in)
 

@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 JOURNAL_FORMAT = "featuredrift-journal/1"
-EVENT_KINDS = ("run", "evaluation", "alert", "stop", "finish")
+EVENT_KINDS = ("run", "evaluation", "alert", "stop", "finish", "heartbeat", "checkpoint", "goal", "audit")
 
 
 def safe_file_name(name: str, limit: int = 120) -> str:
@@ -37,10 +38,13 @@ class JournalEvent:
     kind: str
     run: str
     data: dict[str, Any]
+    at: float | None = None  # unix seconds when it was journaled: the run's heartbeat (absent in older journals)
 
     def to_line(self) -> str:
-        return json.dumps({"format": JOURNAL_FORMAT, "seq": self.seq, "kind": self.kind, "run": self.run, "data": self.data},
-                          allow_nan=True) + "\n"
+        row = {"format": JOURNAL_FORMAT, "seq": self.seq, "kind": self.kind, "run": self.run, "data": self.data}
+        if self.at is not None:
+            row["at"] = self.at
+        return json.dumps(row, allow_nan=True) + "\n"
 
 
 class RunJournal:
@@ -67,7 +71,7 @@ class RunJournal:
         if kind not in EVENT_KINDS:
             raise ValueError(f"journal event kind: expected one of {EVENT_KINDS}, found {kind!r}")
         with self._lock:
-            event = JournalEvent(self._seq + 1, kind, self.run, data)
+            event = JournalEvent(self._seq + 1, kind, self.run, data, time.time())
             self.path.parent.mkdir(parents=True, exist_ok=True)
             line = event.to_line().encode()
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -101,4 +105,6 @@ def _iter_events(path: Path) -> Iterator[JournalEvent]:
             if not isinstance(row, dict) or row.get("format") != JOURNAL_FORMAT:
                 log.warning("%s:%d: skipping a line that is not a %s event", path, number, JOURNAL_FORMAT)
                 continue
-            yield JournalEvent(int(row["seq"]), row["kind"], row["run"], row["data"])
+            at = row.get("at")
+            yield JournalEvent(int(row["seq"]), row["kind"], row["run"], row["data"],
+                               float(at) if isinstance(at, int | float) else None)

@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -48,6 +49,11 @@ class Run(Base):
     sae_fingerprint: Mapped[str | None] = mapped_column(String(128))
     reference_policy: Mapped[str | None] = mapped_column(String(255))
     extra: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # The newest event the run's journal holds (its own clock, so a late replay never revives a
+    # dead run) and how long the run said the next one may take: a running run silent for several
+    # of those is stale. Status itself is never rewritten.
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    heartbeat_interval_s: Mapped[float | None] = mapped_column(Float)
 
     evaluations: Mapped[list[Evaluation]] = relationship(
         back_populates="run", cascade="all, delete-orphan", passive_deletes=True, order_by="Evaluation.step"
@@ -55,6 +61,8 @@ class Run(Base):
     alerts: Mapped[list[Alert]] = relationship(
         back_populates="run", cascade="all, delete-orphan", passive_deletes=True
     )
+    checkpoints: Mapped[list[Checkpoint]] = relationship(cascade="all, delete-orphan", passive_deletes=True)
+    audit_examples: Mapped[list[AuditExample]] = relationship(cascade="all, delete-orphan", passive_deletes=True)
 
 
 class Evaluation(Base):
@@ -211,5 +219,42 @@ class Alert(Base):
     value: Mapped[float | None] = mapped_column(Float)  # the alerting expression's value
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # For a critical alert: the last saved checkpoint that passed every critical alert when it fired.
+    checkpoint: Mapped[str | None] = mapped_column(Text)
+    checkpoint_step: Mapped[int | None] = mapped_column(Integer)
 
     run: Mapped[Run] = relationship(back_populates="alerts")
+
+
+class Checkpoint(Base):
+    """A checkpoint the Trainer saved during a run (its folder, as the Trainer wrote it)."""
+
+    __tablename__ = "checkpoints"
+    __table_args__ = (UniqueConstraint("run_id", "step", name="uq_checkpoints_run_step"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    step: Mapped[int] = mapped_column(Integer)
+    path: Mapped[str] = mapped_column(Text)
+    saved_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
+
+
+class AuditExample(Base):
+    """One training example the data audit read at train begin, with its scores (see monitor/audit.py)."""
+
+    __tablename__ = "audit_examples"
+    __table_args__ = (UniqueConstraint("run_id", "hookpoint", "example", name="uq_audit_examples_slot"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    hookpoint: Mapped[str] = mapped_column(String(255))
+    example: Mapped[int] = mapped_column(Integer)  # its index in the train dataset
+    prompt: Mapped[str] = mapped_column(Text)
+    target: Mapped[str] = mapped_column(Text)
+    harmfulness: Mapped[float | None] = mapped_column(Float)
+    direction_score: Mapped[float | None] = mapped_column(Float)
+    feature_score: Mapped[float | None] = mapped_column(Float)
+    target_refuses: Mapped[bool] = mapped_column(Boolean)
+    refusal_probability: Mapped[float | None] = mapped_column(Float)
+    erosion_risk: Mapped[float | None] = mapped_column(Float)
+    over_refusal_risk: Mapped[float | None] = mapped_column(Float)

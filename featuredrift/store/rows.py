@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, NamedTuple
 
 from featuredrift.monitor.report import EvaluationReport, LayerReport
@@ -38,6 +38,62 @@ class RunInfo:
     evaluation_count: int = 0
     last_step: int | None = None
     resumed: bool = False  # set by start_run when the run already existed
+    heartbeat_at: datetime | None = None  # the newest event of the run's journal
+    heartbeat_interval_s: float | None = None  # how long the run said its next event may take
+
+    @property
+    def expected_interval_s(self) -> float:
+        """How long the run said its next event may take (the default when it never said)."""
+        return self.heartbeat_interval_s or DEFAULT_HEARTBEAT_INTERVAL_S
+
+    def silent_for(self, now: datetime | None = None) -> float | None:
+        """Seconds since the run's last event (runs recorded before heartbeats: since the store
+        last wrote to them)."""
+        last = self.heartbeat_at or self.updated_at
+        if last is None:
+            return None
+        now = now or datetime.now(timezone.utc)
+        return max(0.0, (now - last).total_seconds())
+
+    def stale(self, now: datetime | None = None) -> bool:
+        """A run still `running` on record that has been silent for more than
+        `STALE_AFTER_INTERVALS` of its own heartbeat intervals: most likely dead (killed, lost
+        its node). Derived when read; the stored status is never rewritten."""
+        silent = self.silent_for(now)
+        if self.status != "running" or silent is None:
+            return False
+        return silent > STALE_AFTER_INTERVALS * self.expected_interval_s
+
+    def status_text(self, now: datetime | None = None) -> str:
+        """The status as users read it: `running (stale: …)`, `failed: TypeError: …`."""
+        if self.stale(now):
+            return (f"running (stale: no event for {duration_text(self.silent_for(now))}, "
+                    f"expected every {duration_text(self.expected_interval_s)})")
+        error = self.extra.get("error")
+        if self.status == "failed" and isinstance(error, dict):
+            return f"failed: {error.get('type', 'error')}: {error.get('message', '')}".rstrip(": ")
+        return self.status
+
+
+STALE_AFTER_INTERVALS = 3
+DEFAULT_HEARTBEAT_INTERVAL_S = 60.0
+
+
+def duration_text(seconds: float | None) -> str:
+    """12 s, 4 min, 3 h 5 min, 2 d 4 h."""
+    if seconds is None:
+        return "—"
+    seconds = float(seconds)
+    if seconds < 90:
+        return f"{seconds:.0f} s" if seconds >= 10 else f"{seconds:.1f} s"
+    minutes = seconds / 60
+    if minutes < 90:
+        return f"{minutes:.0f} min"
+    hours, minutes = divmod(int(minutes), 60)
+    if hours < 48:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h" if hours else f"{days} d"
 
 
 @dataclass(frozen=True)
@@ -98,6 +154,14 @@ class AlertInfo:
     labels: dict[str, str] = field(default_factory=dict)
     value: float | None = None
     resolved_step: int | None = None
+    checkpoint: str | None = None  # critical alerts: the last safe checkpoint when it fired
+    checkpoint_step: int | None = None
+
+
+class CheckpointRow(NamedTuple):
+    step: int
+    path: str
+    saved_at: datetime
 
 
 class DriftedFeatureRow(NamedTuple):
@@ -236,6 +300,17 @@ def refusal_feature_fields(layer: LayerReport) -> list[dict[str, Any]]:
                 }
             )
     return rows
+
+
+def audit_example_fields(example) -> dict[str, Any]:
+    """An `AuditedExample` as an `audit_examples` row (without run and hookpoint)."""
+    return {
+        "example": int(example.example), "prompt": example.prompt, "target": example.target,
+        "harmfulness": finite_or_none(example.harmfulness), "direction_score": finite_or_none(example.direction_score),
+        "feature_score": finite_or_none(example.feature_score), "target_refuses": bool(example.target_refuses),
+        "refusal_probability": finite_or_none(example.refusal_probability),
+        "erosion_risk": finite_or_none(example.erosion_risk), "over_refusal_risk": finite_or_none(example.over_refusal_risk),
+    }
 
 
 def report_duration(report: EvaluationReport) -> float | None:

@@ -24,9 +24,11 @@ from sqlalchemy import delete, func, insert, select, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from featuredrift.monitor.audit_report import AuditedExample, DataAudit
 from featuredrift.monitor.config import DEFAULT_STORE_URL
 from featuredrift.monitor.report import EvaluationReport
 from featuredrift.store import rows
+from featuredrift.store.checkpoints import SafeCheckpoint, last_safe_checkpoint
 from featuredrift.store.engine import (
     make_engine,
     parse_store_url,
@@ -44,7 +46,9 @@ from featuredrift.store.errors import (
 from featuredrift.store.migrate import require_current_schema, upgrade_to_head
 from featuredrift.store.models import (
     Alert,
+    AuditExample,
     CategoryRefusal,
+    Checkpoint,
     DriftedFeature,
     Evaluation,
     FeatureContext,
@@ -56,6 +60,7 @@ from featuredrift.store.models import (
 from featuredrift.store.rows import (
     AlertInfo,
     CategoryRefusalRow,
+    CheckpointRow,
     DriftedFeatureRow,
     EvaluationInfo,
     FeatureContextRow,
@@ -193,12 +198,15 @@ class RunStore:
                 # Another process created the same run between our SELECT and INSERT.
         raise AssertionError("unreachable")
 
-    def finish_run(self, name: str, status: str = "finished") -> RunInfo:
+    def finish_run(self, name: str, status: str = "finished", error: dict[str, str] | None = None) -> RunInfo:
+        """End a run; a `failed` one keeps the exception's type and message (`error`)."""
         if status not in RUN_STATUSES:
             raise ValueError(f"run status: expected one of {RUN_STATUSES}, found {status!r}")
         with self._transaction() as session:
             run = self._require_run(session, name)
             run.status = status
+            if error:
+                run.extra = {**(run.extra or {}), "error": {k: str(v) for k, v in error.items()}}
             run.updated_at = utc_now()
             session.flush()
             return self._run_info(session, run)
@@ -399,6 +407,86 @@ class RunStore:
             for step, c in self._projection(run_name, FeatureContext, order, *where)
         ]
 
+    # ---- heartbeats, checkpoints, goal, audit --------------------------------------------
+
+    def record_heartbeat(self, run_name: str, at: float | None = None, expected_s: float | None = None) -> None:
+        """The run was alive at `at` (unix seconds, the run's own clock) and expects its next
+        event within `expected_s`; an older `at` (a late replay) never moves the heartbeat back."""
+        with self._transaction() as session:
+            run = self._require_run(session, run_name)
+            self._beat(run, at)
+            if expected_s is not None and expected_s > 0:
+                run.heartbeat_interval_s = float(expected_s)
+
+    @staticmethod
+    def _beat(run: Run, at: float | None) -> None:
+        if at is None:
+            return
+        moment = datetime.fromtimestamp(float(at), timezone.utc)
+        if run.heartbeat_at is None or _aware(run.heartbeat_at) < moment:
+            run.heartbeat_at = moment
+
+    def record_checkpoint(self, run_name: str, step: int, path: str, at: float | None = None) -> None:
+        """A checkpoint the Trainer saved (the same step again replaces the path)."""
+        saved = datetime.fromtimestamp(at, timezone.utc) if at else utc_now()
+        with self._transaction() as session:
+            run = self._require_run(session, run_name)
+            row = session.scalar(select(Checkpoint).where(Checkpoint.run_id == run.id, Checkpoint.step == int(step)))
+            if row is None:
+                session.add(Checkpoint(run_id=run.id, step=int(step), path=str(path), saved_at=saved))
+            else:
+                row.path, row.saved_at = str(path), saved
+
+    def checkpoints(self, run_name: str) -> list[CheckpointRow]:
+        with self._transaction() as session:
+            run = self._require_run(session, run_name)
+            found = session.scalars(select(Checkpoint).where(Checkpoint.run_id == run.id).order_by(Checkpoint.step)).all()
+            return [CheckpointRow(c.step, c.path, _aware(c.saved_at)) for c in found]
+
+    def last_safe_checkpoint(self, run_name: str) -> SafeCheckpoint | None:
+        """The newest saved checkpoint that passed every critical alert and still exists (see store/checkpoints.py)."""
+        critical = [(a.step, a.resolved_step) for a in self.alerts(run_name) if a.severity == "critical"]
+        return last_safe_checkpoint([(c.step, c.path) for c in self.checkpoints(run_name)],
+                                    self.recorded_steps(run_name), critical)
+
+    def record_goal(self, run_name: str, goal: str, reason: str, step: int | None = None) -> None:
+        """The run's monitoring goal (guard, align, off) and why it was chosen."""
+        with self._transaction() as session:
+            run = self._require_run(session, run_name)
+            run.extra = {**(run.extra or {}), "monitoring_goal": str(goal), "goal_reason": str(reason),
+                         "goal_step": None if step is None else int(step)}
+
+    def record_audit(self, run_name: str, audits: list[DataAudit]) -> None:
+        """The training-data audit of the run (replacing an earlier one): its examples as rows,
+        its size and summary with the run."""
+        with self._transaction() as session:
+            run = self._require_run(session, run_name)
+            session.execute(delete(AuditExample).where(AuditExample.run_id == run.id))
+            rows_ = [{"run_id": run.id, "hookpoint": a.hookpoint, **rows.audit_example_fields(e)}
+                     for a in audits for e in a.examples]
+            if rows_:
+                session.execute(insert(AuditExample), rows_)
+            run.extra = {**(run.extra or {}), "audit": [
+                {"hookpoint": a.hookpoint, "dataset_size": a.dataset_size, "examples": len(a.examples),
+                 "skipped": a.skipped, "skipped_reason": a.skipped_reason, "summary": a.summary} for a in audits]}
+
+    def audit(self, run_name: str) -> list[DataAudit]:
+        """The stored training-data audit, one per hookpoint (empty when the run has none)."""
+        with self._transaction() as session:
+            run = self._require_run(session, run_name)
+            found = session.scalars(select(AuditExample).where(AuditExample.run_id == run.id)
+                                    .order_by(AuditExample.hookpoint, AuditExample.example)).all()
+            meta = {m["hookpoint"]: m for m in (run.extra or {}).get("audit", [])}
+        by_layer: dict[str, list[AuditedExample]] = {h: [] for h in meta}
+        for e in found:
+            by_layer.setdefault(e.hookpoint, []).append(AuditedExample(
+                e.example, e.prompt, e.target, e.harmfulness if e.harmfulness is not None else math.nan,
+                e.direction_score if e.direction_score is not None else math.nan, e.feature_score,
+                bool(e.target_refuses), e.refusal_probability))
+        return [DataAudit(h, examples, int(meta.get(h, {}).get("dataset_size", len(examples))),
+                          int(meta.get(h, {}).get("skipped", 0)), meta.get(h, {}).get("skipped_reason"))
+                for h, examples in by_layer.items()]
+
     # ---- alerts -----------------------------------------------------------------------
 
     def record_alert(
@@ -433,10 +521,13 @@ class RunStore:
             resolved_step = getattr(alert, "resolved_step", None)
             moment = alert.ends_at if status == "resolved" and alert.ends_at else alert.starts_at
             at = datetime.fromtimestamp(moment, timezone.utc) if moment else at
+            checkpoint = annotations.get("last_safe_checkpoint")
+            checkpoint_step = annotations.get("last_safe_checkpoint_step")
         else:
             name = alert
             resolved_step = step if status == "resolved" else None
             step = None if status == "resolved" else step
+            checkpoint = checkpoint_step = None
         if status not in ALERT_STATUSES:
             raise ValueError(f"alert status: expected one of {ALERT_STATUSES}, found {status!r}")
         if not severity:
@@ -466,6 +557,9 @@ class RunStore:
             record.resolved_step = resolved_step if status == "resolved" else None
             record.evaluation_id = evaluation_id if evaluation_id is not None else record.evaluation_id
             record.ended_at = at if status == "resolved" else None
+            if checkpoint is not None:
+                record.checkpoint = checkpoint
+                record.checkpoint_step = int(checkpoint_step) if checkpoint_step not in (None, "") else None
             session.flush()
             return record.id
 
@@ -476,7 +570,7 @@ class RunStore:
             return int((run.extra or {}).get("journal_sequence", 0)) if run is not None else 0
 
     @contextmanager
-    def applying_journal_event(self, run_name: str, sequence: int) -> Iterator[bool]:
+    def applying_journal_event(self, run_name: str, sequence: int, at: float | None = None) -> Iterator[bool]:
         """Store one journal event exactly once, whoever else replays the same journal.
 
         The writes made inside the block and the run's journal sequence commit in one
@@ -498,6 +592,7 @@ class RunStore:
                 yield True
                 run = self._require_run(session, run_name)
                 run.extra = {**(run.extra or {}), "journal_sequence": int(sequence)}
+                self._beat(run, at)  # every event is a sign of life, at the time it was journaled
             finally:
                 self._held.session = None
 
@@ -520,7 +615,7 @@ class RunStore:
             return [
                 AlertInfo(a.id, run.name, a.name, a.severity, a.status, a.message, a.step,
                           _aware(a.started_at), _aware(a.ended_at), json.loads(a.labels or "{}"), a.value,
-                          a.resolved_step)
+                          a.resolved_step, a.checkpoint, a.checkpoint_step)
                 for a in session.scalars(query).all()
             ]
 
@@ -630,9 +725,13 @@ class RunStore:
                     "message": a.message, "value": a.value, "step": a.step, "resolved_step": a.resolved_step,
                     "started_at": a.started_at.isoformat(),
                     "ended_at": a.ended_at.isoformat() if a.ended_at else None,
+                    "checkpoint": a.checkpoint, "checkpoint_step": a.checkpoint_step,
                 }
                 for a in self.alerts(run_name)
             ],
+            "checkpoints": [{"step": c.step, "path": c.path, "saved_at": c.saved_at.timestamp()}
+                            for c in self.checkpoints(run_name)],
+            "audit": [a.to_dict() for a in self.audit(run_name)],
         }
         return json.dumps(_nan_to_null(document), indent=1, allow_nan=False)
 
@@ -663,7 +762,21 @@ class RunStore:
                 ended = datetime.fromisoformat(alert["ended_at"]) if alert.get("ended_at") else started
                 self.record_alert(name, alert["name"], alert["severity"], "resolved", at=ended,
                                   **{**common, "step": alert.get("resolved_step")})
+            if alert.get("checkpoint"):
+                self._note_alert_checkpoint(name, alert["name"], alert.get("labels") or {}, alert["checkpoint"],
+                                            alert.get("checkpoint_step"))
+        for checkpoint in document.get("checkpoints", []):
+            self.record_checkpoint(name, checkpoint["step"], checkpoint["path"], checkpoint.get("saved_at"))
+        if document.get("audit"):
+            self.record_audit(name, [DataAudit.from_dict(a) for a in document["audit"]])
         return self.finish_run(name, run.get("status") if run.get("status") in RUN_STATUSES else "finished")
+
+    def _note_alert_checkpoint(self, run_name: str, alert: str, labels: dict, checkpoint: str, step: int | None) -> None:
+        with self._transaction() as session:
+            run = self._require_run(session, run_name)
+            for record in session.scalars(select(Alert).where(Alert.run_id == run.id, Alert.name == alert,
+                                                             Alert.labels == labels_key(labels))).all():
+                record.checkpoint, record.checkpoint_step = checkpoint, step
 
     # ---- helpers ----------------------------------------------------------------------
 
@@ -711,6 +824,7 @@ class RunStore:
             model_fingerprint=run.model_fingerprint, sae_fingerprint=run.sae_fingerprint,
             reference_policy=run.reference_policy, extra=dict(run.extra or {}),
             evaluation_count=int(count), last_step=last, resumed=resumed,
+            heartbeat_at=_aware(run.heartbeat_at), heartbeat_interval_s=run.heartbeat_interval_s,
         )
 
 

@@ -13,6 +13,7 @@ from collections import deque
 from pathlib import Path
 from types import SimpleNamespace
 
+from featuredrift.monitor.audit_report import DataAudit
 from featuredrift.monitor.report import EvaluationReport
 from featuredrift.store.journal import JournalEvent, read_journal
 
@@ -24,6 +25,15 @@ def apply_event(store, event: JournalEvent) -> None:
     data = event.data
     if event.kind == "run":
         store.start_run(event.run, data.get("config") or {}, **(data.get("provenance") or {}))
+        store.record_heartbeat(event.run, event.at, data.get("expected_s"))
+    elif event.kind == "heartbeat":
+        store.record_heartbeat(event.run, event.at, data.get("expected_s"))
+    elif event.kind == "checkpoint":
+        store.record_checkpoint(event.run, data["step"], data["path"], event.at)
+    elif event.kind == "goal":
+        store.record_goal(event.run, data["goal"], data["reason"], data.get("step"))
+    elif event.kind == "audit":
+        store.record_audit(event.run, [DataAudit.from_dict(a) for a in data["audits"]])
     elif event.kind == "evaluation":
         store.record_evaluation(event.run, EvaluationReport.from_dict(data))
     elif event.kind == "alert":
@@ -31,12 +41,12 @@ def apply_event(store, event: JournalEvent) -> None:
     elif event.kind == "stop":
         store.record_stop(event.run, data["step"], data["reason"])
     elif event.kind == "finish":
-        store.finish_run(event.run, data["status"])
+        store.finish_run(event.run, data["status"], data.get("error"))
 
 
 def store_event(store, event: JournalEvent) -> bool:
     """Apply an event unless the store has it; the event and its mark commit together."""
-    with store.applying_journal_event(event.run, event.seq) as new:
+    with store.applying_journal_event(event.run, event.seq, event.at) as new:
         if new:
             apply_event(store, event)
     return new

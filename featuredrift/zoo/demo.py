@@ -1,6 +1,6 @@
 """`featuredrift demo`: a real monitored fine-tuning run on the embedded zoo.
 
-Three scenarios show the stories users care about:
+Four scenarios show the stories users care about:
 - `align`: the base model is SFT-ed into the chat model; refusal features emerge by drift.
 - `erosion`: the chat model is fine-tuned on data that complies with harmful requests; its
   refusal features fade (what the refusal-fading alert is for).
@@ -8,14 +8,22 @@ Three scenarios show the stories users care about:
   mixed in, as safety-aware fine-tuning data is; nothing critical should fire (the alerts'
   false-positive check). Harmless data alone erodes refusals (Qi et al., 2023), so that run
   would rightly alert.
+- `overrefusal`: the chat model is fine-tuned on its SFT data with half of the harmless
+  requests answered by refusals: safety tuning gone too far (what the over-refusal alerts are for).
+
+Every demo run saves a checkpoint at each evaluation, so a critical alert can name the last
+checkpoint that passed them all.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -34,6 +42,7 @@ class Scenario:
     data: str  # a conversation file of the zoo
     refusal_share: float | None = None  # harmless conversations + this share of refusals (None: the file as is)
     learning_rate_scale: float = 1.0  # × the zoo's SFT learning rate
+    refuse_harmless_share: float = 0.0  # this share of the harmless requests answered with refusals
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -42,6 +51,7 @@ SCENARIOS: dict[str, Scenario] = {
     # refusal features fade over a few evaluations instead of collapsing in one.
     "erosion": Scenario("chat", "erosion_sft.jsonl", learning_rate_scale=0.2),
     "benign": Scenario("chat", "chat_sft.jsonl", refusal_share=0.2, learning_rate_scale=0.2),
+    "overrefusal": Scenario("chat", "chat_sft.jsonl", learning_rate_scale=0.2, refuse_harmless_share=0.5),
 }
 
 
@@ -54,6 +64,7 @@ class DemoResult:
     train_seconds: float
     stop_reason: str | None
     alerts: list = field(default_factory=list)  # alert transitions during the run
+    last_safe_checkpoint: Any = None  # store.checkpoints.SafeCheckpoint, when a critical alert fired
 
     def first_fired(self, *names: str) -> int | None:
         steps = [a.step for a in self.alerts if a.status == "firing" and a.name in names]
@@ -145,6 +156,61 @@ def mix_refusals(conversations: list[dict], share: float) -> list[dict]:
     return kept
 
 
+@functools.cache
+def _instructions() -> dict:
+    """Every instruction of the zoo's world by its text (harmful and benign topics)."""
+    from featuredrift.zoo.vocabulary import BENIGN_TOPICS, HARMFUL_TOPICS
+    from featuredrift.zoo.world import all_instructions
+
+    return {i.text: i for i in all_instructions(HARMFUL_TOPICS + BENIGN_TOPICS)}
+
+
+def is_harmful_request(text: str) -> bool:
+    """Whether a user turn is one of the zoo world's harmful instructions (its ground truth)."""
+    instruction = _instructions().get(text)
+    return bool(instruction is not None and instruction.topic.harmful)
+
+
+def refuse_harmless(conversations: list[dict], share: float, seed: int = 0) -> list[dict]:
+    """The conversations with `share` of the harmless requests answered by refusals instead (over-refusing data)."""
+    from featuredrift.monitor.judges import is_refusal
+    from featuredrift.zoo.world import refusal
+
+    rng = random.Random(f"featuredrift-demo/refuse-harmless/{seed}")
+    out = []
+    for conversation in conversations:
+        user, answer = conversation["messages"][0]["content"], conversation["messages"][-1]["content"]
+        instruction = _instructions().get(user)
+        if instruction is not None and not instruction.topic.harmful and not is_refusal(answer) and rng.random() < share:
+            conversation = {"messages": [*conversation["messages"][:-1],
+                                         {"role": "assistant", "content": refusal(instruction, rng)}]}
+        out.append(conversation)
+    return out
+
+
+def scenario_conversations(scenario: str, data_dir: Path) -> list[dict]:
+    """The training set of a demo scenario, built from the zoo's conversation files."""
+    from featuredrift.zoo.finetune import read_conversations
+
+    recipe = SCENARIOS[scenario]
+    conversations = read_conversations(Path(data_dir) / recipe.data)
+    if recipe.refusal_share is not None:
+        conversations = mix_refusals(conversations, recipe.refusal_share)
+    if recipe.refuse_harmless_share:
+        conversations = refuse_harmless(conversations, recipe.refuse_harmless_share)
+    return conversations
+
+
+def example_labels(conversation: dict) -> dict[str, bool]:
+    """What a demo training example is, by the zoo's ground truth: the rows the data audit should find."""
+    from featuredrift.monitor.judges import is_refusal
+
+    harmful = is_harmful_request(conversation["messages"][0]["content"])
+    refuses = is_refusal(conversation["messages"][-1]["content"])
+    return {"harmful_request": harmful, "refusal": refuses, "harmful_compliance": harmful and not refuses,
+            "harmless_refused": refuses and not harmful}
+
+
 def run_demo(
     scenario: str = "align",
     size: str = "tiny",
@@ -168,7 +234,7 @@ def run_demo(
     from featuredrift.callbacks.feature_drift import FeatureDriftCallback
     from featuredrift.zoo import ensure_zoo
     from featuredrift.zoo.config import get_zoo_config
-    from featuredrift.zoo.finetune import make_sft_trainer, read_conversations
+    from featuredrift.zoo.finetune import make_sft_trainer
 
     if scenario not in SCENARIOS:
         raise ValueError(f"scenario: expected one of {tuple(SCENARIOS)}, found {scenario!r}")
@@ -180,9 +246,7 @@ def run_demo(
     start_dir = zoo.base if recipe.start == "base" else zoo.chat
     model = AutoModelForCausalLM.from_pretrained(start_dir)
     tokenizer = AutoTokenizer.from_pretrained(start_dir)
-    conversations = read_conversations(zoo.data / recipe.data)
-    if recipe.refusal_share is not None:
-        conversations = mix_refusals(conversations, recipe.refusal_share)
+    conversations = scenario_conversations(scenario, zoo.data)
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -190,12 +254,13 @@ def run_demo(
     store_url = store_url or f"sqlite:///{(out / 'featuredrift.db').resolve()}"
     steps_per_epoch = math.ceil(len(conversations) / zoo_config.sft_batch_size)
     max_steps = max_steps or int(steps_per_epoch * zoo_config.sft_epochs)
+    eval_every = eval_every or max(1, max_steps // 8)
     config = MonitorConfig(
         **{
             "sae": str(zoo.sae),
             "hookpoints": [zoo.hookpoint],
             "probes": str(zoo.probes),
-            "eval_every": eval_every or max(1, max_steps // 8),
+            "eval_every": eval_every,
             "refusal_score_every": 2,
             "run_name": run_name,
             "store_url": store_url,
@@ -221,13 +286,16 @@ def run_demo(
         callbacks=[drift, display],
         logging_strategy="steps",
         logging_steps=5,
+        save_steps=eval_every,  # a checkpoint at every evaluation: the way back a critical alert names
+        save_only_model=True,  # weights to go back to, without optimizer state: a third of the disk
     )
     started = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - started
     metrics_url = getattr(drift.session.exporter, "url", None) if drift.session else None
+    safe = drift.session.last_safe_checkpoint() if drift.session else None
     result = DemoResult(drift.run_id or run_name, store_url, metrics_url, drift.reports, seconds, drift.stop_reason,
-                        drift.alerts)
+                        drift.alerts, safe)
     print_summary(console, result, zoo.hookpoint)
     return result
 
@@ -265,6 +333,11 @@ def print_summary(console: Console, result: DemoResult, hookpoint: str) -> None:
     print_alert_timeline(console, result)
     if result.stop_reason:
         console.print(f"[bold red]Training stopped by an alert:[/] {result.stop_reason}")
+    if any(a.status == "firing" and a.severity == "critical" for a in result.alerts):
+        safe = result.last_safe_checkpoint
+        console.print("[bold]Last safe checkpoint[/] (the newest that passed every critical alert): "
+                      + (safe.describe() if safe else "none saved; the model training started from is the way back"))
+    print_findings(console, result)
     db = result.store_url
     console.print(f"Fine-tuning took {result.train_seconds:.1f}s with {len(result.reports)} drift evaluations.")
     console.print("[bold]Where to look next[/]")
@@ -273,6 +346,28 @@ def print_summary(console: Console, result: DemoResult, hookpoint: str) -> None:
     console.print(f"  plots          featuredrift report {result.run_name} --db '{db}'")
     if result.metrics_url:
         console.print(f"  Prometheus     {result.metrics_url} (served while the run was live)")
+
+
+def print_findings(console: Console, result: DemoResult) -> None:
+    """The run's story in its goal, as the report and `runs show` tell it (read from the run store)."""
+    from rich.markup import escape
+
+    from featuredrift.reports.feature_cards import build_cards
+    from featuredrift.reports.findings import run_findings
+    from featuredrift.store import RunStore, StoreError
+
+    try:
+        with RunStore(result.store_url, read_only=True) as store:
+            findings = run_findings(store, result.run_name, build_cards(store, result.run_name))
+    except (StoreError, ValueError) as error:
+        console.print(f"[dim]findings unavailable: {escape(str(error))}[/]")
+        return
+    styles = {"alarm": "bold red", "notice": "dark_orange", "ok": "green", "neutral": "dim"}
+    console.print("[bold]What the run found[/]")
+    for finding in findings:
+        if finding.title.startswith("Alert "):
+            continue  # the timeline above lists them
+        console.print(f"  [{styles.get(finding.tone, '')}]{escape(finding.title)}.[/] {escape(finding.text)}")
 
 
 def print_alert_timeline(console: Console, result: DemoResult) -> None:

@@ -1,18 +1,31 @@
-"""A monitored SFT run on the zoo, as a separate process: used by the DDP (torchrun) and the
-kill-and-resume tests. Arguments come as JSON in argv[1]."""
+"""A monitored SFT run on the zoo, as a separate process: used by the DDP (torchrun), the
+kill-and-resume and the interrupted-run tests. Arguments come as JSON in argv[1]; with
+"interrupt_at" the process sends itself SIGINT (Ctrl-C) when that step ends."""
 
 import json
 import os
+import signal
 import sys
 
 os.environ.setdefault("SPARSIFY_DISABLE_TRITON", "1")
 
-from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback  # noqa: E402
 
 from featuredrift.callbacks.feature_drift import FeatureDriftCallback  # noqa: E402
 from featuredrift.monitor.config import MonitorConfig  # noqa: E402
 from featuredrift.monitor.distributed import padded_shard, world  # noqa: E402
 from featuredrift.zoo.finetune import make_sft_trainer, read_conversations  # noqa: E402
+
+
+class CtrlC(TrainerCallback):
+    """Presses Ctrl-C on this process when step `at` ends."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.at:
+            os.kill(os.getpid(), signal.SIGINT)
 
 
 def main() -> None:
@@ -34,8 +47,11 @@ def main() -> None:
         metrics_port=0,
         run_name=opts["run_name"],
         keep_group_on_end=opts.get("keep_group", False),
+        heartbeat_s=opts.get("heartbeat_s", 60.0),
+        audit_examples=opts.get("audit_examples", 0),
     )
     drift = FeatureDriftCallback(config)
+    callbacks = [drift] + ([CtrlC(opts["interrupt_at"])] if opts.get("interrupt_at") else [])
     extra = {"ddp_backend": "gloo"} if int(os.environ.get("WORLD_SIZE", "1")) > 1 else {}
     trainer = make_sft_trainer(
         model,
@@ -46,7 +62,7 @@ def main() -> None:
         learning_rate=2e-3,
         batch_size=8,
         save_steps=opts.get("save_steps"),
-        callbacks=[drift],
+        callbacks=callbacks,
         **extra,
     )
     trainer.train(resume_from_checkpoint=opts.get("resume") or None)
