@@ -21,7 +21,7 @@ from typing import Any
 
 from featuredrift.monitor.config import MonitorConfig
 from featuredrift.monitor.report import EvaluationReport
-from featuredrift.store.journal import JournalEvent, RunJournal, read_journal
+from featuredrift.store.journal import JournalEvent, RunJournal, read_journal, run_fingerprints
 from featuredrift.store.sync import StoreSync
 
 logger = logging.getLogger(__name__)
@@ -84,21 +84,27 @@ class MonitorSession:
         self.handoff_seconds: list[float] = []  # training-thread time of each publish: the stall telemetry costs
         self._latest_costly: dict[str, object] = {}
         self._journal_broken = False
+        self._run_event: JournalEvent | None = None  # this process's start of the run: rescues carry it
 
     @classmethod
     def open(cls, config: MonitorConfig, run_name: str, monitor=None, *, journal_dir: str | Path | None = None,
-             display_name: str | None = None) -> MonitorSession:
+             display_name: str | None = None, resumed_at_step: int | None = None,
+             first_sequence: int = 0) -> MonitorSession:
         """Start the run's journal and its background writers.
 
-        Nothing here touches the store on the calling thread unless `config.strict_store` asks
-        for it, in which case an unreachable store raises now.
+        `resumed_at_step` marks a run resumed from the checkpoint of that step (its later steps
+        are evaluated again and replace the abandoned trajectory's); `first_sequence` is the
+        journal's numbering where the checkpoint left it. Nothing here touches the store on the
+        calling thread unless `config.strict_store` asks for it, in which case an unreachable
+        store raises now.
         """
         from featuredrift.alerts.engine import AlertEngine, log_action
         from featuredrift.alerts.webhook import WebhookAction
         from featuredrift.exporters import make_exporter
 
         journal_dir = Path(journal_dir) if journal_dir is not None else default_journal_dir(config)
-        journal = RunJournal.for_run(journal_dir, run_name)
+        provenance = monitor.provenance() if monitor is not None and monitor.started else {}
+        journal = RunJournal.for_run(journal_dir, run_name, run_fingerprints(provenance), first_sequence)
         if config.strict_store:
             from featuredrift.store import RunStore
 
@@ -114,9 +120,11 @@ class MonitorSession:
         session.engine = AlertEngine.from_config(
             config, webhook_url=None, actions=actions, on_fire=session._journal_alert, on_resolve=session._journal_alert
         )
-        provenance = monitor.provenance() if monitor is not None and monitor.started else {}
         provenance["display_name"] = display_name or run_name
-        session._record("run", {"config": config.public_dump(), "provenance": provenance})
+        start = {"config": config.public_dump(), "provenance": provenance}
+        if resumed_at_step is not None:
+            start["resumed_at_step"] = int(resumed_at_step)
+        session._run_event = session._record("run", start)
         return session
 
     def evaluated_steps(self) -> set[int]:
@@ -132,7 +140,7 @@ class MonitorSession:
                 except UnknownRunError:
                     pass
         except Exception as error:  # noqa: BLE001
-            logger.warning("featuredrift could not read run %s from the store (%s); using its journal", self.run_name, error)
+            logger.warning("featuredrift could not read run %r from the store (%s); using its journal", self.run_name, error)
         return steps
 
     # ---- the training thread's side: hand over and return -----------------------------
@@ -161,16 +169,17 @@ class MonitorSession:
         self._record("stop", {"step": int(step), "reason": reason})
 
     def close(self, status: str = "finished") -> None:
-        """Resolve alerts, finish the run and give the writers at most `close_timeout_s`."""
+        """Resolve alerts, finish the run and give the writers `close_timeout_s` in all: every
+        writer gets what is left of that one deadline, nothing waits past it."""
         started = time.perf_counter()
         budget = self.config.close_timeout_s
+        deadline = time.monotonic() + budget
         try:
             self.engine.resolve_run(self.run_name, time.time())
         except Exception:
             logger.exception("featuredrift could not resolve the run's alerts")
         self._record("finish", {"status": status})
-        deadline = time.monotonic() + budget
-        left = self.sync.close(budget)
+        left = self.sync.close(max(0.0, deadline - time.monotonic()))
         for closer in (self.exporter.close, getattr(self.deliveries, "close", None)):
             if closer is None:
                 continue
@@ -180,23 +189,24 @@ class MonitorSession:
                 logger.exception("featuredrift could not close a telemetry writer")
         if left:
             self._report_unstored(left)
-        self._note_handoff(time.perf_counter() - started, "close", budget=budget + 0.5)
+        self._note_handoff(time.perf_counter() - started, "close", budget=budget + self.config.telemetry_budget_s)
 
     # ---- helpers ------------------------------------------------------------------------
 
-    def _record(self, kind: str, data: dict) -> None:
+    def _record(self, kind: str, data: dict) -> JournalEvent:
         """Journal an event durably, then hand it to the store sync (in memory if the disk refuses)."""
         try:
             event = self.journal.append(kind, data)
             durable = True
         except OSError as error:
-            event = JournalEvent(self.journal.next_sequence(), kind, self.run_name, data)
+            event = self.journal.unwritten(kind, data)
             durable = False
             if not self._journal_broken:
                 self._journal_broken = True
                 logger.error("featuredrift cannot write the run journal %s (%s); evaluations are kept in memory "
                              "until the store takes them", self.journal.path, error)
         self.sync.submit(event, durable)
+        return event
 
     def _journal_alert(self, alert) -> None:
         if alert.status == "resolved" and getattr(alert, "resolved_step", None) is None:
@@ -215,7 +225,7 @@ class MonitorSession:
         evaluations = sum(1 for event in durable if event.kind == "evaluation")
         if durable:
             logger.warning(
-                "featuredrift: %d event(s) (%d evaluation(s)) of run %s are not in the run store %s yet; they are in %s "
+                "featuredrift: %d event(s) (%d evaluation(s)) of run %r are not in the run store %s yet; they are in %s "
                 "and will be stored when the run resumes, or now with `featuredrift runs import %s`",
                 len(durable), evaluations, self.run_name, self.sync.url_for_humans, self.journal.path, self.journal.path,
             )
@@ -223,18 +233,25 @@ class MonitorSession:
             self._rescue(volatile)
 
     def _rescue(self, events: list[JournalEvent]) -> None:
-        """Write events that neither the journal nor the store took to a fallback journal."""
-        fallback = RunJournal.for_run(FALLBACK_JOURNAL_DIR, self.run_name)
+        """Write events that neither the journal nor the store took to a fallback journal.
+
+        They keep their numbers (their identity in the run), and the file starts with this
+        process's start of the run, so it can be imported alone, before or after the journal.
+        """
+        fallback = RunJournal.for_run(FALLBACK_JOURNAL_DIR, self.run_name, self.journal.fingerprints)
+        if self._run_event is not None and all(event.seq != self._run_event.seq for event in events):
+            events = [self._run_event, *events]
         try:
             for event in events:
-                fallback.append(event.kind, event.data)
+                fallback.append_event(event)
         except OSError as error:
-            logger.error("featuredrift LOST %d event(s) (%d evaluation(s)) of run %s: neither the journal %s, the store "
+            logger.error("featuredrift LOST %d event(s) (%d evaluation(s)) of run %r: neither the journal %s, the store "
                          "%s nor %s could take them (%s)", len(events), sum(e.kind == "evaluation" for e in events),
                          self.run_name, self.journal.path, self.sync.url_for_humans, fallback.path, error)
             return
-        logger.error("featuredrift wrote %d event(s) of run %s that the journal and the store refused to %s; "
-                     "load them with `featuredrift runs import %s`", len(events), self.run_name, fallback.path, fallback.path)
+        logger.error("featuredrift wrote %d event(s) of run %r that the journal and the store refused to %s; "
+                     "load them with the rest of the run by `featuredrift runs import %s %s`", len(events), self.run_name,
+                     fallback.path, self.journal.path, fallback.path)
 
     def _with_latest_costly(self, report: EvaluationReport) -> EvaluationReport:
         """The report as exported: costly measurements that run on a slower cadence (refusal
