@@ -436,57 +436,47 @@ class RunStore:
     def drifted_features(self, run_name: str, hookpoint: str | None = None) -> list[DriftedFeatureRow]:
         with self._transaction() as session:
             run = self._require_run(session, run_name)
+            d = DriftedFeature  # columns, not entities: a run's history is tens of thousands of rows
             query = (
-                select(Evaluation.step, DriftedFeature)
-                .join(Evaluation, DriftedFeature.evaluation_id == Evaluation.id)
+                select(Evaluation.step, d.hookpoint, d.feature, d.subset, d.freq_reference, d.freq_current,
+                       d.mean_reference, d.mean_current, d.score, d.rank)
+                .join(Evaluation, d.evaluation_id == Evaluation.id)
                 .where(Evaluation.run_id == run.id)
-                .order_by(Evaluation.step, DriftedFeature.hookpoint, DriftedFeature.rank)
+                .order_by(Evaluation.step, d.hookpoint, d.rank)
             )
             if hookpoint is not None:
-                query = query.where(DriftedFeature.hookpoint == hookpoint)
-            return [
-                DriftedFeatureRow(
-                    step, d.hookpoint, d.feature, d.subset, d.freq_reference, d.freq_current,
-                    d.mean_reference, d.mean_current, d.score, d.rank,
-                )
-                for step, d in session.execute(query).all()
-            ]
+                query = query.where(d.hookpoint == hookpoint)
+            return [DriftedFeatureRow(*row) for row in session.execute(query).all()]
 
     def refusal_features(self, run_name: str, hookpoint: str | None = None) -> list[RefusalFeatureRow]:
         with self._transaction() as session:
             run = self._require_run(session, run_name)
+            r = RefusalFeature
             query = (
-                select(Evaluation.step, RefusalFeature)
-                .join(Evaluation, RefusalFeature.evaluation_id == Evaluation.id)
+                select(Evaluation.step, r.hookpoint, r.k, r.feature, r.source, r.rank, r.diff_in_means, r.nnls_weight)
+                .join(Evaluation, r.evaluation_id == Evaluation.id)
                 .where(Evaluation.run_id == run.id)
-                .order_by(Evaluation.step, RefusalFeature.hookpoint, RefusalFeature.k,
-                          RefusalFeature.source, RefusalFeature.rank)
+                .order_by(Evaluation.step, r.hookpoint, r.k, r.source, r.rank)
             )
             if hookpoint is not None:
-                query = query.where(RefusalFeature.hookpoint == hookpoint)
-            return [
-                RefusalFeatureRow(step, r.hookpoint, r.k, r.feature, r.source, r.rank, r.diff_in_means, r.nnls_weight)
-                for step, r in session.execute(query).all()
-            ]
+                query = query.where(r.hookpoint == hookpoint)
+            return [RefusalFeatureRow(*row) for row in session.execute(query).all()]
 
     def feature_contexts(self, run_name: str, step: int | None = None) -> list[FeatureContextRow]:
         """Stored top-activating contexts of `run_name`, at `step` or at every step."""
         with self._transaction() as session:
             run = self._require_run(session, run_name)
+            c = FeatureContext
             query = (
-                select(Evaluation.step, FeatureContext)
-                .join(Evaluation, FeatureContext.evaluation_id == Evaluation.id)
+                select(Evaluation.step, c.hookpoint, c.feature, c.model, c.rank, c.subset, c.probe_index, c.position,
+                       c.left_text, c.token, c.right_text, c.activation)
+                .join(Evaluation, c.evaluation_id == Evaluation.id)
                 .where(Evaluation.run_id == run.id)
-                .order_by(Evaluation.step, FeatureContext.hookpoint, FeatureContext.feature,
-                          FeatureContext.model, FeatureContext.rank)
+                .order_by(Evaluation.step, c.hookpoint, c.feature, c.model, c.rank)
             )
             if step is not None:
                 query = query.where(Evaluation.step == step)
-            return [
-                FeatureContextRow(step, c.hookpoint, c.feature, c.model, c.rank, c.subset, c.probe_index, c.position,
-                                  c.left_text, c.token, c.right_text, c.activation)
-                for step, c in session.execute(query).all()
-            ]
+            return [FeatureContextRow(*row) for row in session.execute(query).all()]
 
     # ---- alerts -----------------------------------------------------------------------
 
