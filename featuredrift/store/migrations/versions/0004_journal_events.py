@@ -1,5 +1,6 @@
-"""Journal events by sequence number (exactly once from any set of journals, in any order), the
-journal event behind each evaluation, and the indexes that keep step panels fast on many runs.
+"""Journal events by sequence number (exactly once from any set of journals, in any order) and the
+journal event behind each evaluation. (The step panels need no new index: they probe the existing
+`(run_id, step)` unique index once per run; see `featuredrift bench --store`.)
 
 Revision ID: 0004
 Revises: 0003
