@@ -321,7 +321,7 @@ def test_erosion_stops_on_the_feature_alert_before_refusals_drop(caplog):
     erosion = _trajectory([1.0, None, 0.95, None, 0.7, 0.3], relative_gap=[1.0, 0.9, 0.6, 0.45, 0.35, 0.3])
     with caplog.at_level("INFO"):
         transitions = _series(engine, "erosion", erosion)
-    assert engine.run_goals == {"erosion": "guard"} and "goal for run erosion: guard" in caplog.text
+    assert engine.run_goals == {"erosion": "guard"} and "goal for run 'erosion': guard" in caplog.text
     assert "refuses 100% of harmful probes" in engine.goal_reasons["erosion"]
     assert transitions == [
         (20, "RefusalFeaturesWeakening", "firing"),
@@ -389,7 +389,7 @@ def test_explicit_goal_is_kept_whatever_the_reference_does(caplog):
         fired = engine.evaluate(make_report(0, T0, relative_gap=0.1, harmful_refusal=1.0), run="r")
     assert names(fired) == ["RefusalFeaturesEmerging"]
     assert engine.run_goals == {"r": "align"} and engine.goal_reasons == {"r": "set by alert_goal"}
-    assert "goal for run r: align (set by alert_goal)" in caplog.text
+    assert "goal for run 'r': align (set by alert_goal)" in caplog.text
 
 
 def test_goal_off_fires_nothing():
