@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent environment setup: a project virtualenv with the CPU build of torch first
 # (a plain `torch` requirement would pull the CUDA wheels), then featuredrift itself.
-# With --services it also installs the Debian servers the test suite starts on loopback, and Chromium.
+# With --services it also installs the Debian servers the test suite starts on loopback, Chromium,
+# and npm (the dashboard schema check installs @grafana/schema and typescript with it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,6 +34,8 @@ if [ "${1:-}" = "--services" ]; then
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
   # headless browser for the HTML report test (tests/test_report_browser.py)
   command -v chromium >/dev/null || need+=(chromium)
+  # node + npm: the dashboards are type-checked against Grafana's npm schema (tests/test_grafana_schema.py)
+  command -v npm >/dev/null || need+=(npm)
   if [ ${#need[@]} -gt 0 ]; then
     SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
     $SUDO apt-get update -qq

@@ -245,38 +245,47 @@ def test_webhook_posts_alertmanager_payload(webhook_receiver):
     ]
 
 
+def timed_evaluate(engine: AlertEngine) -> tuple[float, list[FiredAlert]]:
+    start = time.monotonic()
+    fired = engine.evaluate(make_report(1, T0, relative_gap=0.1), run="r")
+    return time.monotonic() - start, fired
+
+
 def test_webhook_down_never_raises_and_is_bounded():
+    """A receiver nobody listens on adds at most the webhook timeout over the same evaluation
+    without a webhook, measured in the same test."""
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    baseline, _ = timed_evaluate(without_early_warning(stop_on_alert=True, goal="guard"))
     engine = without_early_warning(
         webhook_url=f"http://127.0.0.1:{port}/hook",
         webhook_timeout_s=0.5,
         stop_on_alert=True,
         goal="guard",
     )
-    start = time.monotonic()
-    fired = engine.evaluate(make_report(1, T0, relative_gap=0.1), run="r")
-    assert time.monotonic() - start < 2.0
+    elapsed, fired = timed_evaluate(engine)
+    assert elapsed - baseline < 0.5 + MonitorConfig().telemetry_budget_s
     assert names(fired) == ["RefusalFeaturesFading"]
     assert engine.webhook.failures == 1 and engine.webhook.deliveries == 0
     assert engine.should_stop
 
 
 def test_webhook_silent_server_times_out_quickly():
-    """A receiver that accepts the connection but never answers costs at most the timeout."""
+    """A receiver that accepts the connection but never answers adds at most the timeout."""
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen(1)
         port = listener.getsockname()[1]
+        baseline, _ = timed_evaluate(AlertEngine(goal="guard"))
         engine = AlertEngine(
             webhook_url=f"http://127.0.0.1:{port}/hook",
             webhook_timeout_s=0.3,
             goal="guard",
         )
-        start = time.monotonic()
-        engine.evaluate(make_report(1, T0, relative_gap=0.1), run="r")
-        assert time.monotonic() - start < 1.5
+        elapsed, _ = timed_evaluate(engine)
+        print(f"silent webhook adds {elapsed - baseline:.2f}s (timeout 0.3 s)")
+        assert 0.3 * 0.9 < elapsed - baseline < 0.3 + MonitorConfig().telemetry_budget_s
         assert engine.webhook.failures == 1
 
 
@@ -312,7 +321,7 @@ def test_erosion_stops_on_the_feature_alert_before_refusals_drop(caplog):
     erosion = _trajectory([1.0, None, 0.95, None, 0.7, 0.3], relative_gap=[1.0, 0.9, 0.6, 0.45, 0.35, 0.3])
     with caplog.at_level("INFO"):
         transitions = _series(engine, "erosion", erosion)
-    assert engine.run_goals == {"erosion": "guard"} and "goal for run erosion: guard" in caplog.text
+    assert engine.run_goals == {"erosion": "guard"} and "goal for run 'erosion': guard" in caplog.text
     assert "refuses 100% of harmful probes" in engine.goal_reasons["erosion"]
     assert transitions == [
         (20, "RefusalFeaturesWeakening", "firing"),
@@ -380,7 +389,7 @@ def test_explicit_goal_is_kept_whatever_the_reference_does(caplog):
         fired = engine.evaluate(make_report(0, T0, relative_gap=0.1, harmful_refusal=1.0), run="r")
     assert names(fired) == ["RefusalFeaturesEmerging"]
     assert engine.run_goals == {"r": "align"} and engine.goal_reasons == {"r": "set by alert_goal"}
-    assert "goal for run r: align (set by alert_goal)" in caplog.text
+    assert "goal for run 'r': align (set by alert_goal)" in caplog.text
 
 
 def test_goal_off_fires_nothing():

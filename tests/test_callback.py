@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from monitored_runs import assert_fault_adds_bounded_stall
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 from typer.testing import CliRunner
 
@@ -31,6 +32,10 @@ from featuredrift.zoo.finetune import make_sft_trainer, read_conversations
 
 pytestmark = pytest.mark.slow
 SCRIPT = Path(__file__).parent / "scripts" / "monitored_sft.py"
+# The align demo behind `align_run` trains ~30 s on a quiet machine and several times that on a
+# loaded one; whichever of its tests runs first pays for it, so each gets room beyond the suite's
+# 600 s default.
+align_demo = pytest.mark.timeout(1800)
 
 
 def _quiet_console():
@@ -46,6 +51,7 @@ def align_run(zoo_nano, tmp_path_factory):
     return result, out
 
 
+@align_demo
 def test_align_demo_evaluates_on_cadence_and_stores_every_evaluation(align_run):
     result, out = align_run
     steps = [r.step for r in result.reports]
@@ -56,6 +62,7 @@ def test_align_demo_evaluates_on_cadence_and_stores_every_evaluation(align_run):
         assert store.get_run("align").status == "finished"
 
 
+@align_demo
 def test_align_demo_refusal_features_emerge(align_run):
     result, _ = align_run
     first, last = result.reports[0], result.reports[-1]
@@ -69,6 +76,7 @@ def test_align_demo_refusal_features_emerge(align_run):
     assert last.layers[hookpoint].refusal_direction_cosine < 0.99
 
 
+@align_demo
 def test_align_demo_drifts_by_paper_like_amounts(align_run):
     """The zoo's base model already knows the chat format, so instruction tuning moves a minority
     of tokens past τ = 0.9 (the paper: 13–17%), ER and IR stay in the paper's ranges and KL in
@@ -82,6 +90,7 @@ def test_align_demo_drifts_by_paper_like_amounts(align_run):
     assert 0.1 < last.kl_mean < 1.5
 
 
+@align_demo
 def test_align_demo_fires_no_critical_alert_and_says_refusal_emerged(align_run):
     """Base → chat with the shipped alerts: the base model never refused, so the goal is align."""
     result, _ = align_run
@@ -179,9 +188,8 @@ def test_dead_pushgateway_never_breaks_training(zoo_nano, tmp_path):
 
     config = _config(zoo_nano, tmp_path, pushgateway_url=f"http://127.0.0.1:{free_port()}", export_timeout_s=0.5)
     trainer, callback = _trainer(zoo_nano, config, tmp_path)
-    started = time.perf_counter()
     trainer.train()
-    assert time.perf_counter() - started < 120
+    assert_fault_adds_bounded_stall(callback, tmp_path / "fault-free", "dead pushgateway")
     assert trainer.state.global_step == 6
     assert callback.session.exporter.failures > 0
     with RunStore(config.store_url) as store:  # stored before export: nothing lost

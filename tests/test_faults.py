@@ -1,8 +1,9 @@
 """Faults injected for real while a zoo model trains: a Pushgateway and a webhook that hang,
 trickle bytes or answer 500, a frozen PostgreSQL, a locked SQLite store, a store that is down
-at attach time, a full disk. Each test asserts the training finishes, the training thread never
-waits longer than the configured budget for telemetry, and every evaluation ends up in the
-store (or in the run journal, from which `featuredrift runs import` stores it)."""
+at attach time, a disk that is full or fills mid-run. Each test asserts the training finishes,
+the stall the fault adds to the training thread (over the same evaluations with nothing failing,
+measured in the same test) stays within the configured budgets, and every evaluation ends up in
+the store (or in the run's journals, from which `featuredrift runs import` stores it)."""
 
 from __future__ import annotations
 
@@ -16,20 +17,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from monitored_runs import EXPECTED_STEPS, assert_fault_adds_bounded_stall, train_monitored
+from transformers import TrainerCallback
 from typer.testing import CliRunner
 
-from featuredrift import sae_store  # noqa: F401  (Triton guard)
 from featuredrift.callbacks import session as session_module
-from featuredrift.callbacks.feature_drift import FeatureDriftCallback
 from featuredrift.cli.main import app
-from featuredrift.monitor.config import MonitorConfig
 from featuredrift.store.journal import read_journal
 from featuredrift.store.run_store import RunStore
-from featuredrift.zoo.finetune import make_sft_trainer, read_conversations
 
 pytestmark = pytest.mark.slow
-EXPECTED_STEPS = [0, 2, 4, 6]
 
 
 class MisbehavingServer:
@@ -91,35 +88,7 @@ def misbehaving():
         server.close()
 
 
-def _train(zoo, tmp_path, run_name="fault", output_dir=None, **overrides):
-    settings = dict(
-        sae=str(zoo.sae), probes=str(zoo.probes), max_probes=8, refusal_score_every=0, eval_every=2, metrics_port=-1,
-        store_url=f"sqlite:///{tmp_path}/runs.db", run_name=run_name, close_timeout_s=2.0, export_timeout_s=1.0,
-    )
-    config = MonitorConfig(**{**settings, **overrides})
-    model = AutoModelForCausalLM.from_pretrained(zoo.base)
-    tokenizer = AutoTokenizer.from_pretrained(zoo.base)
-    data = read_conversations(zoo.data / "chat_sft.jsonl")[:48]
-    callback = FeatureDriftCallback(config)
-    trainer = make_sft_trainer(model, tokenizer, data, output_dir=output_dir or tmp_path / "out", max_steps=6,
-                               learning_rate=5e-3, batch_size=8, callbacks=[callback])
-    trainer.train()
-    return callback
-
-
-def _stalls(callback) -> tuple[float, float]:
-    """(longest hand-over of one evaluation, the close at train end) on the training thread."""
-    handoffs = callback.session.handoff_seconds
-    return max(handoffs[:-1]), handoffs[-1]
-
-
-def _assert_bounded(callback, label: str, baseline: tuple[float, float] | None = None) -> None:
-    stall, close = _stalls(callback)
-    config = callback.config
-    print(f"{label}: longest hand-over {stall * 1e3:.1f} ms, close {close:.2f} s"
-          + (f" (fault-free: {baseline[0] * 1e3:.1f} ms, {baseline[1]:.2f} s)" if baseline else ""))
-    assert stall < config.telemetry_budget_s, f"{label}: a step waited {stall:.3f}s for telemetry"
-    assert close < config.close_timeout_s + 1.0, f"{label}: train end waited {close:.2f}s"
+_train = train_monitored
 
 
 def _stored_steps(url: str, run: str) -> list[int]:
@@ -131,22 +100,17 @@ def _journal(callback) -> Path:
     return callback.session.journal.path
 
 
-def _import(path: Path, db: str) -> None:
-    result = CliRunner().invoke(app, ["runs", "import", str(path), "--db", db])
+def _import(*paths: Path, db: str) -> str:
+    result = CliRunner().invoke(app, ["runs", "import", *map(str, paths), "--db", db])
     assert result.exit_code == 0, result.output
-
-
-@pytest.fixture(scope="module")
-def fault_free(zoo_nano, tmp_path_factory):
-    """The same run with no fault: the stall baseline printed next to every fault."""
-    return _stalls(_train(zoo_nano, tmp_path_factory.mktemp("fault-free")))
+    return result.output
 
 
 @pytest.mark.parametrize("mode", ["trickle", "hang", "error"])
-def test_misbehaving_pushgateway_never_stalls_training(zoo_nano, tmp_path, misbehaving, fault_free, mode):
+def test_misbehaving_pushgateway_never_stalls_training(zoo_nano, tmp_path, misbehaving, mode):
     gateway = misbehaving(mode)
     callback = _train(zoo_nano, tmp_path, pushgateway_url=gateway.url)
-    _assert_bounded(callback, f"pushgateway {mode}", fault_free)
+    assert_fault_adds_bounded_stall(callback, tmp_path / "fault-free", f"pushgateway {mode}")
     exporter = callback.session.exporter
     assert exporter.failures >= 1 and exporter.delivered == 0
     # Backoff holds during close too: a few attempts, not a tight loop of retries.
@@ -155,38 +119,41 @@ def test_misbehaving_pushgateway_never_stalls_training(zoo_nano, tmp_path, misbe
 
 
 @pytest.mark.parametrize("mode", ["trickle", "hang", "error"])
-def test_misbehaving_alert_webhook_never_stalls_training(zoo_nano, tmp_path, misbehaving, fault_free, mode):
+def test_misbehaving_alert_webhook_never_stalls_training(zoo_nano, tmp_path, misbehaving, mode):
     hook = misbehaving(mode)
     thresholds = tmp_path / "always.yml"
     thresholds.write_text("BaseSAETransferDegraded: {threshold: -1, for: 0}\n")  # fires at step 0
     callback = _train(zoo_nano, tmp_path, alert_webhook_url=f"{hook.url}/hooks/T0KEN", alert_thresholds=str(thresholds))
-    _assert_bounded(callback, f"webhook {mode}", fault_free)
+    assert_fault_adds_bounded_stall(callback, tmp_path / "fault-free", f"webhook {mode}")
     assert hook.requests >= 1
     assert _stored_steps(callback.config.store_url, callback.run_id) == EXPECTED_STEPS
     with RunStore(callback.config.store_url) as store:
         assert "BaseSAETransferDegraded" in [a.name for a in store.alerts(callback.run_id)]
 
 
-def test_sqlite_locked_for_the_whole_run(zoo_nano, tmp_path, fault_free, caplog):
+@pytest.mark.parametrize("metrics_port", [-1, 0], ids=["no endpoint", "metrics endpoint"])
+def test_sqlite_locked_for_the_whole_run(zoo_nano, tmp_path, caplog, metrics_port):
+    """Train end waits `close_timeout_s` for the locked store and not longer, also while the
+    /metrics endpoint is served (its shutdown waits for the server's poll)."""
     db = tmp_path / "runs.db"
     RunStore(f"sqlite:///{db}").close()
     blocker = sqlite3.connect(db, timeout=0)
     blocker.execute("BEGIN EXCLUSIVE")
     try:
         with caplog.at_level(logging.WARNING):
-            callback = _train(zoo_nano, tmp_path)
+            callback = _train(zoo_nano, tmp_path, metrics_port=metrics_port)
     finally:
         blocker.rollback()
         blocker.close()
-    _assert_bounded(callback, "sqlite locked", fault_free)
+    assert_fault_adds_bounded_stall(callback, tmp_path / "fault-free", f"sqlite locked ({'with' if metrics_port == 0 else 'no'} /metrics)")
     assert "runs import" in caplog.text and str(_journal(callback)) in caplog.text
     events = read_journal(_journal(callback))
     assert sorted(e.data["step"] for e in events if e.kind == "evaluation") == EXPECTED_STEPS
-    _import(_journal(callback), f"sqlite:///{db}")
+    _import(_journal(callback), db=f"sqlite:///{db}")
     assert _stored_steps(f"sqlite:///{db}", callback.run_id) == EXPECTED_STEPS
     with RunStore(f"sqlite:///{db}") as store:
         assert store.get_run(callback.run_id).status == "finished"
-    _import(_journal(callback), f"sqlite:///{db}")  # importing again adds nothing
+    _import(_journal(callback), db=f"sqlite:///{db}")  # importing again adds nothing
     with RunStore(f"sqlite:///{db}") as store:
         assert len(store.evaluations(callback.run_id)) == len(EXPECTED_STEPS)
 
@@ -198,8 +165,9 @@ def test_store_down_at_attach_is_a_warning_and_a_later_process_replays(zoo_nano,
     with caplog.at_level(logging.WARNING):
         callback = _train(zoo_nano, tmp_path, store_url=down)
     assert "unavailable" in caplog.text
+    assert_fault_adds_bounded_stall(callback, tmp_path / "fault-free", "store down at attach")
     journal = _journal(callback)
-    _import(journal, f"sqlite:///{tmp_path}/later.db")
+    _import(journal, db=f"sqlite:///{tmp_path}/later.db")
     assert _stored_steps(f"sqlite:///{tmp_path}/later.db", callback.run_id) == EXPECTED_STEPS
     with pytest.raises(Exception, match="127.0.0.1"):
         _train(zoo_nano, tmp_path / "strict", store_url=down, strict_store=True)
@@ -214,7 +182,7 @@ def _postgres_pids(url: str) -> list[int]:
     return pids
 
 
-def test_postgres_frozen_mid_run(zoo_nano, tmp_path, postgres_url, fault_free):
+def test_postgres_frozen_mid_run(zoo_nano, tmp_path, postgres_url):
     from servers import create_postgres_database
 
     url = create_postgres_database(postgres_url, "frozen")
@@ -228,40 +196,55 @@ def test_postgres_frozen_mid_run(zoo_nano, tmp_path, postgres_url, fault_free):
     finally:
         for pid in pids:
             os.kill(pid, signal.SIGCONT)
-    _assert_bounded(callback, "postgres frozen (SIGSTOP)", fault_free)
+    assert_fault_adds_bounded_stall(callback, tmp_path / "fault-free", "postgres frozen (SIGSTOP)")
     journal = _journal(callback)
     assert sorted(e.data["step"] for e in read_journal(journal) if e.kind == "evaluation") == EXPECTED_STEPS
-    _import(journal, url)
+    _import(journal, db=url)
     assert _stored_steps(url, callback.run_id) == EXPECTED_STEPS
 
 
-@pytest.fixture
-def full_disk(tmp_path):
-    """A 1 MiB tmpfs filled to the last byte (skipped where mounting is not allowed)."""
-    mount_point = tmp_path / "disk"
-    mount_point.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)], capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip()}")
-    try:
-        handle = open(mount_point / "filler", "wb", buffering=0)  # noqa: SIM115
+def _fill(mount_point: Path) -> None:
+    """Write zeros until the file system refuses one more byte."""
+    with open(mount_point / "filler", "ab", buffering=0) as handle:
         try:
             while True:
                 handle.write(b"\0" * 4096)
         except OSError:
             pass
-        finally:
-            handle.close()
+        try:
+            while True:
+                handle.write(b"\0")
+        except OSError:
+            pass
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A small tmpfs of its own (skipped where mounting is not allowed); `_fill` fills it."""
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount_point)], capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip()}")
+    try:
         yield mount_point
     finally:
         subprocess.run(["umount", "-l", str(mount_point)], capture_output=True)
 
 
-def test_full_disk_under_the_store_keeps_everything_in_the_journal(zoo_nano, tmp_path, full_disk, fault_free):
+@pytest.fixture
+def full_disk(small_disk):
+    """A tmpfs filled to the last byte."""
+    _fill(small_disk)
+    return small_disk
+
+
+def test_full_disk_under_the_store_keeps_everything_in_the_journal(zoo_nano, tmp_path, full_disk):
     url = f"sqlite:///{full_disk}/runs.db"
     callback = _train(zoo_nano, tmp_path, store_url=url)
-    _assert_bounded(callback, "disk full under the store", fault_free)
-    _import(_journal(callback), f"sqlite:///{tmp_path}/elsewhere.db")
+    assert_fault_adds_bounded_stall(callback, tmp_path / "fault-free", "disk full under the store")
+    _import(_journal(callback), db=f"sqlite:///{tmp_path}/elsewhere.db")
     assert _stored_steps(f"sqlite:///{tmp_path}/elsewhere.db", callback.run_id) == EXPECTED_STEPS
 
 
@@ -273,8 +256,55 @@ def test_full_disk_under_journal_and_store_rescues_to_a_fallback(zoo_nano, tmp_p
     assert "cannot write the run journal" in caplog.text
     (rescued,) = fallback.glob("journal-*.jsonl")
     assert f"wrote {len(read_journal(rescued))} event(s)" in caplog.text and str(rescued) in caplog.text
-    _import(rescued, f"sqlite:///{tmp_path}/elsewhere.db")
+    assert_fault_adds_bounded_stall(callback, tmp_path / "fault-free", "disk full under journal and store")
+    _import(rescued, db=f"sqlite:///{tmp_path}/elsewhere.db")
     assert _stored_steps(f"sqlite:///{tmp_path}/elsewhere.db", callback.run_id) == EXPECTED_STEPS
+
+
+class FillDiskAt(TrainerCallback):
+    """Fills the disk when training reaches `step`: the journal's disk runs out mid-run."""
+
+    def __init__(self, disk: Path, step: int):
+        self.disk, self.step = disk, step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            _fill(self.disk)
+
+
+def test_disk_filling_mid_run_rescues_with_the_same_event_numbers(zoo_nano, tmp_path, small_disk, monkeypatch, caplog):
+    """Steps 0 and 2 reach the journal, then its disk fills (the store is down throughout): steps 4
+    and 6 are rescued to the fallback journal under their own event numbers, so importing the two
+    journals, together or one after the other in either order, stores every evaluation once."""
+    from servers import free_port
+
+    fallback = tmp_path / "fallback"
+    monkeypatch.setattr(session_module, "FALLBACK_JOURNAL_DIR", fallback)
+    down = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/nothing"
+    with caplog.at_level(logging.WARNING):
+        callback = _train(zoo_nano, tmp_path, store_url=down, output_dir=small_disk / "out",
+                          callbacks=[FillDiskAt(small_disk, 3)])
+    assert "cannot write the run journal" in caplog.text
+    assert_fault_adds_bounded_stall(callback, tmp_path / "fault-free", "disk filling mid-run")
+    journal, (rescued,) = _journal(callback), fallback.glob("journal-*.jsonl")
+    kept, saved = read_journal(journal), read_journal(rescued)
+    assert sorted(e.data["step"] for e in kept if e.kind == "evaluation") == [0, 2]
+    assert sorted(e.data["step"] for e in saved if e.kind == "evaluation") == [4, 6]
+    # The rescue starts with the run's own start event (so it imports alone) and keeps every number.
+    assert saved[0] == kept[0] and [e.kind for e in saved].count("run") == 1
+    assert {e.seq for e in saved[1:]}.isdisjoint(e.seq for e in kept)
+    numbers = sorted({e.seq for e in kept} | {e.seq for e in saved})
+    assert numbers == list(range(1, numbers[-1] + 1))  # every event of the run, in one file or the other
+    for order in ([journal, rescued], [rescued, journal]):
+        separately, together = tmp_path / f"one-by-one-{order[0].name}.db", tmp_path / f"together-{order[0].name}.db"
+        for path in order:
+            _import(path, db=f"sqlite:///{separately}")
+        _import(*order, db=f"sqlite:///{together}")
+        for db in (separately, together):
+            with RunStore(f"sqlite:///{db}") as store:
+                assert [e.step for e in store.evaluations(callback.run_id)] == EXPECTED_STEPS
+                assert store.get_run(callback.run_id).status == "finished"
+        assert "0 event(s)" in _import(*order, db=f"sqlite:///{together}")  # once more: nothing new
 
 
 @pytest.mark.parametrize("name", ["team/exp1", "../../etc/x"])

@@ -86,6 +86,22 @@ def test_urls_are_validated_when_configured():
     assert "SECRETTOKEN" not in str(error.value)
 
 
+@pytest.mark.parametrize(("url", "why"), [
+    ("featuredrift-out/runs.db", "not a URL"),
+    ("postgres+nosuchdriver://user:S3CRET@db.example/runs", "no database driver 'postgres+nosuchdriver'"),
+    ("mongodb://user:S3CRET@db.example/runs", "no database driver 'mongodb'"),
+])
+def test_a_store_url_that_can_never_work_fails_when_the_config_is_made(url, why, monkeypatch):
+    with pytest.raises(ValueError, match="store_url: expected a SQLAlchemy database URL") as error:
+        MonitorConfig(store_url=url)
+    assert why in str(error.value) and "S3CRET" not in str(error.value)
+    monkeypatch.setenv("FEATUREDRIFT_STORE_URL", url)
+    with pytest.raises(ValueError, match=re.escape(why)):
+        MonitorConfig()
+    for usable in ("sqlite:///:memory:", "postgresql://user@host/db", "postgresql+psycopg://host/db"):
+        assert MonitorConfig(store_url=usable).store_url == usable
+
+
 def test_read_only_commands_create_no_database(tmp_path):
     missing = tmp_path / "nonexistent" / "dir" / "x.db"
     for command in (["runs", "list"], ["runs", "show", "r"], ["runs", "export", "r"], ["report", "r"]):

@@ -159,3 +159,30 @@ def test_a_neuronpedia_hosted_sae_names_its_id_with_the_run(zoo_nano, zoo_nano_m
         monitor.start(base, tokenizer)
         ids.append(monitor.provenance()["neuronpedia_ids"])
     assert ids == [{zoo_nano.hookpoint: "gemma-2-2b/12-gemmascope-res-16k"}, {}]
+
+
+@pytest.mark.parametrize("architecture", ["jumprelu", "standard", "topk"])
+def test_sae_inspect_reads_a_folder_saved_by_saelens(architecture, tmp_path):
+    """`featuredrift sae inspect` on a SAELens folder (cfg.json + sae_weights.safetensors) reports
+    what the monitor loads: sizes, architecture, its own sha256 and decoder norms."""
+    import hashlib
+    import json
+
+    from typer.testing import CliRunner
+
+    from featuredrift.cli.main import app
+
+    folder = make_saelens_sae(tmp_path / architecture, architecture, d_in=64, layer=2, d_sae=128)
+    result = CliRunner().invoke(app, ["sae", "inspect", str(folder), "--json"])
+    assert result.exit_code == 0, result.output
+    (summary,) = json.loads(result.stdout)
+    sae = load_sae(str(folder))
+    norms = sae.W_dec.float().norm(dim=1)
+    expected_sha = hashlib.sha256((folder / "cfg.json").read_bytes() + (folder / "sae_weights.safetensors").read_bytes())
+    assert summary["hookpoint"] == "layers.2" and (summary["d_in"], summary["num_latents"]) == (64, 128)
+    assert summary["activation"] == architecture and summary["k"] == (16 if architecture == "topk" else None)
+    assert summary["fingerprint"] == expected_sha.hexdigest()
+    assert summary["decoder_norm_max"] == pytest.approx(float(norms.max()))
+    assert summary["num_parameters"] == sum(p.numel() for p in sae.parameters())
+    table = CliRunner().invoke(app, ["sae", "inspect", str(folder)], env={"COLUMNS": "200"})
+    assert table.exit_code == 0 and architecture in table.output and "128" in table.output

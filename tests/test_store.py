@@ -190,7 +190,7 @@ def test_a_writer_that_returns_late_cannot_undo_an_import(store_url):
 
     def late_writer():
         try:
-            with RunStore(store_url) as late, late.applying_journal_event(run, 1) as new:
+            with RunStore(store_url) as late, late.applying_journal_event(journal[0]) as new:
                 outcome["saw_it_new"] = new
                 read_done.set()
                 go.wait(5)
@@ -217,7 +217,7 @@ def test_a_writer_that_returns_late_cannot_undo_an_import(store_url):
     with RunStore(store_url) as store:
         info = store.get_run(run)
         assert info.status == "finished", outcome
-        assert store.synced_sequence(run) == 3
+        assert store.applied_sequences(run) == {1, 2, 3}
         assert store.recorded_steps(run) == [0]
         # Replaying the journal once more changes nothing.
         assert sum(store_event(store, event) for event in journal) == 0
@@ -443,10 +443,120 @@ def test_a_replayed_journal_keeps_the_time_its_events_were_written(tmp_path):
     events = read_journal(journal.path)
     written = events[-1].at
     assert all(e.at is not None and abs(e.at - time.time()) < 60 for e in events)
-    old = [type(e)(e.seq, e.kind, e.run, e.data, e.at - 7200) for e in events]  # as if journaled two hours ago
+    old = [type(e)(e.seq, e.kind, e.run, e.data, fingerprints=e.fingerprints, at=e.at - 7200) for e in events]  # as if journaled two hours ago
     with RunStore(f"sqlite:///{tmp_path / 'runs.db'}") as store:
         for event in old:
             store_event(store, event)
         info = store.get_run("dead")
         assert abs(info.heartbeat_at.timestamp() - (written - 7200)) < 1e-3 and info.stale()
         assert [c.step for c in store.checkpoints("dead")] == [0]
+# One process opening the store once the parent says go: what a job does at train begin.
+OPEN_AT_ONCE = """
+import pathlib, sys, time
+from featuredrift.store import RunStore
+url, ready, go = sys.argv[1], pathlib.Path(sys.argv[2]), pathlib.Path(sys.argv[3])
+ready.touch()
+while not go.exists():
+    time.sleep(0.001)
+with RunStore(url) as store:
+    store.start_run(ready.name, {})
+"""
+
+
+def test_jobs_starting_at_once_on_a_fresh_store_migrate_one_at_a_time(store_url, tmp_path):
+    """Several processes open the same fresh store at the same instant: each one opens it (no
+    duplicate-type or locked-table error from two migrations racing) and the schema is migrated once."""
+    import subprocess
+    import sys
+    import time
+
+    jobs = 6
+    go = tmp_path / "go"
+    processes = [subprocess.Popen([sys.executable, "-c", OPEN_AT_ONCE, store_url, str(tmp_path / f"job-{i}"), str(go)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(jobs)]
+    deadline = time.monotonic() + 120
+    while not all((tmp_path / f"job-{i}").exists() for i in range(jobs)):
+        assert time.monotonic() < deadline and all(p.poll() is None for p in processes), "a job died before the start"
+        time.sleep(0.01)
+    go.touch()
+    outcomes = [(p.wait(timeout=120), p.stderr.read()) for p in processes]
+    assert [code for code, _ in outcomes] == [0] * jobs, "\n".join(err[-2000:] for code, err in outcomes if code)
+    with RunStore(store_url) as store, store.engine.connect() as connection:
+        assert sorted(r.name for r in store.list_runs()) == [f"job-{i}" for i in range(jobs)]
+        assert connection.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == [head_revision()]
+
+
+def _journal_file(path, events) -> str:
+    path.write_text("".join(event.to_line() for event in events))
+    return path
+
+
+def _events(run: str, *items: tuple[str, dict], first: int = 1):
+    from featuredrift.store.journal import JournalEvent
+
+    prints = {"model_fingerprint": "model-a", "sae_fingerprint": "sae-a", "probe_fingerprint": "probes-a"}
+    return [JournalEvent(seq, kind, run, data, fingerprints=prints) for seq, (kind, data) in enumerate(items, start=first)]
+
+
+def _report(step: int, **changes) -> dict:
+    import dataclasses
+
+    return dataclasses.replace(make_report(step), **changes).to_dict()
+
+
+def _stored(store, run: str) -> dict[int, dict]:
+    return {e.step: e.report.to_dict() for e in store.evaluations(run)}
+
+
+def test_a_resumed_run_rewrites_its_own_steps_past_the_checkpoint_from_any_journal_order(store_url, tmp_path):
+    """A run killed after evaluating step 20 and resumed from its step-10 checkpoint evaluates
+    20 again: the newer reading replaces the abandoned one however the journals are imported,
+    and a final evaluation completes the one training stopped at. Nothing else may be rewritten."""
+    from featuredrift.store.errors import HistoryConflictError
+    from featuredrift.store.sync import import_journals
+
+    run = "resumed"
+    events = _events(
+        run,
+        ("run", {"config": {}, "provenance": {}}),
+        ("evaluation", _report(0)), ("evaluation", _report(10)), ("evaluation", _report(20, timestamp=1.0)),
+        ("run", {"config": {}, "provenance": {}, "resumed_at_step": 10}),
+        ("evaluation", _report(20, timestamp=2.0)),
+        ("evaluation", _report(30)), ("evaluation", _report(30, final=True, safety_score=0.5)),
+        ("finish", {"status": "finished"}),
+    )
+    killed, resumed = _journal_file(tmp_path / "killed.jsonl", events[:4]), _journal_file(tmp_path / "resumed.jsonl", events[4:])
+    for order in ((killed, resumed), (resumed, killed)):
+        with RunStore(store_url) as store:
+            for path in order:
+                import_journals(store, [path])
+            stored = _stored(store, run)
+            assert sorted(stored) == [0, 10, 20, 30]
+            assert stored[20]["timestamp"] == 2.0 and stored[30]["final"] and stored[30]["safety_score"] == 0.5
+            assert store.get_run(run).status == "finished"
+            assert store.applied_sequences(run) == set(range(1, 10))
+            assert import_journals(store, [killed, resumed]) == {run: 0}
+            # Step 10 is before the checkpoint: no journal of the run may change it.
+            forged = _journal_file(tmp_path / "forged.jsonl", _events(run, ("evaluation", _report(10, timestamp=3.0)),
+                                                                      first=10))
+            with pytest.raises(HistoryConflictError, match="step 10"):
+                import_journals(store, [forged])
+            assert _stored(store, run) == stored and 10 not in store.applied_sequences(run)
+            store.engine.dispose()
+        with RunStore(store_url) as store, store.engine.begin() as connection:
+            for table in ("journal_events", "metric_values", "drifted_features", "refusal_features", "feature_contexts",
+                          "alerts", "evaluations", "runs"):
+                connection.execute(text(f"DELETE FROM {table}"))
+
+
+def test_the_same_event_number_with_other_content_is_refused(store_url, tmp_path):
+    from featuredrift.store.errors import HistoryConflictError
+    from featuredrift.store.sync import import_journals
+
+    events = _events("edited", ("run", {"config": {}, "provenance": {}}), ("evaluation", _report(0)))
+    with RunStore(store_url) as store:
+        import_journals(store, [_journal_file(tmp_path / "journal.jsonl", events)])
+        edited = _events("edited", ("run", {"config": {}, "provenance": {}}), ("evaluation", _report(0, kl_mean=9.0)))
+        with pytest.raises(HistoryConflictError, match="event 2 .*differs"):
+            import_journals(store, [_journal_file(tmp_path / "edited.jsonl", edited)])
+        assert _stored(store, "edited")[0]["kl_mean"] == 0.0

@@ -46,6 +46,7 @@ from featuredrift.alerts.templating import render
 from featuredrift.alerts.webhook import WebhookAction
 from featuredrift.monitor.config import GOALS, MONITORING_GOALS
 from featuredrift.monitor.report import EvaluationReport, MetricSample
+from featuredrift.text import printable
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ def log_action(alerts: Sequence[FiredAlert]) -> None:
     """Default action: one log line per transition."""
     for alert in alerts:
         level = logging.INFO if alert.status == "resolved" or alert.severity == "info" else logging.WARNING
-        logger.log(level, "alert %s", alert.describe())
+        logger.log(level, "alert %s", printable(alert.describe()))
 
 
 @dataclass
@@ -190,7 +191,7 @@ class AlertEngine:
         if rate is None:
             if run not in self._undecided_said:
                 self._undecided_said.add(run)
-                logger.info("featuredrift monitoring goal for run %s: undecided until an evaluation measures the "
+                logger.info("featuredrift monitoring goal for run %r: undecided until an evaluation measures the "
                             "refusal rate (until then only alerts for every goal apply)", run)
             return None
         goal = "guard" if rate >= AUTO_GUARD_REFUSAL_RATE else "align"
@@ -200,7 +201,7 @@ class AlertEngine:
     def _decide(self, run: str, goal: str, why: str) -> str:
         self.run_goals[run] = goal
         self.goal_reasons[run] = why
-        logger.info("featuredrift monitoring goal for run %s: %s (%s)", run, goal, why)
+        logger.info("featuredrift monitoring goal for run %r: %s (%s)", run, goal, why)
         return goal
 
     def evaluate_samples(

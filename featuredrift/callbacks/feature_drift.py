@@ -132,6 +132,8 @@ class FeatureDriftCallback(TrainerCallback):
             self.session = MonitorSession.open(
                 self.config, self.run_id, self.monitor, journal_dir=folder, display_name=display_name,
                 expected_s=2 * (time.perf_counter() - started),
+                resumed_at_step=state.global_step if saved else None,
+                first_sequence=int(saved.get("journal_sequence", 0)) if saved else 0,
             )
         # Evaluations up to the resumed step are kept; later ones belong to the trajectory that
         # was abandoned at the kill and are replaced as the resumed run reaches them. Every rank
@@ -162,6 +164,8 @@ class FeatureDriftCallback(TrainerCallback):
                 "run_id": self.run_id,
                 "evaluated_steps": sorted(s for s in self._done_steps if s <= state.global_step),
                 "evaluations": self.monitor.evaluations,
+                # Where the journal's numbering stands: a resume without the journal file continues it.
+                "journal_sequence": self.session.journal.sequence if self.session is not None else 0,
                 **{k: v for k, v in self.monitor.provenance().items() if k.endswith("_fingerprint")},
             })
 

@@ -23,7 +23,7 @@ from featuredrift.callbacks import exits
 from featuredrift.monitor.config import MonitorConfig
 from featuredrift.monitor.report import EvaluationReport
 from featuredrift.store.checkpoints import SafeCheckpoint, last_safe_checkpoint
-from featuredrift.store.journal import JournalEvent, RunJournal, read_journal
+from featuredrift.store.journal import JournalEvent, RunJournal, read_journal, run_fingerprints
 from featuredrift.store.sync import StoreSync
 
 logger = logging.getLogger(__name__)
@@ -95,22 +95,28 @@ class MonitorSession:
         self._last_call = self._last_recorded = time.monotonic()
         self._longest_gap = 0.0
         self._expected_s = config.heartbeat_s
+        self._run_event: JournalEvent | None = None  # this process's start of the run: rescues carry it
 
     @classmethod
     def open(cls, config: MonitorConfig, run_name: str, monitor=None, *, journal_dir: str | Path | None = None,
-             display_name: str | None = None, expected_s: float | None = None) -> MonitorSession:
+             display_name: str | None = None, expected_s: float | None = None, resumed_at_step: int | None = None,
+             first_sequence: int = 0) -> MonitorSession:
         """Start the run's journal and its background writers. `expected_s` is how long the run
         may be silent before its next event (e.g. its first evaluation), at least `heartbeat_s`.
 
-        Nothing here touches the store on the calling thread unless `config.strict_store` asks
-        for it, in which case an unreachable store raises now.
+        `resumed_at_step` marks a run resumed from the checkpoint of that step (its later steps
+        are evaluated again and replace the abandoned trajectory's); `first_sequence` is the
+        journal's numbering where the checkpoint left it. Nothing here touches the store on the
+        calling thread unless `config.strict_store` asks for it, in which case an unreachable
+        store raises now.
         """
         from featuredrift.alerts.engine import AlertEngine, log_action
         from featuredrift.alerts.webhook import WebhookAction
         from featuredrift.exporters import make_exporter
 
         journal_dir = Path(journal_dir) if journal_dir is not None else default_journal_dir(config)
-        journal = RunJournal.for_run(journal_dir, run_name)
+        provenance = monitor.provenance() if monitor is not None and monitor.started else {}
+        journal = RunJournal.for_run(journal_dir, run_name, run_fingerprints(provenance), first_sequence)
         if config.strict_store:
             from featuredrift.store import RunStore
 
@@ -127,10 +133,12 @@ class MonitorSession:
             config, webhook_url=None, actions=actions, on_fire=session._journal_alert, on_resolve=session._journal_alert,
             annotate=session._checkpoint_annotations,
         )
-        provenance = monitor.provenance() if monitor is not None and monitor.started else {}
         provenance["display_name"] = display_name or run_name
         session._expected_s = max(config.heartbeat_s, expected_s or 0.0)
-        session._record("run", {"config": config.public_dump(), "provenance": provenance, "expected_s": session._expected_s})
+        start = {"config": config.public_dump(), "provenance": provenance, "expected_s": session._expected_s}
+        if resumed_at_step is not None:
+            start["resumed_at_step"] = int(resumed_at_step)
+        session._run_event = session._record("run", start)
         exits.watch(session)
         return session
 
@@ -147,7 +155,7 @@ class MonitorSession:
                 except UnknownRunError:
                     pass
         except Exception as error:  # noqa: BLE001
-            logger.warning("featuredrift could not read run %s from the store (%s); using its journal", self.run_name, error)
+            logger.warning("featuredrift could not read run %r from the store (%s); using its journal", self.run_name, error)
         return steps
 
     # ---- the training thread's side: hand over and return -----------------------------
@@ -223,20 +231,21 @@ class MonitorSession:
             logger.exception("featuredrift could not close run %s", self.run_name)
 
     def close(self, status: str = "finished", error: dict[str, str] | None = None) -> None:
-        """Resolve alerts, finish the run and give the writers at most `close_timeout_s`."""
+        """Resolve alerts, finish the run and give the writers `close_timeout_s` in all: every
+        writer gets what is left of that one deadline, nothing waits past it."""
         if self.closed:
             return
         self.closed = True
         exits.forget(self)
         started = time.perf_counter()
         budget = self.config.close_timeout_s
+        deadline = time.monotonic() + budget
         try:
             self.engine.resolve_run(self.run_name, time.time())
         except Exception:
             logger.exception("featuredrift could not resolve the run's alerts")
         self._record("finish", {"status": status, **({"error": error} if error else {})})
-        deadline = time.monotonic() + budget
-        left = self.sync.close(budget)
+        left = self.sync.close(max(0.0, deadline - time.monotonic()))
         for closer in (self.exporter.close, getattr(self.deliveries, "close", None)):
             if closer is None:
                 continue
@@ -246,24 +255,25 @@ class MonitorSession:
                 logger.exception("featuredrift could not close a telemetry writer")
         if left:
             self._report_unstored(left)
-        self._note_handoff(time.perf_counter() - started, "close", budget=budget + 0.5)
+        self._note_handoff(time.perf_counter() - started, "close", budget=budget + self.config.telemetry_budget_s)
 
     # ---- helpers ------------------------------------------------------------------------
 
-    def _record(self, kind: str, data: dict) -> None:
+    def _record(self, kind: str, data: dict) -> JournalEvent:
         """Journal an event durably, then hand it to the store sync (in memory if the disk refuses)."""
         self._last_recorded = time.monotonic()
         try:
             event = self.journal.append(kind, data)
             durable = True
         except OSError as error:
-            event = JournalEvent(self.journal.next_sequence(), kind, self.run_name, data, time.time())
+            event = self.journal.unwritten(kind, data)
             durable = False
             if not self._journal_broken:
                 self._journal_broken = True
                 logger.error("featuredrift cannot write the run journal %s (%s); evaluations are kept in memory "
                              "until the store takes them", self.journal.path, error)
         self.sync.submit(event, durable)
+        return event
 
     def _journal_alert(self, alert) -> None:
         if alert.severity in self.engine.stop_severities:
@@ -296,7 +306,7 @@ class MonitorSession:
         evaluations = sum(1 for event in durable if event.kind == "evaluation")
         if durable:
             logger.warning(
-                "featuredrift: %d event(s) (%d evaluation(s)) of run %s are not in the run store %s yet; they are in %s "
+                "featuredrift: %d event(s) (%d evaluation(s)) of run %r are not in the run store %s yet; they are in %s "
                 "and will be stored when the run resumes, or now with `featuredrift runs import %s`",
                 len(durable), evaluations, self.run_name, self.sync.url_for_humans, self.journal.path, self.journal.path,
             )
@@ -304,18 +314,25 @@ class MonitorSession:
             self._rescue(volatile)
 
     def _rescue(self, events: list[JournalEvent]) -> None:
-        """Write events that neither the journal nor the store took to a fallback journal."""
-        fallback = RunJournal.for_run(FALLBACK_JOURNAL_DIR, self.run_name)
+        """Write events that neither the journal nor the store took to a fallback journal.
+
+        They keep their numbers (their identity in the run), and the file starts with this
+        process's start of the run, so it can be imported alone, before or after the journal.
+        """
+        fallback = RunJournal.for_run(FALLBACK_JOURNAL_DIR, self.run_name, self.journal.fingerprints)
+        if self._run_event is not None and all(event.seq != self._run_event.seq for event in events):
+            events = [self._run_event, *events]
         try:
             for event in events:
-                fallback.append(event.kind, event.data)
+                fallback.append_event(event)
         except OSError as error:
-            logger.error("featuredrift LOST %d event(s) (%d evaluation(s)) of run %s: neither the journal %s, the store "
+            logger.error("featuredrift LOST %d event(s) (%d evaluation(s)) of run %r: neither the journal %s, the store "
                          "%s nor %s could take them (%s)", len(events), sum(e.kind == "evaluation" for e in events),
                          self.run_name, self.journal.path, self.sync.url_for_humans, fallback.path, error)
             return
-        logger.error("featuredrift wrote %d event(s) of run %s that the journal and the store refused to %s; "
-                     "load them with `featuredrift runs import %s`", len(events), self.run_name, fallback.path, fallback.path)
+        logger.error("featuredrift wrote %d event(s) of run %r that the journal and the store refused to %s; "
+                     "load them with the rest of the run by `featuredrift runs import %s %s`", len(events), self.run_name,
+                     fallback.path, self.journal.path, fallback.path)
 
     def _with_latest_costly(self, report: EvaluationReport) -> EvaluationReport:
         """The report as exported: costly measurements that run on a slower cadence (refusal

@@ -15,7 +15,7 @@ def bench(
     size: ZooSize = typer.Option(ZooSize.tiny, help="Zoo size to measure on (without --shape)."),
     steps: int = typer.Option(200, help="Training steps per run (zoo bench)."),
     eval_every: int = typer.Option(50, help="Evaluation cadence (the callback's default is 50)."),
-    repeats: int = typer.Option(2, help="Repeats per measurement (the fastest counts)."),
+    repeats: int = typer.Option(2, help="Repeats per measurement (the fastest counts; --store: the median)."),
     layers: int = typer.Option(2, help="--shape: decoder blocks built (costs of the SAE and metrics do not depend on depth)."),
     latents: int = typer.Option(65_536, help="--shape: SAE latents (the paper's 65,536; shrink on CPU)."),
     k: int = typer.Option(100, help="--shape: SAE top-k."),
@@ -28,6 +28,12 @@ def bench(
     probe_length: int = typer.Option(128, help="--shape: probe texts truncated to this many tokens."),
     offline: bool = typer.Option(True, help="--shape: also time the offline route (save, reload in a fresh process, recompute)."),
     scaling: bool = typer.Option(True, help="--shape: also measure the scaling table."),
+    store: bool = typer.Option(False, "--store", help="Time the run store instead: build a store of --runs × "
+                               "--evaluations and time every Grafana SQL panel and `runs list/show/compare`."),
+    store_url: list[str] = typer.Option([], "--store-url", help="--store: an empty database to build it in (repeat for "
+                                        "SQLite and PostgreSQL; default: a fresh SQLite file in a temp folder)."),
+    runs: int = typer.Option(1000, help="--store: runs in the store."),
+    evaluations: int = typer.Option(100, help="--store: evaluations per run."),
     json_out: Path = typer.Option(None, "--json", help="Also write the numbers to this JSON file."),
 ) -> None:
     """Measure the monitor's overhead (on the zoo, or at a real model's shape) and print ratios against the targets."""
@@ -42,7 +48,26 @@ def bench(
         if not console.is_terminal:
             console.log(message)
 
-    if shape:
+    if store:
+        import tempfile
+
+        from featuredrift.bench.store_load import (
+            StoreLoadSettings,
+            print_store_load,
+            run_store_load,
+        )
+
+        with tempfile.TemporaryDirectory(prefix="featuredrift-store-load-") as tmp:
+            settings = StoreLoadSettings(urls=store_url or [f"sqlite:///{tmp}/load.db"], runs=runs,
+                                         evaluations=evaluations, repeats=repeats)
+            try:
+                settings.check()
+            except ValueError as error:
+                raise typer.BadParameter(str(error)) from None
+            with console.status("store load") as status:
+                results = run_store_load(settings, _runs_command, progress=lambda message: progress(status, message))
+        print_store_load(results)
+    elif shape:
         from featuredrift.bench.shapes import (
             ShapeBenchSettings,
             print_shape_benchmark,
@@ -69,3 +94,17 @@ def bench(
         print_benchmark(results)
     if json_out:
         json_out.write_text(json.dumps(results, indent=2))
+
+
+def _runs_command(args: list[str]) -> int:
+    """`featuredrift runs ARGS` in this process, its output rendered as on a 160-column terminal."""
+    import os
+
+    from typer.testing import CliRunner
+
+    from featuredrift.cli.runs import app
+
+    result = CliRunner().invoke(app, args, env={**os.environ, "COLUMNS": "160"})
+    if result.exit_code != 0:
+        raise RuntimeError(f"featuredrift runs {' '.join(args)}: {result.output[-500:]}")
+    return result.output.count("\n")

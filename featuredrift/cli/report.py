@@ -6,24 +6,27 @@ from pathlib import Path
 
 import typer
 
+from featuredrift.cli.output import echo, error_line
 from featuredrift.cli.runs import DB_HELP, default_store_url
 
 
 def report_command(
     run: str = typer.Argument(..., help="Run name in the store."),
     db: str | None = typer.Option(None, "--db", help=DB_HELP, show_default=False),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Output folder (default: featuredrift-out/report-<run>)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Output folder (default: featuredrift-out/report-<run>, "
+                                    "the run name made safe as one folder name)."),
 ) -> None:
     """An HTML report of a run: findings, charts per layer with thresholds and alerts, feature cards."""
     from featuredrift.reports.html import write_run_report
     from featuredrift.store.errors import StoreError
+    from featuredrift.store.journal import safe_file_name
     from featuredrift.store.run_store import RunStore
 
-    out = out or Path("featuredrift-out") / f"report-{run}"
+    out = out or Path("featuredrift-out") / f"report-{safe_file_name(run)}"
     try:
         with RunStore(db or default_store_url(), read_only=True) as store:
             files = write_run_report(store, run, out)
     except (StoreError, ValueError) as error:
-        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+        error_line(error)
         raise typer.Exit(2) from error
-    typer.echo(f"wrote {files.html} ({len(files.images)} charts)")
+    echo(f"wrote {files.html} ({len(files.images)} charts)")

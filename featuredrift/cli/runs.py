@@ -11,6 +11,7 @@ from pathlib import Path
 
 import typer
 
+from featuredrift.cli.output import StoredTextTable, echo, error_line, shown
 from featuredrift.monitor.config import DEFAULT_STORE_URL
 
 app = typer.Typer(help="Inspect, compare and export stored runs.", no_args_is_help=True)
@@ -33,12 +34,12 @@ def open_store(db: str | None, *, read_only: bool = True):
     try:
         return RunStore(db or default_store_url(), read_only=read_only)
     except StoreError as error:
-        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+        error_line(error)
         raise typer.Exit(2) from error
 
 
 def fail(error: Exception) -> None:
-    typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+    error_line(error)
     raise typer.Exit(2) from error
 
 
@@ -54,10 +55,9 @@ def _fmt(value: float | None) -> str:
 
 
 def new_table(title: str, columns: tuple[str, ...], show_header: bool = True):
-    """A rich table whose cells wrap instead of truncating (names and labels must stay readable)."""
-    from rich.table import Table
-
-    table = Table(title=title, show_header=show_header)
+    """A rich table whose cells wrap instead of truncating (names and labels must stay readable);
+    its strings are shown as stored, never read as markup."""
+    table = StoredTextTable(title=title, show_header=show_header)
     for column in columns:
         table.add_column(column, overflow="fold")
     return table
@@ -82,7 +82,7 @@ def list_runs(db: str | None = DbOption) -> None:
             run.created_at.strftime("%Y-%m-%d %H:%M:%S"), run.updated_at.strftime("%Y-%m-%d %H:%M:%S"),
             run.reference_policy or "—",
         )
-    Console().print(table if runs else f"no runs in {store.display_url}")
+    Console().print(table if runs else shown(f"no runs in {store.display_url}"))
 
 
 @app.command("show")
@@ -250,7 +250,7 @@ def _show_features(run: str, db: str | None, limit: int = DEFAULT_CARD_LIMIT) ->
             fail(error)
     console = Console()
     if not cards:
-        console.print(f"run {run}: no drifted or refusal features stored yet")
+        console.print(shown(f"run {run}: no drifted or refusal features stored yet"))
         return
     for card in cards[:limit]:
         console.print(_card_table(card))
@@ -279,17 +279,17 @@ def _card_table(card):
     return table
 
 
-def _contexts_cell(card, model: str) -> str:
-    """One line per context, its token highlighted (rich markup; probe text is escaped)."""
-    from rich.markup import escape
+def _contexts_cell(card, model: str):
+    """One line per context, its token highlighted (rich markup; probe text is shown as stored)."""
+    from rich.text import Text
 
     from featuredrift.reports.feature_cards import shown_token
 
-    lines = [f"…{escape(c.left)} [bold reverse]{escape(shown_token(c.token))} read-out[/] {_fmt(c.activation)} ({c.subset} prompt)"
+    lines = [f"…{shown(c.left)} [bold reverse]{shown(shown_token(c.token))} read-out[/] {_fmt(c.activation)} ({shown(c.subset)} prompt)"
              if c.readout else
-             f"…{escape(c.left)}[bold reverse]{escape(shown_token(c.token))}[/]{escape(c.right)}… {_fmt(c.activation)} ({c.subset})"
+             f"…{shown(c.left)}[bold reverse]{shown(shown_token(c.token))}[/]{shown(c.right)}… {_fmt(c.activation)} ({shown(c.subset)})"
              for c in card.contexts if c.model == model]
-    return "\n".join(lines) or "does not fire on any probe token"
+    return Text.from_markup("\n".join(lines) or "does not fire on any probe token")
 
 
 def _show_audit(run: str, db: str | None, limit: int) -> None:
@@ -374,7 +374,7 @@ def compare_runs(
             steps_a, steps_b = store.recorded_steps(run_a), store.recorded_steps(run_b)
         except StoreError as error:
             fail(error)
-    console.print(_steps_summary(run_a, run_b, steps_a, steps_b))
+    console.print(shown(_steps_summary(run_a, run_b, steps_a, steps_b)))
     rows = sorted(comparison.metrics, key=lambda r: (r.labels.get("layer", ""), r.diverges_at is None,
                                                      r.diverges_at or 0, r.name, _labels(r.labels)))
     diverging = [r for r in rows if r.diverges_at is not None]
@@ -391,7 +391,7 @@ def compare_runs(
             _fmt(row.diverged_a), _fmt(row.diverged_b),
             "—" if step is None else str(step), _fmt(row.value_a), _fmt(row.value_b), _fmt(row.delta),
         )
-    console.print(table if diverging or show_all else f"{run_a} and {run_b} agree within 5% at every common step")
+    console.print(table if diverging or show_all else shown(f"{run_a} and {run_b} agree within 5% at every common step"))
     if agreeing and not show_all:
         console.print(f"{len(agreeing)} more series agree within 5% at every common step (--all lists them)")
     if comparison.config_differences:
@@ -431,43 +431,39 @@ def export_run(
     if out is None:
         typer.echo(text, nl=False)
     else:
-        typer.echo(f"wrote {out}", err=True)
+        echo(f"wrote {out}", err=True)
 
 
 @app.command("import")
 def import_runs(
-    paths: list[Path] = typer.Argument(..., help="Run journals (journal-*.jsonl, written beside every run) or JSON exports."),
-    name: str | None = typer.Option(None, "--name", help="Store a JSON export under this run name."),
+    paths: list[Path] = typer.Argument(..., help="Run journals (journal-*.jsonl, written beside every run, and "
+                                       "rescued ones) or JSON exports."),
+    name: str | None = typer.Option(None, "--name", help="Store a JSON export under this run name (its display name too)."),
     db: str | None = DbOption,
 ) -> None:
-    """Load journals or JSON exports into the store: what a run could not store while it ran."""
+    """Load journals or JSON exports into the store: what a run could not store while it ran.
+
+    The journals given are read together, each event stored once whatever file holds it; an
+    import that would change another run's history (other fingerprints, other evaluations at
+    stored steps) is refused and stores nothing."""
     from featuredrift.store.errors import StoreError
-    from featuredrift.store.journal import JOURNAL_FORMAT
+    from featuredrift.store.journal import JOURNAL_FORMAT, JournalError
+    from featuredrift.store.sync import import_journals
 
+    journals, exports = [], []
+    for path in paths:
+        if not path.is_file():
+            fail(FileNotFoundError(f"{path}: expected a journal or a JSON export, found no file"))
+        with open(path, encoding="utf-8") as handle:
+            first_line = handle.readline()
+        (journals if JOURNAL_FORMAT in first_line else exports).append(path)
     with open_store(db, read_only=False) as store:
-        for path in paths:
-            if not path.is_file():
-                fail(FileNotFoundError(f"{path}: expected a journal or a JSON export, found no file"))
-            try:
-                with open(path, encoding="utf-8") as handle:
-                    first_line = handle.readline()
-                if JOURNAL_FORMAT in first_line:
-                    applied, run = import_journal(store, path)
-                    typer.echo(f"{path}: {applied} event(s) of run {run} stored")
-                else:
-                    info = store.import_json(path.read_text(encoding="utf-8"), name=name)
-                    typer.echo(f"{path}: run {info.name} with {info.evaluation_count} evaluation(s) stored")
-            except (StoreError, ValueError, KeyError) as error:
-                fail(error)
-
-
-def import_journal(store, path: Path) -> tuple[int, str]:
-    """Apply the events of a journal that the store does not have yet; (count, run id)."""
-    from featuredrift.store.journal import read_journal
-    from featuredrift.store.sync import store_event
-
-    events = read_journal(path)
-    if not events:
-        raise ValueError(f"{path}: expected journal events, found none")
-    applied = sum(store_event(store, event) for event in events)
-    return applied, events[0].run
+        try:
+            if journals:
+                for run, applied in import_journals(store, journals).items():
+                    echo(f"{', '.join(map(str, journals))}: {applied} event(s) of run {run} stored")
+            for path in exports:
+                info = store.import_json(path.read_text(encoding="utf-8"), name=name)
+                echo(f"{path}: run {info.name} with {info.evaluation_count} evaluation(s) stored")
+        except (StoreError, JournalError, ValueError, KeyError) as error:
+            fail(error)

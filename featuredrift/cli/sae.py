@@ -17,22 +17,23 @@ def _fail(err: Exception) -> None:
 
 @app.command()
 def inspect(
-    source: str = typer.Argument(..., help="A sparsify SAE directory, a Hub id or zoo:<size>."),
+    source: str = typer.Argument(..., help="A sparsify or SAELens SAE directory, a Hub id or zoo:<size>."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Show config, fingerprint, sizes and decoder-norm statistics of every hookpoint's SAE."""
     import contextlib
     import sys
 
-    with contextlib.redirect_stdout(sys.stderr):  # sparsify prints its decoder choice on import
-        import sparsify  # noqa: F401
-    from featuredrift.sae_store.summary import summarize_source
     from featuredrift.sae_store.validate import SaeError
 
-    try:
-        summaries = summarize_source(source)
-    except SaeError as err:
-        _fail(err)
+    # sparsify prints its decoder choice when first loaded (here, or by a SAELens load): not on stdout.
+    with contextlib.redirect_stdout(sys.stderr):
+        from featuredrift.sae_store.summary import summarize_source
+
+        try:
+            summaries = summarize_source(source)
+        except SaeError as err:
+            _fail(err)
     if as_json:
         typer.echo(json.dumps([s.as_dict() for s in summaries], indent=2))
         return
@@ -47,7 +48,7 @@ def inspect(
         "path": lambda s: s.path,
         "d_in": lambda s: str(s.d_in),
         "num_latents": lambda s: f"{s.num_latents:,}",
-        "k": lambda s: str(s.k),
+        "k": lambda s: "—" if s.k is None else str(s.k),
         "activation": lambda s: s.activation + (" + multi-TopK" if s.multi_topk else ""),
         "unit-norm decoder": lambda s: str(s.normalize_decoder),
         "dtype": lambda s: s.dtype,

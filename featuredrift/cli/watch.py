@@ -23,8 +23,10 @@ def watch(
 ) -> None:
     """Watch a training job from outside through its checkpoint folder."""
     from featuredrift.callbacks.watch import watch as watch_folder
+    from featuredrift.cli.output import error_line
     from featuredrift.monitor.config import MonitorConfig
     from featuredrift.monitor.drift_monitor import MonitorError
+    from featuredrift.text import printable
 
     settings = {"sae": sae, "probes": probes, "hookpoints": hookpoint or None, "run_name": run_name, "pushgateway_url": pushgateway}
     if db:
@@ -33,8 +35,8 @@ def watch(
         watch_folder(
             folder, MonitorConfig(**settings), reference=reference, interval_s=interval, once=once,
             on_report=lambda r: typer.echo(f"step {r.step}: evaluated in {r.timings.get('total', 0):.2f}s"),
-            on_warning=lambda message: typer.secho(f"warning: {message}", fg=typer.colors.YELLOW, err=True),
+            on_warning=lambda message: typer.secho(f"warning: {printable(message)}", fg=typer.colors.YELLOW, err=True),
         )
     except MonitorError as error:
-        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+        error_line(error)
         raise typer.Exit(2) from error

@@ -103,6 +103,8 @@ def _datasource_variable(name: str, kind: str, default_uid: str, label: str) -> 
 
 
 def _query_variable(name: str, source: str) -> dict:
+    """A multi-value variable of run or layer names. On the run store a store may hold a thousand
+    runs: the run picker opens on the newest run (the first value of its query) rather than All."""
     if source == "prometheus":
         datasource = DATASOURCE
         text = {
@@ -110,22 +112,18 @@ def _query_variable(name: str, source: str) -> dict:
             "layer": 'label_values(featuredrift_divergent_tokens_ratio{run=~"$run"}, layer)',
         }[name]
         query: dict | str = {"query": text, "refId": f"{name}-variable"}
-        all_value: str | None = ".*"
     else:
         datasource = STORE
-        text = {"run": sql.RUN_VARIABLE, "layer": sql.LAYER_VARIABLE}[name]
-        query, all_value = text, None  # SQL: All expands to every value, quoted
-    return {
+        query = {"run": sql.RUN_VARIABLE, "layer": sql.LAYER_VARIABLE}[name]
+    variable = {
         "name": name,
         "label": name,
         "type": "query",
         "datasource": datasource,
-        "definition": text,
         "query": query,
         "refresh": 2,
         "multi": True,
         "includeAll": True,
-        "allValue": all_value,
         "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
         "sort": 1 if source == "prometheus" else 0,
         "hide": 0,
@@ -133,6 +131,11 @@ def _query_variable(name: str, source: str) -> dict:
         "regex": "",
         "skipUrlSync": False,
     }
+    if source == "prometheus":
+        variable["allValue"] = ".*"  # SQL: All expands to every value, quoted (no allValue)
+    elif name == "run":
+        del variable["current"]  # Grafana then selects the query's first value: the newest run
+    return variable
 
 
 def variables(source: str) -> list[dict]:
@@ -239,7 +242,8 @@ def render(dashboard: Dashboard) -> dict:
         "templating": {"list": variables(dashboard.source)},
         "annotations": {"list": []},
         "links": [
-            {"title": "featuredrift", "type": "dashboards", "tags": ["featuredrift"], "asDropdown": False}
+            {"title": "featuredrift", "type": "dashboards", "tags": ["featuredrift"], "asDropdown": False,
+             "icon": "external link", "includeVars": True, "keepTime": True, "targetBlank": False, "tooltip": ""}
         ],
         "panels": panels,
     }

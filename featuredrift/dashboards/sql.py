@@ -6,6 +6,9 @@ queries use only Grafana's SQL template syntax: `$run` and `$layer` are multi-va
 which Grafana expands to a quoted, comma-separated list ('a','b'), hence `IN ($run)`.
 
 `metric_values.labels` is canonical JSON text (see run_store.labels_key), read with `::jsonb`.
+The panels about "the latest evaluation" find it with one index probe per selected run (the
+`(run_id, step)` index, newest first), never with a per-row subquery: they stay fast on a store
+of a thousand runs (`featuredrift bench --store`).
 """
 
 from __future__ import annotations
@@ -15,10 +18,19 @@ _SAMPLES = """FROM metric_values v
 JOIN evaluations e ON e.id = v.evaluation_id
 JOIN runs r ON r.id = e.run_id"""
 
+# The newest evaluation of each selected run (name, run id, evaluation id, step).
+_LATEST = """latest AS (
+  SELECT r.name, r.id AS run_id, newest.id, newest.step
+  FROM runs r CROSS JOIN LATERAL (
+    SELECT e.id, e.step FROM evaluations e WHERE e.run_id = r.id ORDER BY e.step DESC LIMIT 1) newest
+  WHERE r.name IN ($run))"""
+
 RUN_VARIABLE = "SELECT name FROM runs ORDER BY created_at DESC"
-LAYER_VARIABLE = f"""SELECT DISTINCT v.labels::jsonb ->> 'layer' AS layer
-{_SAMPLES}
-WHERE r.name IN ($run) AND v.labels::jsonb ->> 'layer' IS NOT NULL
+# Layers the selected runs' newest evaluations measured (every evaluation measures all of a run's layers).
+LAYER_VARIABLE = f"""WITH {_LATEST}
+SELECT DISTINCT v.labels::jsonb ->> 'layer' AS layer
+FROM latest l JOIN metric_values v ON v.evaluation_id = l.id
+WHERE v.labels::jsonb ->> 'layer' IS NOT NULL
 ORDER BY 1"""
 
 
@@ -41,42 +53,40 @@ WHERE r.name IN ($run) AND v.name = '{metric}'{layer_filter}
 ORDER BY e.step, series"""
 
 
-LATEST_DRIFTED_FEATURES = """SELECT r.name AS run, d.hookpoint AS layer, e.step AS step, d.rank + 1 AS "rank",
+LATEST_DRIFTED_FEATURES = f"""WITH {_LATEST}
+SELECT l.name AS run, d.hookpoint AS layer, l.step AS step, d.rank + 1 AS "rank",
   d.feature AS feature, d.subset AS subset, d.score AS drift_score,
   d.freq_reference AS firing_reference, d.freq_current AS firing_now,
   d.mean_reference AS mean_activation_reference, d.mean_current AS mean_activation_now
-FROM drifted_features d
-JOIN evaluations e ON e.id = d.evaluation_id
-JOIN runs r ON r.id = e.run_id
-WHERE r.name IN ($run) AND d.hookpoint IN ($layer)
-  AND e.step = (SELECT max(latest.step) FROM evaluations latest WHERE latest.run_id = e.run_id)
-ORDER BY r.name, d.hookpoint, d.rank"""
+FROM latest l JOIN drifted_features d ON d.evaluation_id = l.id
+WHERE d.hookpoint IN ($layer)
+ORDER BY l.name, d.hookpoint, d.rank"""
 
 # The top-activating probe contexts of every feature the newest evaluation lists, reference beside now.
-LATEST_FEATURE_CONTEXTS = """SELECT r.name AS run, c.hookpoint AS layer, e.step AS step, c.feature AS feature,
+LATEST_FEATURE_CONTEXTS = f"""WITH {_LATEST}
+SELECT l.name AS run, c.hookpoint AS layer, l.step AS step, c.feature AS feature,
   CASE c.model WHEN 'reference' THEN 'reference' ELSE 'now' END AS model, c.rank + 1 AS "rank",
   c.left_text || '【' || c.token || '】' || c.right_text AS context, c.token AS token,
   c.activation AS activation, c.subset AS subset
-FROM feature_contexts c
-JOIN evaluations e ON e.id = c.evaluation_id
-JOIN runs r ON r.id = e.run_id
-WHERE r.name IN ($run) AND c.hookpoint IN ($layer)
-  AND e.step = (SELECT max(latest.step) FROM evaluations latest WHERE latest.run_id = e.run_id)
-ORDER BY r.name, c.hookpoint, c.feature, c.model DESC, c.rank"""
+FROM latest l JOIN feature_contexts c ON c.evaluation_id = l.id
+WHERE c.hookpoint IN ($layer)
+ORDER BY l.name, c.hookpoint, c.feature, c.model DESC, c.rank"""
 
 # Drift score over steps of the features the newest evaluation lists as most drifted.
-LATEST_DRIFTED_FEATURES_BY_STEP = """SELECT e.step AS step,
-  r.name || ' ' || d.hookpoint || ' feature ' || d.feature AS series, max(d.score) AS value
-FROM drifted_features d
-JOIN evaluations e ON e.id = d.evaluation_id
-JOIN runs r ON r.id = e.run_id
-WHERE r.name IN ($run) AND d.hookpoint IN ($layer) AND d.score IS NOT NULL
-  AND (e.run_id, d.hookpoint, d.feature) IN (
-    SELECT latest.run_id, top.hookpoint, top.feature
-    FROM drifted_features top JOIN evaluations latest ON latest.id = top.evaluation_id
-    WHERE latest.step = (SELECT max(newest.step) FROM evaluations newest WHERE newest.run_id = latest.run_id))
-GROUP BY e.step, r.name, d.hookpoint, d.feature
-ORDER BY e.step, series"""
+# A run's drifted-feature history read once: every row knows whether its feature is listed at the
+# newest evaluation (a window over the run's rows), so no per-feature lookups across all runs.
+LATEST_DRIFTED_FEATURES_BY_STEP = f"""WITH {_LATEST}
+SELECT step, name || ' ' || hookpoint || ' feature ' || feature AS series, max(score) AS value
+FROM (
+  SELECT e.step, l.name, d.hookpoint, d.feature, d.score,
+    bool_or(e.id = l.id) OVER (PARTITION BY l.run_id, d.hookpoint, d.feature) AS listed_now
+  FROM latest l
+  JOIN evaluations e ON e.run_id = l.run_id
+  JOIN drifted_features d ON d.evaluation_id = e.id
+  WHERE d.hookpoint IN ($layer)) history
+WHERE listed_now AND score IS NOT NULL
+GROUP BY step, name, hookpoint, feature
+ORDER BY step, series"""
 
 # The headline refusal sets are the rows that carry d̄ (the NNLS reconstructions' sets do not).
 REFUSAL_FEATURES_OVER_STEPS = """SELECT r.name AS run, f.hookpoint AS layer, f.feature AS feature,

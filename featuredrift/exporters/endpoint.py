@@ -65,13 +65,23 @@ class MetricsEndpointExporter:
             log.exception("metrics endpoint: could not update metrics for step %s", getattr(report, "step", "?"))
 
     def close(self, timeout: float | None = None) -> None:
+        """Stop serving, waiting at most `timeout` (default 1 s).
+
+        `shutdown()` waits for the server loop's next poll (every 0.5 s): it runs on a thread of
+        its own, so a close with less time left than that does not overrun it.
+        """
         if self._closed:
             return
         self._closed = True
+        stopping = threading.Thread(target=self._stop, name="featuredrift-metrics-shutdown", daemon=True)
+        stopping.start()
+        stopping.join(timeout=max(0.0, timeout) if timeout is not None else 1.0)
+
+    def _stop(self) -> None:
         try:
             self._server.shutdown()
             self._server.server_close()
-            self._thread.join(timeout=timeout if timeout is not None else 1.0)
+            self._thread.join()
         except Exception:  # noqa: BLE001
             log.exception("metrics endpoint: error while shutting down")
 

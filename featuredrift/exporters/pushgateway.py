@@ -188,7 +188,7 @@ class PushgatewayExporter:
                 self._deadline = time.monotonic() + timeout
                 self._closing.set()
             self._condition.notify_all()
-        self._worker.join(timeout=max(0.0, self._deadline - time.monotonic()) + 0.05)
+        self._worker.join(timeout=max(0.0, self._deadline - time.monotonic()))
         if self._worker.is_alive():
             log.warning("pushgateway exporter for run %r: close timed out; %d report(s) not pushed",
                         self.run, len(self._pending))

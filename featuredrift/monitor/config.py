@@ -245,6 +245,27 @@ class MonitorConfig(BaseSettings):
             raise ValueError(f"{info.field_name}: expected an http(s)://host[:port]/… URL, found {mask_url(value)!r}")
         return value
 
+    @field_validator("store_url")
+    @classmethod
+    def _usable_store_url(cls, value: str) -> str:
+        """A URL no database driver can ever open fails here, not as a warning retried all run."""
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+        shown = value if "://" not in value and "@" not in value else mask_url(value)
+        expected = (f"store_url: expected a SQLAlchemy database URL such as {DEFAULT_STORE_URL!r} or "
+                    "'postgresql+psycopg://user:pass@host/db'")
+        try:
+            url = make_url(value)
+        except ArgumentError:
+            raise ValueError(f"{expected}, found {shown!r} (not a URL)") from None
+        try:
+            url.get_dialect()
+        except NoSuchModuleError:
+            raise ValueError(f"{expected}, found {shown!r}: SQLAlchemy has no database driver "
+                             f"{url.drivername!r}") from None
+        return value
+
     def public_dump(self) -> dict[str, Any]:
         """The settings as stored and shown: no password, token or webhook path (secrets stay in memory)."""
         data = self.model_dump(mode="json")

@@ -2,7 +2,8 @@
 fingerprint, under `$FEATUREDRIFT_HOME` (default `~/.cache/featuredrift`).
 
 The fingerprint is what runs record next to their metrics, so two runs can prove they used the
-same SAE bytes; it equals `cat cfg.json sae.safetensors | sha256sum`.
+same SAE bytes; it equals `cat cfg.json sae.safetensors | sha256sum` (`sae_weights.safetensors`
+for a SAELens folder).
 """
 
 from __future__ import annotations
@@ -15,7 +16,13 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from featuredrift.sae_store.validate import CFG_FILE, WEIGHTS_FILE, SaeError, validate_sae_dir
+from featuredrift.sae_store.validate import (
+    CFG_FILE,
+    SAELENS_WEIGHTS,
+    WEIGHTS_FILE,
+    SaeError,
+    validate_sae_dir,
+)
 
 REGISTRY_FILE = "sae_registry.json"
 _CHUNK_BYTES = 1 << 20
@@ -25,14 +32,21 @@ def featuredrift_home() -> Path:
     return Path(os.environ.get("FEATUREDRIFT_HOME") or Path.home() / ".cache" / "featuredrift")
 
 
+def weights_file(path: Path) -> str:
+    """The weights file name of an SAE folder: sparsify's, or SAELens' when only that one is there."""
+    if not (path / WEIGHTS_FILE).is_file() and (path / SAELENS_WEIGHTS).is_file():
+        return SAELENS_WEIGHTS
+    return WEIGHTS_FILE
+
+
 def fingerprint_sae(path: Path | str) -> str:
-    """sha256 over the bytes of `cfg.json` then `sae.safetensors`, streamed."""
+    """sha256 over the bytes of `cfg.json` then the weights file, streamed."""
     path = Path(path)
     digest = hashlib.sha256()
-    for name in (CFG_FILE, WEIGHTS_FILE):
+    for name in (CFG_FILE, weights_file(path)):
         file = path / name
         if not file.is_file():
-            raise SaeError(f"{file}: missing: expected {CFG_FILE} and {WEIGHTS_FILE} to fingerprint")
+            raise SaeError(f"{file}: missing: expected {CFG_FILE} and {weights_file(path)} to fingerprint")
         with open(file, "rb") as handle:
             while chunk := handle.read(_CHUNK_BYTES):
                 digest.update(chunk)

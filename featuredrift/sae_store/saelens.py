@@ -18,9 +18,8 @@ from types import SimpleNamespace
 import torch
 from torch import Tensor, nn
 
-from featuredrift.sae_store.validate import SaeError
+from featuredrift.sae_store.validate import SAELENS_WEIGHTS, SaeError
 
-SAELENS_WEIGHTS = "sae_weights.safetensors"
 SAELENS_CFG = "cfg.json"
 _RESID_HOOK = re.compile(r"^blocks\.(\d+)\.hook_resid_post$")
 
@@ -29,12 +28,21 @@ def is_saelens_dir(path: Path) -> bool:
     return (path / SAELENS_WEIGHTS).is_file()
 
 
-def saelens_hookpoint(path: Path) -> str | None:
-    """`layers.N` for an SAE of the residual stream after block N; None when the config names no hook."""
+def read_saelens_config(path: Path) -> dict:
+    """The SAELens `cfg.json` of a folder, with the sizes every architecture has."""
     try:
         cfg = json.loads((path / SAELENS_CFG).read_text())
     except (OSError, json.JSONDecodeError) as error:
         raise SaeError(f"{path / SAELENS_CFG}: expected the SAELens config (JSON), found an unreadable file ({error})") from error
+    if not isinstance(cfg, dict) or not all(isinstance(cfg.get(key), int) for key in ("d_in", "d_sae")):
+        found = {key: cfg.get(key) for key in ("d_in", "d_sae")} if isinstance(cfg, dict) else type(cfg).__name__
+        raise SaeError(f"{path / SAELENS_CFG}: expected a SAELens config with integer d_in and d_sae, found {found}")
+    return cfg
+
+
+def saelens_hookpoint(path: Path) -> str | None:
+    """`layers.N` for an SAE of the residual stream after block N; None when the config names no hook."""
+    cfg = read_saelens_config(path)
     hook = (cfg.get("metadata") or {}).get("hook_name") or cfg.get("hook_name")
     if hook is None:
         return None

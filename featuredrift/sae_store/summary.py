@@ -1,5 +1,5 @@
-"""What `featuredrift sae inspect` reports about an SAE: config, fingerprint, sizes and
-decoder-norm statistics, as plain data (the CLI renders it)."""
+"""What `featuredrift sae inspect` reports about an SAE (sparsify or SAELens): config,
+fingerprint, sizes and decoder-norm statistics, as plain data (the CLI renders it)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from featuredrift.sae_store.load import load_sae_dir, locate_sae_dirs
-from featuredrift.sae_store.registry import fingerprint_sae
-from featuredrift.sae_store.validate import CFG_FILE, WEIGHTS_FILE, validate_sae_dir
+from featuredrift.sae_store.registry import fingerprint_sae, weights_file
+from featuredrift.sae_store.saelens import is_saelens_dir, read_saelens_config
+from featuredrift.sae_store.validate import CFG_FILE, read_safetensors_header, validate_sae_dir
 
 
 @dataclass(frozen=True)
@@ -18,7 +19,7 @@ class SaeSummary:
     fingerprint: str
     d_in: int
     num_latents: int
-    k: int
+    k: int | None  # None: as many active latents as the activation lets through (JumpReLU, ReLU)
     activation: str
     multi_topk: bool
     normalize_decoder: bool
@@ -37,27 +38,40 @@ class SaeSummary:
 def summarize_sae_dir(path: Path | str, hookpoint: str) -> SaeSummary:
     import torch
 
-    files = validate_sae_dir(path)
+    path = Path(path)
+    if is_saelens_dir(path):
+        cfg = read_saelens_config(path)
+        tensors = read_safetensors_header(path / weights_file(path))
+        d_in, num_latents = int(cfg["d_in"]), int(cfg["d_sae"])
+        k = int(cfg["k"]) if cfg.get("k") is not None else None
+        activation, multi_topk = str(cfg.get("architecture", "standard")), False
+        normalize_decoder = bool(cfg.get("normalize_decoder", False))
+    else:
+        files = validate_sae_dir(path)
+        cfg, tensors, d_in, num_latents = files.cfg, files.tensors, files.d_in, files.num_latents
+        k = int(cfg.get("k", 32))
+        activation, multi_topk = str(cfg.get("activation", "topk")), bool(cfg.get("multi_topk", False))
+        normalize_decoder = bool(cfg.get("normalize_decoder", True))
     sae = load_sae_dir(path)
     norms = sae.W_dec.detach().float().norm(dim=1)
-    dtypes = sorted({info.dtype for info in files.tensors.values()})
+    dtypes = sorted({info.dtype for info in tensors.values()})
     return SaeSummary(
         hookpoint=hookpoint,
-        path=str(files.path),
-        fingerprint=fingerprint_sae(files.path),
-        d_in=files.d_in,
-        num_latents=files.num_latents,
-        k=int(files.cfg.get("k", 32)),
-        activation=str(files.cfg.get("activation", "topk")),
-        multi_topk=bool(files.cfg.get("multi_topk", False)),
-        normalize_decoder=bool(files.cfg.get("normalize_decoder", True)),
+        path=str(path),
+        fingerprint=fingerprint_sae(path),
+        d_in=d_in,
+        num_latents=num_latents,
+        k=k,
+        activation=activation,
+        multi_topk=multi_topk,
+        normalize_decoder=normalize_decoder,
         dtype="/".join(dtypes),
-        weights_bytes=(files.path / WEIGHTS_FILE).stat().st_size + (files.path / CFG_FILE).stat().st_size,
+        weights_bytes=(path / weights_file(path)).stat().st_size + (path / CFG_FILE).stat().st_size,
         num_parameters=sum(p.numel() for p in sae.parameters()),
         decoder_norm_min=float(norms.min()),
         decoder_norm_mean=float(norms.mean()),
         decoder_norm_max=float(torch.max(norms)),
-        config=files.cfg,
+        config=cfg,
     )
 
 

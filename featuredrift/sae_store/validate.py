@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae.safetensors"
+SAELENS_WEIGHTS = "sae_weights.safetensors"  # a SAELens folder's weights, next to its own cfg.json
 TRAINED_AT_FILE = "featuredrift_training.json"  # written by `sae train` in each SAE folder: its hookpoint
 ACTIVATIONS = ("topk", "groupmax")
 # A real SAE header is a few hundred bytes; anything huge is corruption, not a header.

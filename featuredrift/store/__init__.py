@@ -17,6 +17,7 @@ _EXPORTS = {
     "SchemaTooNewError": "featuredrift.store.errors",
     "UnknownRunError": "featuredrift.store.errors",
     "RunMismatchError": "featuredrift.store.errors",
+    "HistoryConflictError": "featuredrift.store.errors",
 }
 
 __all__ = sorted(_EXPORTS)

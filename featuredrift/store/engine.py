@@ -22,6 +22,9 @@ from featuredrift.store.errors import CorruptStoreError, StoreError, StoreUnavai
 POSTGRES_CONNECT_TIMEOUT_S = 5
 POSTGRES_STATEMENT_TIMEOUT_MS = 10_000
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+# Execution option naming the statement that opens a SQLite transaction (default "BEGIN"):
+# "BEGIN IMMEDIATE" takes the write lock at once, so writers queue instead of racing.
+SQLITE_BEGIN = "featuredrift_sqlite_begin"
 
 
 def parse_store_url(url: str) -> URL:
@@ -64,7 +67,7 @@ def _enable_sqlite_pragmas(engine: Engine, wal: bool) -> None:
 
     @event.listens_for(engine, "begin")
     def on_begin(connection) -> None:
-        connection.exec_driver_sql("BEGIN")
+        connection.exec_driver_sql(connection.get_execution_options().get(SQLITE_BEGIN, "BEGIN"))
 
 
 def require_existing_store(url: URL, display_url: str) -> None:

@@ -27,4 +27,9 @@ class UnknownRunError(StoreError, KeyError):
 
 
 class RunMismatchError(StoreError):
-    """A resumed run was started with a different SAE than the stored run."""
+    """Writing to a run with another model, SAE or probe set than the stored run was recorded with."""
+
+
+class HistoryConflictError(StoreError):
+    """A write would change what the store holds of a run (an evaluation, a journal event) with
+    different content: another run's history, or an edited journal."""

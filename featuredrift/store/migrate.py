@@ -1,7 +1,9 @@
 """Schema migrations from code: an Alembic `Config` pointing at the packaged `migrations/`.
 
 `RunStore` calls `upgrade_to_head` on open. A database whose revision this code does not know
-was migrated by a newer featuredrift; we refuse to touch it rather than guess.
+was migrated by a newer featuredrift; we refuse to touch it rather than guess. Many jobs may
+open a fresh store at once: they take turns (a PostgreSQL advisory lock, SQLite's write lock
+taken at BEGIN), and whoever comes second finds the schema at head.
 """
 
 from __future__ import annotations
@@ -14,14 +16,18 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
+from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 
+from featuredrift.store.engine import SQLITE_BEGIN
 from featuredrift.store.errors import SchemaTooNewError, StoreError
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # Alembic keeps its migration context in module globals: two threads of one process (the store
 # sync and a reader) must never run it at once.
 MIGRATION_LOCK = threading.Lock()
+# The advisory lock every featuredrift process takes to migrate a PostgreSQL store ("fdrift").
+POSTGRES_MIGRATION_LOCK_ID = 0x666472696674
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
@@ -57,10 +63,19 @@ def check_known_revisions(revisions: tuple[str, ...], url_for_humans: str) -> No
 
 
 def upgrade_to_head(engine: Engine, url_for_humans: str) -> None:
-    """Bring the schema to head in one transaction; refuse schemas from newer code."""
-    with MIGRATION_LOCK, engine.begin() as connection:
-        check_known_revisions(current_revisions(connection), url_for_humans)
-        command.upgrade(alembic_config(connection), "head")
+    """Bring the schema to head in one transaction, one process at a time; refuse schemas from newer code."""
+    with MIGRATION_LOCK:
+        with engine.connect() as connection:
+            revisions = current_revisions(connection)
+        check_known_revisions(revisions, url_for_humans)
+        if head_revision() in revisions:
+            return  # the common case: nothing to migrate, no lock to wait for
+        migrating = engine.connect().execution_options(**{SQLITE_BEGIN: "BEGIN IMMEDIATE"})
+        with migrating as connection, connection.begin():
+            if engine.dialect.name == "postgresql":
+                connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": POSTGRES_MIGRATION_LOCK_ID})
+            check_known_revisions(current_revisions(connection), url_for_humans)  # as the one before us left it
+            command.upgrade(alembic_config(connection), "head")
 
 
 def require_current_schema(engine: Engine, url_for_humans: str) -> None:

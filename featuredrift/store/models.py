@@ -81,6 +81,8 @@ class Evaluation(Base):
     timings: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
     # Text, not JSON: reports may hold NaN, which PostgreSQL's JSON types reject.
     report: Mapped[str] = mapped_column(Text)
+    # The journal event that stored it (None: recorded directly or from a JSON export).
+    journal_sequence: Mapped[int | None] = mapped_column(Integer)
 
     run: Mapped[Run] = relationship(back_populates="evaluations")
     metric_values: Mapped[list[MetricValue]] = relationship(
@@ -198,6 +200,18 @@ class CategoryRefusal(Base):
     refusal_rate: Mapped[float | None] = mapped_column(Float)  # None where no completions were generated
     refusal_token_probability: Mapped[float | None] = mapped_column(Float)
     refusal_token_logodds: Mapped[float | None] = mapped_column(Float)
+class JournalRecord(Base):
+    """One journal event the store has applied, by its sequence number within the run: what makes
+    replaying any set of a run's journals, in any order, store each event exactly once."""
+
+    __tablename__ = "journal_events"
+
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    digest: Mapped[str | None] = mapped_column(String(64))  # JournalEvent.digest; None: applied before digests were kept
+    step: Mapped[int | None] = mapped_column(Integer)  # an evaluation's step; a resumed run's checkpoint step
+    applied_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
 
 
 class Alert(Base):

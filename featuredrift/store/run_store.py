@@ -3,7 +3,10 @@
 Every write is one transaction that is committed before the method returns, so a report
 recorded here is durable before anything exports it. Evaluations are unique per
 (run, step): recording the same step again (a resumed run re-evaluating it) replaces the
-stored evaluation in place instead of adding a second one.
+stored evaluation in place instead of adding a second one. What comes from a journal or an
+export is held to the run's identity: it must carry the run's fingerprints, and it may change a
+stored evaluation only as the run itself would (a resumed run re-evaluating a step past its
+checkpoint, the final evaluation completing the one training stopped at).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from featuredrift.monitor.report import EvaluationReport
 from featuredrift.store import rows
 from featuredrift.store.checkpoints import SafeCheckpoint, last_safe_checkpoint
 from featuredrift.store.engine import (
+    SQLITE_BEGIN,
     make_engine,
     parse_store_url,
     require_existing_store,
@@ -37,12 +41,14 @@ from featuredrift.store.engine import (
     url_for_humans,
 )
 from featuredrift.store.errors import (
+    HistoryConflictError,
     RunMismatchError,
     SchemaTooNewError,
     StoreError,
     StoreUnavailableError,
     UnknownRunError,
 )
+from featuredrift.store.journal import FINGERPRINT_FIELDS, JournalEvent
 from featuredrift.store.migrate import require_current_schema, upgrade_to_head
 from featuredrift.store.models import (
     Alert,
@@ -52,6 +58,7 @@ from featuredrift.store.models import (
     DriftedFeature,
     Evaluation,
     FeatureContext,
+    JournalRecord,
     MetricValue,
     RefusalFeature,
     Run,
@@ -110,7 +117,10 @@ class RunStore:
         except Exception as error:
             self.engine.dispose()
             raise translate_open_error(error, self.url) from error
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # A writer's transactions take SQLite's write lock at BEGIN: concurrent writers (jobs sharing
+        # one file) queue on the busy timeout instead of failing on a snapshot another one changed.
+        bind = self.engine if read_only else self.engine.execution_options(**{SQLITE_BEGIN: "BEGIN IMMEDIATE"})
+        self._sessions = sessionmaker(bind, expire_on_commit=False)
         self._held = threading.local()
 
     def close(self) -> None:
@@ -150,12 +160,16 @@ class RunStore:
         model_fingerprint: str | None = None,
         sae_fingerprint: str | None = None,
         reference_policy: str | None = None,
+        journal_sequence: int | None = None,
+        resumed_at_step: int | None = None,
         **extra: Any,
     ) -> RunInfo:
         """Create the run, or continue it when one of that name exists (a resumed job).
 
-        Resuming with a different SAE fingerprint is refused: the stored metrics would
-        silently stop being comparable.
+        Continuing with a different model, SAE or probe fingerprint is refused: the stored
+        metrics would silently stop being comparable. `journal_sequence` is the journal event
+        this comes from: an event older than the run's latest status change only adds what it
+        knows (a resume point), it does not turn the run back to running.
         """
         if not name or not name.strip():
             raise ValueError(f"run name: expected a non-empty string, found {name!r}")
@@ -177,19 +191,22 @@ class RunStore:
                         )
                         session.add(run)
                     else:
-                        if sae_fingerprint and run.sae_fingerprint and sae_fingerprint != run.sae_fingerprint:
-                            raise RunMismatchError(
-                                f"run {name!r} in {self.display_url}: resumed with SAE fingerprint "
-                                f"{sae_fingerprint!r}, but the run was recorded with {run.sae_fingerprint!r}; "
-                                "use a new run name for a different SAE"
-                            )
-                        run.status = "running"
-                        run.config = config or run.config
-                        run.model_fingerprint = model_fingerprint or run.model_fingerprint
-                        run.sae_fingerprint = sae_fingerprint or run.sae_fingerprint
-                        run.reference_policy = reference_policy or run.reference_policy
-                        run.extra = {**(run.extra or {}), **extra}
+                        given = {"model_fingerprint": model_fingerprint, "sae_fingerprint": sae_fingerprint,
+                                 "probe_fingerprint": extra.get("probe_fingerprint")}
+                        self._require_same_inputs(run, given, "resumed")
+                        if self._is_current(run, journal_sequence):
+                            run.status = "running"
+                            run.config = config or run.config
+                            run.model_fingerprint = model_fingerprint or run.model_fingerprint
+                            run.sae_fingerprint = sae_fingerprint or run.sae_fingerprint
+                            run.reference_policy = reference_policy or run.reference_policy
+                            run.extra = {**(run.extra or {}), **extra}
                         run.updated_at = utc_now()
+                    self._note_status_sequence(run, journal_sequence)
+                    if resumed_at_step is not None and journal_sequence is not None:
+                        resumes = sorted({*map(tuple, (run.extra or {}).get("resumes", [])),
+                                          (int(journal_sequence), int(resumed_at_step))})
+                        run.extra = {**(run.extra or {}), "resumes": [list(point) for point in resumes]}
                     session.flush()
                     return self._run_info(session, run, resumed=resumed)
             except IntegrityError:
@@ -198,16 +215,42 @@ class RunStore:
                 # Another process created the same run between our SELECT and INSERT.
         raise AssertionError("unreachable")
 
-    def finish_run(self, name: str, status: str = "finished", error: dict[str, str] | None = None) -> RunInfo:
+    def _require_same_inputs(self, run: Run, fingerprints: dict[str, str | None], doing: str) -> None:
+        """Refuse to write to `run` with another model, SAE or probe set, naming both."""
+        stored = {"model_fingerprint": run.model_fingerprint, "sae_fingerprint": run.sae_fingerprint,
+                  "probe_fingerprint": (run.extra or {}).get("probe_fingerprint")}
+        for field in FINGERPRINT_FIELDS:
+            mine, theirs = stored.get(field), fingerprints.get(field)
+            if mine and theirs and mine != theirs:
+                what = field.removesuffix("_fingerprint").replace("probe", "probe set").replace("sae", "SAE")
+                raise RunMismatchError(
+                    f"run {run.name!r} in {self.display_url}: {doing} with {what} fingerprint {theirs!r}, but the run "
+                    f"was recorded with {mine!r}; a different {what} is a different run: use a new run name"
+                )
+
+    @staticmethod
+    def _is_current(run: Run, journal_sequence: int | None) -> bool:
+        """Whether a status change from this journal event is newer than the run's latest one."""
+        return journal_sequence is None or journal_sequence > int((run.extra or {}).get("status_sequence", 0))
+
+    @staticmethod
+    def _note_status_sequence(run: Run, journal_sequence: int | None) -> None:
+        if journal_sequence is not None and journal_sequence > int((run.extra or {}).get("status_sequence", 0)):
+            run.extra = {**(run.extra or {}), "status_sequence": int(journal_sequence)}
+
+    def finish_run(self, name: str, status: str = "finished", error: dict[str, str] | None = None, *,
+                   journal_sequence: int | None = None) -> RunInfo:
         """End a run; a `failed` one keeps the exception's type and message (`error`)."""
         if status not in RUN_STATUSES:
             raise ValueError(f"run status: expected one of {RUN_STATUSES}, found {status!r}")
         with self._transaction() as session:
             run = self._require_run(session, name)
-            run.status = status
-            if error:
-                run.extra = {**(run.extra or {}), "error": {k: str(v) for k, v in error.items()}}
-            run.updated_at = utc_now()
+            if self._is_current(run, journal_sequence):
+                run.status = status
+                if error:
+                    run.extra = {**(run.extra or {}), "error": {k: str(v) for k, v in error.items()}}
+                run.updated_at = utc_now()
+            self._note_status_sequence(run, journal_sequence)
             session.flush()
             return self._run_info(session, run)
 
@@ -229,24 +272,31 @@ class RunStore:
 
     # ---- evaluations ------------------------------------------------------------------
 
-    def record_evaluation(self, run_name: str, report: EvaluationReport) -> int:
+    def record_evaluation(self, run_name: str, report: EvaluationReport, *, journal_sequence: int | None = None,
+                          replace: bool = True) -> int:
         """Store a report and its flat projections in one transaction; returns the evaluation id.
 
-        Idempotent per (run, step): the same step again replaces the stored one in place.
+        Idempotent per (run, step): the same step again replaces the stored one in place. A report
+        from a journal (`journal_sequence`) or an import (`replace=False`) never changes a stored
+        evaluation with different content, unless it is the run's own newer reading of that step
+        (see `_replaces`): that is refused with `HistoryConflictError`. The same content is a no-op.
         """
         for attempt in range(2):
             try:
                 with self._transaction() as session:
-                    return self._write_evaluation(session, run_name, report)
+                    return self._write_evaluation(session, run_name, report, journal_sequence,
+                                                  replace and journal_sequence is None)
             except IntegrityError:
                 if attempt == 1 or getattr(self._held, "session", None) is not None:
                     raise
                 # A concurrent writer inserted the same (run, step); retry as an update.
         raise AssertionError("unreachable")
 
-    def _write_evaluation(self, session: Session, run_name: str, report: EvaluationReport) -> int:
+    def _write_evaluation(self, session: Session, run_name: str, report: EvaluationReport,
+                          journal_sequence: int | None, replace: bool) -> int:
         run = self._require_run(session, run_name)
         step = int(report.step)
+        text = report.to_json()
         evaluation = session.scalar(
             select(Evaluation).where(Evaluation.run_id == run.id, Evaluation.step == step)
         )
@@ -254,13 +304,30 @@ class RunStore:
             evaluation = Evaluation(run_id=run.id, step=step)
             session.add(evaluation)
         else:
+            if evaluation.report == text:
+                return evaluation.id
+            if not replace:
+                verdict = self._replaces(run, evaluation, report, journal_sequence)
+                if verdict == "superseded":
+                    return evaluation.id
+                if verdict != "newer":
+                    origin = (f"journal event {evaluation.journal_sequence}" if evaluation.journal_sequence is not None
+                              else "an import or a direct write")
+                    incoming = f"journal event {journal_sequence}" if journal_sequence is not None else "this import"
+                    raise HistoryConflictError(
+                        f"run {run.name!r} in {self.display_url}: {incoming} would replace the evaluation stored at "
+                        f"step {step} (from {origin}, recorded {evaluation.recorded_at:%Y-%m-%d %H:%M:%S}) with a "
+                        "different one; refused: a run's history is only rewritten by its own resumed trajectory "
+                        "(is this another run's journal or export?)"
+                    )
             for table in (MetricValue, DriftedFeature, RefusalFeature, FeatureContext, CategoryRefusal):
                 session.execute(delete(table).where(table.evaluation_id == evaluation.id))
+        evaluation.journal_sequence = journal_sequence
         evaluation.timestamp = float(report.timestamp)
         evaluation.epoch = rows.finite_or_none(report.epoch)
         evaluation.duration_s = rows.report_duration(report)
         evaluation.timings = {k: v for k, v in report.timings.items() if rows.finite_or_none(v) is not None}
-        evaluation.report = report.to_json()
+        evaluation.report = text
         evaluation.recorded_at = utc_now()
         run.updated_at = utc_now()
         session.flush()
@@ -303,6 +370,28 @@ class RunStore:
         if categories:
             session.execute(insert(CategoryRefusal), categories)
         return evaluation.id
+
+    @staticmethod
+    def _replaces(run: Run, stored: Evaluation, report: EvaluationReport, sequence: int | None) -> str:
+        """How a journal's reading of a stored step relates to the stored one: "newer" (it replaces
+        it), "superseded" (the stored one replaced it already; replayed late), or "conflict".
+
+        A run reads one step twice only when it resumes from a checkpoint before that step (the
+        steps after it belong to the trajectory abandoned at the kill) or when its final
+        evaluation completes the one training stopped at; both come later in the run's journal.
+        """
+        old = stored.journal_sequence
+        if sequence is None or old is None or sequence == old:
+            return "conflict"
+        first, last = sorted((old, sequence))
+        step = int(report.step)
+        resumed = any(first < seq < last and resumed_at < step for seq, resumed_at in (run.extra or {}).get("resumes", []))
+        stored_final = bool(json.loads(stored.report).get("final"))
+        later_final = report.final if sequence > old else stored_final
+        earlier_final = stored_final if sequence > old else report.final
+        if resumed or (later_final and not earlier_final):
+            return "newer" if sequence > old else "superseded"
+        return "conflict"
 
     def recorded_steps(self, run_name: str) -> list[int]:
         """Steps already stored, ascending (cheap: no report is parsed); a resumed run skips them."""
@@ -358,12 +447,14 @@ class RunStore:
         points = [SeriesPoint(step, json.loads(key), value) for step, key, value in found]
         return [p for p in points if all(p.labels.get(k) == v for k, v in wanted.items())]
 
-    def _projection(self, run_name: str, table, order: tuple, *conditions) -> list[tuple[int, Any]]:
-        """(step, row) of one projection table for a run's evaluations, oldest step first."""
+    def _projection(self, run_name: str, columns: tuple, order: tuple, *conditions) -> list[tuple]:
+        """(step, *columns) of one projection table for a run's evaluations, oldest step first. Columns,
+        not entities: a run's history is tens of thousands of rows."""
+        table = columns[0].class_
         with self._transaction() as session:
             run = self._require_run(session, run_name)
             query = (
-                select(Evaluation.step, table)
+                select(Evaluation.step, *columns)
                 .join(Evaluation, table.evaluation_id == Evaluation.id)
                 .where(Evaluation.run_id == run.id, *conditions)
                 .order_by(Evaluation.step, *order)
@@ -371,41 +462,34 @@ class RunStore:
             return [tuple(row) for row in session.execute(query).all()]
 
     def drifted_features(self, run_name: str, hookpoint: str | None = None) -> list[DriftedFeatureRow]:
-        where = (DriftedFeature.hookpoint == hookpoint,) if hookpoint is not None else ()
-        found = self._projection(run_name, DriftedFeature, (DriftedFeature.hookpoint, DriftedFeature.rank), *where)
-        return [
-            DriftedFeatureRow(step, d.hookpoint, d.feature, d.subset, d.freq_reference, d.freq_current,
-                              d.mean_reference, d.mean_current, d.score, d.rank)
-            for step, d in found
-        ]
+        d = DriftedFeature
+        where = (d.hookpoint == hookpoint,) if hookpoint is not None else ()
+        columns = (d.hookpoint, d.feature, d.subset, d.freq_reference, d.freq_current, d.mean_reference,
+                   d.mean_current, d.score, d.rank)
+        return [DriftedFeatureRow(*row) for row in self._projection(run_name, columns, (d.hookpoint, d.rank), *where)]
 
     def refusal_features(self, run_name: str, hookpoint: str | None = None) -> list[RefusalFeatureRow]:
-        where = (RefusalFeature.hookpoint == hookpoint,) if hookpoint is not None else ()
-        order = (RefusalFeature.hookpoint, RefusalFeature.k, RefusalFeature.source, RefusalFeature.rank)
-        return [
-            RefusalFeatureRow(step, r.hookpoint, r.k, r.feature, r.source, r.rank, r.diff_in_means, r.nnls_weight)
-            for step, r in self._projection(run_name, RefusalFeature, order, *where)
-        ]
+        r = RefusalFeature
+        where = (r.hookpoint == hookpoint,) if hookpoint is not None else ()
+        columns = (r.hookpoint, r.k, r.feature, r.source, r.rank, r.diff_in_means, r.nnls_weight)
+        order = (r.hookpoint, r.k, r.source, r.rank)
+        return [RefusalFeatureRow(*row) for row in self._projection(run_name, columns, order, *where)]
 
     def category_refusals(self, run_name: str, step: int | None = None) -> list[CategoryRefusalRow]:
         """Refusal per prompt category of `run_name`, at `step` or at every step."""
+        c = CategoryRefusal
         where = (Evaluation.step == step,) if step is not None else ()
-        order = (CategoryRefusal.subset, CategoryRefusal.category)
-        return [
-            CategoryRefusalRow(step, c.subset, c.category, c.prompts, c.refusal_rate,
-                               c.refusal_token_probability, c.refusal_token_logodds)
-            for step, c in self._projection(run_name, CategoryRefusal, order, *where)
-        ]
+        columns = (c.subset, c.category, c.prompts, c.refusal_rate, c.refusal_token_probability, c.refusal_token_logodds)
+        return [CategoryRefusalRow(*row) for row in self._projection(run_name, columns, (c.subset, c.category), *where)]
 
     def feature_contexts(self, run_name: str, step: int | None = None) -> list[FeatureContextRow]:
         """Stored top-activating contexts of `run_name`, at `step` or at every step."""
+        c = FeatureContext
         where = (Evaluation.step == step,) if step is not None else ()
-        order = (FeatureContext.hookpoint, FeatureContext.feature, FeatureContext.model, FeatureContext.rank)
-        return [
-            FeatureContextRow(step, c.hookpoint, c.feature, c.model, c.rank, c.subset, c.probe_index, c.position,
-                              c.left_text, c.token, c.right_text, c.activation)
-            for step, c in self._projection(run_name, FeatureContext, order, *where)
-        ]
+        columns = (c.hookpoint, c.feature, c.model, c.rank, c.subset, c.probe_index, c.position, c.left_text, c.token,
+                   c.right_text, c.activation)
+        order = (c.hookpoint, c.feature, c.model, c.rank)
+        return [FeatureContextRow(*row) for row in self._projection(run_name, columns, order, *where)]
 
     # ---- heartbeats, checkpoints, goal, audit --------------------------------------------
 
@@ -563,46 +647,78 @@ class RunStore:
             session.flush()
             return record.id
 
-    def synced_sequence(self, run_name: str) -> int:
-        """The last journal event applied to this run (0: none, or the run does not exist yet)."""
+    def applied_sequences(self, run_name: str) -> set[int]:
+        """The journal events of this run the store holds, by sequence number (empty: none, or no such run)."""
         with self._transaction() as session:
             run = session.scalar(select(Run).where(Run.name == run_name))
-            return int((run.extra or {}).get("journal_sequence", 0)) if run is not None else 0
+            if run is None:
+                return set()
+            return set(session.scalars(select(JournalRecord.seq).where(JournalRecord.run_id == run.id)).all())
 
     @contextmanager
-    def applying_journal_event(self, run_name: str, sequence: int, at: float | None = None) -> Iterator[bool]:
+    def atomically(self) -> Iterator[None]:
+        """One transaction for a batch of writes (an import): all of them are stored, or none."""
+        if getattr(self._held, "session", None) is not None:
+            yield
+            return
+        with self._transaction() as session:
+            self._held.session = session
+            try:
+                yield
+            finally:
+                self._held.session = None
+
+    @contextmanager
+    def applying_journal_event(self, event: JournalEvent) -> Iterator[bool]:
         """Store one journal event exactly once, whoever else replays the same journal.
 
-        The writes made inside the block and the run's journal sequence commit in one
-        transaction, and the block is told to skip (False) when the store already holds the
-        event. Writers of one run are serialised (PostgreSQL: an advisory lock, which also covers
-        a run not created yet; SQLite: a write on a stale snapshot fails and is retried), so a
-        writer that was blocked and returns late cannot undo what `runs import` stored meanwhile.
+        The writes made inside the block and the event's record commit in one transaction, and
+        the block is told to skip (False) when the store already holds the event. An event the
+        store holds with other content under the same number (an edited journal), or one that
+        carries other fingerprints than the stored run, is refused. Writers of one run are
+        serialised (PostgreSQL: an advisory lock, which also covers a run not created yet;
+        SQLite: a write on a stale snapshot fails and is retried), so a writer that was blocked
+        and returns late cannot undo what `runs import` stored meanwhile.
         """
+        outer = getattr(self._held, "session", None)
         with self._transaction() as session:
             self._held.session = session
             try:
                 if self.engine.dialect.name == "postgresql":
                     session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"),
-                                    {"key": f"featuredrift journal {run_name}"})
-                run = session.scalar(select(Run).where(Run.name == run_name))
-                if run is not None and int((run.extra or {}).get("journal_sequence", 0)) >= sequence:
-                    yield False
-                    return
+                                    {"key": f"featuredrift journal {event.run}"})
+                run = session.scalar(select(Run).where(Run.name == event.run))
+                if run is not None:
+                    held = session.get(JournalRecord, (run.id, event.seq))
+                    if held is not None:
+                        if held.digest is not None and held.digest != event.digest:
+                            raise HistoryConflictError(
+                                f"run {run.name!r} in {self.display_url}: journal event {event.seq} ({event.kind}) "
+                                f"differs from the event {event.seq} ({held.kind}) stored "
+                                f"{held.applied_at:%Y-%m-%d %H:%M:%S}; refused: an edited journal, or another run's"
+                            )
+                        yield False
+                        return
+                    self._require_same_inputs(run, event.fingerprints, f"journal event {event.seq} comes")
                 yield True
-                run = self._require_run(session, run_name)
-                run.extra = {**(run.extra or {}), "journal_sequence": int(sequence)}
-                self._beat(run, at)  # every event is a sign of life, at the time it was journaled
+                run = self._require_run(session, event.run)
+                step = event.data.get("step") if event.kind in ("evaluation", "stop") else event.data.get("resumed_at_step")
+                session.add(JournalRecord(run_id=run.id, seq=int(event.seq), kind=event.kind, digest=event.digest,
+                                          step=None if step is None else int(step)))
+                self._beat(run, event.at)  # every event is a sign of life, at the time it was journaled
+                session.flush()
             finally:
-                self._held.session = None
+                self._held.session = outer
 
-    def record_stop(self, run_name: str, step: int, reason: str) -> RunInfo:
+    def record_stop(self, run_name: str, step: int, reason: str, *, journal_sequence: int | None = None) -> RunInfo:
         """Note that training was stopped on purpose (an alert with stop_on_alert) and why."""
         with self._transaction() as session:
             run = self._require_run(session, run_name)
-            run.status = "stopped"
+            if self._is_current(run, journal_sequence):
+                run.status = "stopped"
+                run.updated_at = utc_now()
             run.extra = {**(run.extra or {}), "stopped_at_step": int(step), "stop_reason": str(reason)}
-            run.updated_at = utc_now()
+            self._note_status_sequence(run, journal_sequence)
             session.flush()
             return self._run_info(session, run)
 
@@ -736,7 +852,13 @@ class RunStore:
         return json.dumps(_nan_to_null(document), indent=1, allow_nan=False)
 
     def import_json(self, text: str, name: str | None = None) -> RunInfo:
-        """Load a JSON export (from this or another store) as run `name` (default: its own name)."""
+        """Load a JSON export (from this or another store) as run `name` (default: its own name;
+        a given name is also its display name).
+
+        All or nothing, and held to the run's identity: into an existing run, an export with
+        other fingerprints, or with another evaluation at a stored step, is refused
+        (`RunMismatchError`, `HistoryConflictError`); importing the same export again changes nothing.
+        """
         try:
             document = json.loads(text)
         except json.JSONDecodeError as error:
@@ -745,31 +867,40 @@ class RunStore:
             found = document.get("format") if isinstance(document, dict) else type(document).__name__
             raise StoreError(f"run import: expected format {JSON_EXPORT_FORMAT!r}, found {found!r}")
         run = document["run"]
+        extra = dict(run.get("extra") or {})
+        for bookkeeping in ("journal_sequence", "status_sequence", "resumes"):  # the source store's, not ours
+            extra.pop(bookkeeping, None)
+        if name:
+            extra["display_name"] = name
         name = name or run["name"]
-        self.start_run(
-            name, run.get("config") or {}, model_fingerprint=run.get("model_fingerprint"),
-            sae_fingerprint=run.get("sae_fingerprint"), reference_policy=run.get("reference_policy"),
-            **(run.get("extra") or {}),
-        )
-        for data in document.get("evaluations", []):
-            self.record_evaluation(name, EvaluationReport.from_dict(data))
-        for alert in document.get("alerts", []):
-            started = datetime.fromisoformat(alert["started_at"])
-            common = {"message": alert["message"], "step": alert["step"], "labels": alert.get("labels") or {},
-                      "value": alert.get("value")}
-            self.record_alert(name, alert["name"], alert["severity"], "firing", at=started, **common)
-            if alert["status"] == "resolved":
-                ended = datetime.fromisoformat(alert["ended_at"]) if alert.get("ended_at") else started
-                self.record_alert(name, alert["name"], alert["severity"], "resolved", at=ended,
-                                  **{**common, "step": alert.get("resolved_step")})
-            if alert.get("checkpoint"):
-                self._note_alert_checkpoint(name, alert["name"], alert.get("labels") or {}, alert["checkpoint"],
-                                            alert.get("checkpoint_step"))
-        for checkpoint in document.get("checkpoints", []):
-            self.record_checkpoint(name, checkpoint["step"], checkpoint["path"], checkpoint.get("saved_at"))
-        if document.get("audit"):
-            self.record_audit(name, [DataAudit.from_dict(a) for a in document["audit"]])
-        return self.finish_run(name, run.get("status") if run.get("status") in RUN_STATUSES else "finished")
+        with self.atomically():
+            self.start_run(
+                name, run.get("config") or {}, model_fingerprint=run.get("model_fingerprint"),
+                sae_fingerprint=run.get("sae_fingerprint"), reference_policy=run.get("reference_policy"), **extra,
+            )
+            for data in document.get("evaluations", []):
+                self.record_evaluation(name, EvaluationReport.from_dict(data), replace=False)
+            known = {(a.name, labels_key(a.labels), a.step, a.started_at) for a in self.alerts(name)}
+            for alert in document.get("alerts", []):
+                started = datetime.fromisoformat(alert["started_at"])
+                if (alert["name"], labels_key(alert.get("labels") or {}), alert["step"], _aware(started)) in known:
+                    continue  # imported before
+                common = {"message": alert["message"], "step": alert["step"], "labels": alert.get("labels") or {},
+                          "value": alert.get("value")}
+                self.record_alert(name, alert["name"], alert["severity"], "firing", at=started, **common)
+                if alert["status"] == "resolved":
+                    ended = datetime.fromisoformat(alert["ended_at"]) if alert.get("ended_at") else started
+                    self.record_alert(name, alert["name"], alert["severity"], "resolved", at=ended,
+                                      **{**common, "step": alert.get("resolved_step")})
+                if alert.get("checkpoint"):
+                    self._note_alert_checkpoint(name, alert["name"], alert.get("labels") or {}, alert["checkpoint"],
+                                                alert.get("checkpoint_step"))
+            for checkpoint in document.get("checkpoints", []):
+                self.record_checkpoint(name, checkpoint["step"], checkpoint["path"], checkpoint.get("saved_at"))
+            if document.get("audit"):
+                self.record_audit(name, [DataAudit.from_dict(a) for a in document["audit"]])
+            return self.finish_run(name, run.get("status") if run.get("status") in RUN_STATUSES else "finished",
+                                   (run.get("extra") or {}).get("error"))
 
     def _note_alert_checkpoint(self, run_name: str, alert: str, labels: dict, checkpoint: str, step: int | None) -> None:
         with self._transaction() as session:

@@ -26,12 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from transformers import TrainerCallback
 
 from featuredrift.monitor.config import MonitorConfig
 from featuredrift.monitor.report import EvaluationReport
 from featuredrift.store.journal import safe_file_name
+from featuredrift.text import printable
 
 
 @dataclass(frozen=True)
@@ -332,18 +334,19 @@ def print_summary(console: Console, result: DemoResult, hookpoint: str) -> None:
     )
     print_alert_timeline(console, result)
     if result.stop_reason:
-        console.print(f"[bold red]Training stopped by an alert:[/] {result.stop_reason}")
+        console.print(f"[bold red]Training stopped by an alert:[/] {escape(printable(result.stop_reason))}")
     if any(a.status == "firing" and a.severity == "critical" for a in result.alerts):
         safe = result.last_safe_checkpoint
         console.print("[bold]Last safe checkpoint[/] (the newest that passed every critical alert): "
-                      + (safe.describe() if safe else "none saved; the model training started from is the way back"))
+                      + (escape(printable(safe.describe())) if safe else
+                         "none saved; the model training started from is the way back"))
     print_findings(console, result)
-    db = result.store_url
+    db, run = escape(printable(result.store_url)), escape(printable(result.run_name))
     console.print(f"Fine-tuning took {result.train_seconds:.1f}s with {len(result.reports)} drift evaluations.")
     console.print("[bold]Where to look next[/]")
     console.print(f"  run store      {db}")
-    console.print(f"  this run       featuredrift runs show {result.run_name} --db '{db}'")
-    console.print(f"  plots          featuredrift report {result.run_name} --db '{db}'")
+    console.print(f"  this run       featuredrift runs show {run} --db '{db}'")
+    console.print(f"  plots          featuredrift report {run} --db '{db}'")
     if result.metrics_url:
         console.print(f"  Prometheus     {result.metrics_url} (served while the run was live)")
 
