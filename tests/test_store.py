@@ -560,3 +560,29 @@ def test_the_same_event_number_with_other_content_is_refused(store_url, tmp_path
         with pytest.raises(HistoryConflictError, match="event 2 .*differs"):
             import_journals(store, [_journal_file(tmp_path / "edited.jsonl", edited)])
         assert _stored(store, "edited")[0]["kl_mean"] == 0.0
+
+
+def test_a_quiet_training_loop_journals_a_heartbeat_every_heartbeat_s(tmp_path):
+    """Between evaluations the loop's step ends are signs of life: journaled at most once per
+    `heartbeat_s`, however often they come, and never skipped when `heartbeat_s` has passed."""
+    import time
+
+    from featuredrift.callbacks.session import MonitorSession
+    from featuredrift.monitor.config import MonitorConfig
+    from featuredrift.store.journal import read_journal
+
+    config = MonitorConfig(store_url=f"sqlite:///{tmp_path / 'runs.db'}", heartbeat_s=0.2, alert_goal="off")
+    session = MonitorSession.open(config, "quiet", journal_dir=tmp_path)
+    for step in range(200):  # a burst of fast steps: one heartbeat at most
+        session.heartbeat(step)
+    burst = [e for e in read_journal(session.journal.path) if e.kind == "heartbeat"]
+    for step in range(200, 204):
+        time.sleep(0.25)
+        session.heartbeat(step)
+    session.close()
+    beats = [e for e in read_journal(session.journal.path) if e.kind == "heartbeat"]
+    assert len(burst) <= 1 and len(beats) - len(burst) == 4
+    assert [e.data["step"] for e in beats[len(burst):]] == [200, 201, 202, 203]
+    assert all(b.at > a.at for a, b in zip(beats, beats[1:], strict=False))
+    with RunStore(config.store_url) as store:
+        assert abs(store.get_run("quiet").heartbeat_at.timestamp() - beats[-1].at) < 1.0

@@ -45,7 +45,7 @@ from featuredrift.monitor.distributed import (
 from featuredrift.monitor.errors import MonitorError
 from featuredrift.monitor.judges import get_judge, get_refusal_judge, refusal_start_tokens
 from featuredrift.monitor.probe_sources import bound_with_warning, configured_probe_set
-from featuredrift.monitor.probes import PROMPT_SUBSETS, ProbeSet, rows_fingerprint
+from featuredrift.monitor.probes import PROMPT_SUBSETS, REQUIRED_PROMPT_SUBSETS, ProbeSet, rows_fingerprint
 from featuredrift.monitor.reading import ModelReading, ProbeBatch, model_device
 from featuredrift.monitor.report import EvaluationReport
 
@@ -321,9 +321,9 @@ class DriftMonitor:
         audits = []
         for hookpoint, sae in state.saes.items():
             ref = state.layer_reference[hookpoint]
-            probe_acts = {s: state.reference.activations[s][hookpoint] for s in reading.PROMPT_SUBSETS}
+            probe_acts = {s: state.reference.activations[s][hookpoint] for s in REQUIRED_PROMPT_SUBSETS}
             scores = audit.harmfulness_scores(read.activations["audit"][hookpoint], sae, ref.direction, ref.refusal_features,
-                                              probe_acts, {s: ref.codes[s] for s in reading.PROMPT_SUBSETS},
+                                              probe_acts, {s: ref.codes[s] for s in REQUIRED_PROMPT_SUBSETS},
                                               encode_batch_size=cfg.encode_batch_size)
             examples = audit.audited_examples(inputs, *scores, read.refusal_probability.get("audit"))
             audits.append(audit.DataAudit(hookpoint, examples, dataset_size, len(problems), problems[0] if problems else None))
