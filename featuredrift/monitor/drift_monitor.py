@@ -45,7 +45,12 @@ from featuredrift.monitor.distributed import (
 from featuredrift.monitor.errors import MonitorError
 from featuredrift.monitor.judges import get_judge, get_refusal_judge, refusal_start_tokens
 from featuredrift.monitor.probe_sources import bound_with_warning, configured_probe_set
-from featuredrift.monitor.probes import PROMPT_SUBSETS, REQUIRED_PROMPT_SUBSETS, ProbeSet, rows_fingerprint
+from featuredrift.monitor.probes import (
+    PROMPT_SUBSETS,
+    REQUIRED_PROMPT_SUBSETS,
+    ProbeSet,
+    rows_fingerprint,
+)
 from featuredrift.monitor.reading import ModelReading, ProbeBatch, model_device
 from featuredrift.monitor.report import EvaluationReport
 
