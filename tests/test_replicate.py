@@ -384,8 +384,13 @@ def test_refusal_prompt_format_follows_the_tokenizer_when_auto():
 
     assert resolve_prompt_format("auto", SimpleNamespace(chat_template="{{ x }}")) == "chat"
     assert resolve_prompt_format("auto", SimpleNamespace(chat_template=None)) == "base"
-    assert RefusalConfig().prompt_format == {"base": "base", "chat": "chat"}  # the paper's setting
-    assert RefusalConfig(prompt_format={"base": "auto", "chat": "auto"}).prompt_format["base"] == "auto"
+    assert RefusalConfig().prompt_format == {"chat": "chat"}
+    assert load_config("zoo").paper_readings.base_prompt == "instruction"  # the paper's "{instruction}\n"
+    # The older place of the base model's format is read as the base_prompt reading, which it must agree with.
+    auto = load_config("zoo", {"refusal": {"prompt_format": {"base": "auto", "chat": "auto"}}})
+    assert auto.paper_readings.base_prompt == "auto" and auto.refusal.prompt_format == {"chat": "auto"}
+    with pytest.raises(ConfigError, match="base_prompt"):
+        load_config("zoo", {"refusal": {"prompt_format": {"base": "chat"}}, "paper_readings": {"base_prompt": "instruction"}})
     with pytest.raises(ValueError):
         RefusalConfig(prompt_format={"base": "instruct"})
 
