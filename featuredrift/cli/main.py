@@ -9,6 +9,7 @@ import typer
 from featuredrift.cli.alerts import app as alerts_app
 from featuredrift.cli.bench import bench
 from featuredrift.cli.demo import demo
+from featuredrift.cli.diff import app as diff_app
 from featuredrift.cli.grafana import app as grafana_app
 from featuredrift.cli.replicate import replicate as replicate_command
 from featuredrift.cli.report import report_command
@@ -28,6 +29,7 @@ app.add_typer(sae_app, name="sae")
 app.add_typer(runs_app, name="runs")
 app.add_typer(alerts_app, name="alerts")
 app.add_typer(grafana_app, name="grafana")
+app.add_typer(diff_app, name="diff")
 app.command("report")(report_command)
 app.command("replicate")(replicate_command)
 app.command()(demo)
