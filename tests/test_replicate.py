@@ -387,7 +387,8 @@ def test_zoo_preset_end_to_end_shows_feature_drift(tmp_path):
     assert findings["addition_induces_refusal"].holds, findings["addition_induces_refusal"].evidence
     assert findings["true_direction_mediates_refusal"].holds, findings["true_direction_mediates_refusal"].evidence
     # The post's causal checks, with its numbers beside ours.
-    for finding in ("steering_lowers_kl", "hybrid_steering_moves_rollouts", "dataset_negative_steering_refusal"):
+    for finding in ("steering_lowers_kl", "hybrid_steering_moves_rollouts", "dataset_negative_steering_refusal",
+                    "diff_sae_latents_explain_kl", "diff_sae_latents_steer_better"):
         assert findings[finding].holds, findings[finding].evidence
     assert "42 %" in findings["hybrid_steering_moves_rollouts"].claim and "1000 rollouts" in findings["hybrid_steering_moves_rollouts"].evidence
     rows = {(r["source"], r["k"]): r for r in results.stages["interventions"]["rows"]}

@@ -52,6 +52,7 @@ def run_command(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """The diff-SAE post's analysis for your pair, written like a `replicate` run."""
+    from featuredrift.cli.replicate import print_findings
     from featuredrift.replicate.config import ConfigError, deep_merge, load_config, parse_override
     from featuredrift.replicate.pipeline import run_replication
 
@@ -64,10 +65,7 @@ def run_command(
     except ConfigError as error:
         typer.echo(f"config error: {error}", err=True)
         raise typer.Exit(2) from None
-    for finding in results["findings"]:
-        mark = {True: "holds", False: "does not hold", None: "inconclusive"}[finding["holds"]]
-        typer.echo(f"[{mark}] {finding['claim']} ({finding['evidence']})")
-    typer.echo(f"wrote {out / 'results.json'}, {out / 'report.md'}, {out / 'report.html'}")
+    print_findings(results, out)
 
 
 def diff_config(base: str, chat: str, hookpoint: str, texts: str, prompts: str, control: str, behaviour: str | None,

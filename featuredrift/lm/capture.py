@@ -368,25 +368,11 @@ def encode_prompts(
     return prompts
 
 
-def collect_prompt_activations(
-    model: nn.Module,
-    tokenizer,
-    instructions: Sequence[str],
-    hookpoints: Sequence[str],
-    *,
-    prompt_format: PromptFormat = "chat",
-    batch_size: int = 16,
-    max_length: int | None = None,
-    padding_side: PaddingSide = "left",
-    dtype: torch.dtype | None = torch.float32,
-    device: torch.device | str | None = None,
-    stop_early: bool = True,
-) -> dict[str, Tensor]:
-    """Activations `[P, d]` at the readout token of each prompt (see `encode_prompts`)."""
-    window = collect_prompt_window_activations(
-        model, tokenizer, instructions, hookpoints, window=1, prompt_format=prompt_format, batch_size=batch_size,
-        max_length=max_length, padding_side=padding_side, dtype=dtype, device=device, stop_early=stop_early,
-    )
+def collect_prompt_activations(model: nn.Module, tokenizer, instructions: Sequence[str], hookpoints: Sequence[str],
+                               **options) -> dict[str, Tensor]:
+    """Activations `[P, d]` at the readout token of each prompt (see `encode_prompts`); `options`
+    as `collect_prompt_window_activations` (prompt_format, batch_size, max_length, …)."""
+    window = collect_prompt_window_activations(model, tokenizer, instructions, hookpoints, window=1, **options)
     return {h: x[:, -1] for h, x in window.items()}
 
 

@@ -40,24 +40,10 @@ def left_pad(sequences: Sequence[list[int]], pad_id: int):
     return input_ids, attention_mask
 
 
-def generate_greedy(
-    model,
-    tokenizer,
-    prompts: Sequence[str],
-    *,
-    max_new_tokens: int = 24,
-    batch_size: int = 16,
-    synced_gpus: bool = False,
-) -> list[str]:
-    """Greedy completions (new text only, special tokens dropped), one per prompt, in order.
-
-    Batches are left-padded; the model's train/eval mode and the tokenizer are left as found.
-    `synced_gpus` keeps ranks stepping together until all are done (FSDP/ZeRO-3 forwards are
-    collectives, and one rank's batch may stop earlier than another's).
-    """
-    pairs = generate_greedy_ids(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                synced_gpus=synced_gpus)
-    return [tokenizer.decode(new, skip_special_tokens=True) for _, new in pairs]
+def generate_greedy(model, tokenizer, prompts: Sequence[str], **options) -> list[str]:
+    """Greedy completions (new text only, special tokens dropped), one per prompt, in order;
+    `options` as `generate_greedy_ids` (max_new_tokens, batch_size, synced_gpus)."""
+    return [tokenizer.decode(new, skip_special_tokens=True) for _, new in generate_greedy_ids(model, tokenizer, prompts, **options)]
 
 
 def generate_greedy_ids(
@@ -69,8 +55,13 @@ def generate_greedy_ids(
     batch_size: int = 16,
     synced_gpus: bool = False,
 ) -> list[tuple[list[int], list[int]]]:
-    """`generate_greedy` as token ids: per prompt, (prompt ids, new ids up to and including the
-    first end-of-sequence token), so a caller can read the exact response tokens back."""
+    """Greedy decoding as token ids: per prompt, (prompt ids, new ids up to and including the
+    first end-of-sequence token), so a caller can read the exact response tokens back.
+
+    Batches are left-padded; the model's train/eval mode and the tokenizer are left as found.
+    `synced_gpus` keeps ranks stepping together until all are done (FSDP/ZeRO-3 forwards are
+    collectives, and one rank's batch may stop earlier than another's).
+    """
     import torch
     from transformers import GenerationConfig
 

@@ -237,14 +237,7 @@ def kl_attribution(
     row in a batch, so one backward pass per batch of ``batch_size`` positions gives exact
     per-position gradients (no cross-talk between positions of the same row).
     """
-    W_dec = getattr(decoder, "W_dec", decoder)
-    check_tensor("decoder", W_dec, ndim=2)
-    check_tensor("input_ids", input_ids, ndim=2, floating=False)
-    check_tensor("logits_cur", logits_cur, ndim=3)
-    if logits_cur.shape[:2] != input_ids.shape:
-        raise MetricInputError(
-            f"logits_cur: expected [B, T, V] with B, T = {tuple(input_ids.shape)}, found {tuple(logits_cur.shape)}"
-        )
+    W_dec = _checked_attribution_inputs(decoder, input_ids, logits_cur)
     positions = _check_positions(positions, input_ids.shape)
     if intervene_at not in ("all", "position"):
         raise MetricInputError(f"intervene_at: expected 'all' or 'position', found {intervene_at!r}")
@@ -269,12 +262,28 @@ def kl_attribution(
     finally:
         model_ref.train(was_training)
     gradient = torch.cat(gradients)
-    if gradient.shape[1] != W_dec.shape[1]:
-        raise MetricInputError(
-            f"decoder: expected rows of the residual width {gradient.shape[1]}, found {W_dec.shape[1]}"
-        )
-    attribution = gradient @ W_dec.detach().to(device=gradient.device, dtype=gradient.dtype).T
+    attribution = _project(gradient, W_dec)
     return KLAttribution(positions, attribution, gradient, torch.cat(kls), torch.cat(ref_rows), torch.cat(cur_rows))
+
+
+def _checked_attribution_inputs(decoder, input_ids: Tensor, logits_cur: Tensor) -> Tensor:
+    """The decoder matrix ``[M, d]`` (of an SAE or given), after checking the inputs' shapes."""
+    W_dec = getattr(decoder, "W_dec", decoder)
+    check_tensor("decoder", W_dec, ndim=2)
+    check_tensor("input_ids", input_ids, ndim=2, floating=False)
+    check_tensor("logits_cur", logits_cur, ndim=3)
+    if logits_cur.shape[:2] != input_ids.shape:
+        raise MetricInputError(
+            f"logits_cur: expected [B, T, V] with B, T = {tuple(input_ids.shape)}, found {tuple(logits_cur.shape)}"
+        )
+    return W_dec
+
+
+def _project(gradient: Tensor, W_dec: Tensor) -> Tensor:
+    """``gradient @ W_decᵀ``: every latent's attribution, after checking the widths agree."""
+    if gradient.shape[1] != W_dec.shape[1]:
+        raise MetricInputError(f"decoder: expected rows of the residual width {gradient.shape[1]}, found {W_dec.shape[1]}")
+    return gradient @ W_dec.detach().to(device=gradient.device, dtype=gradient.dtype).T
 
 
 def _check_positions(positions, shape: torch.Size) -> Tensor:
@@ -364,14 +373,7 @@ def summed_kl_attribution(
     the result equals the sum of `kl_attribution`'s per-position attributions over the selected
     positions, in one backward pass per batch of rows instead of one per position.
     """
-    W_dec = getattr(decoder, "W_dec", decoder)
-    check_tensor("decoder", W_dec, ndim=2)
-    check_tensor("input_ids", input_ids, ndim=2, floating=False)
-    check_tensor("logits_cur", logits_cur, ndim=3)
-    if logits_cur.shape[:2] != input_ids.shape:
-        raise MetricInputError(
-            f"logits_cur: expected [B, T, V] with B, T = {tuple(input_ids.shape)}, found {tuple(logits_cur.shape)}"
-        )
+    W_dec = _checked_attribution_inputs(decoder, input_ids, logits_cur)
     _check_position_mask(mask, input_ids.shape)
     if not bool(mask.any()):
         raise EmptySetError("mask: expected at least one position to attribute the KL of, found none")
@@ -397,9 +399,7 @@ def summed_kl_attribution(
     finally:
         model_ref.train(was_training)
     gradient = torch.cat(gradients)
-    if gradient.shape[1] != W_dec.shape[1]:
-        raise MetricInputError(f"decoder: expected rows of the residual width {gradient.shape[1]}, found {W_dec.shape[1]}")
-    per_row = gradient @ W_dec.detach().to(device=gradient.device, dtype=gradient.dtype).T
+    per_row = _project(gradient, W_dec)
     return SummedAttribution(per_row.sum(0), per_row, gradient.sum(0), torch.cat(kls), int(mask.sum()))
 
 

@@ -97,7 +97,7 @@ def select_refusal_direction(
         reason = None
         if any(math.isnan(v) for v in (bypass, induce, kl)):
             reason = "NaN score"
-        elif layer_index(hookpoint) + 1 >= prune_from:
+        elif prune_layer_fraction > 0 and layer_index(hookpoint) + 1 >= prune_from:
             reason = f"from the last {prune_layer_fraction:.0%} of layers"
         elif kl > kl_threshold:
             reason = f"KL {kl:.3f} > {kl_threshold}"

@@ -273,6 +273,7 @@ class SteeringConfig(_Strict):
         default_factory=lambda: [0.25, 0.5, 1.0, 2.0, 4.0],
         description="λ in units of the mean |x_chat - x_base| at the hookpoint (held-out tokens).",
     )
+    random_draws: int = Field(4, ge=1, description="Random unit dictionaries averaged into the control.")
     hybrid: bool = Field(True, description="Run the hybrid-model rollouts.")
     hybrid_candidates: int = Field(8, ge=1, description="High-KL contexts scored for the hybrid experiment.")
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)

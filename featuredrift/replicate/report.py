@@ -132,7 +132,8 @@ def steering_sections(st: dict) -> list[tuple[str, list[str], str | None]]:
     lines += _table(
         ["steered with", "median KL change (best λ each)", "KL halved at", "mean P(chat token) before → after",
          "top token becomes chat's", "mean KL change, one λ for all", "first-order cos"],
-        [[name.replace("_", " "), f"{s['median_kl_change']:+.0%}", f"{s['kl_halved_share']:.0%}",
+        [[name.replace("_", " ") + (f" (mean of {s['draws']} dictionaries)" if "draws" in s else ""),
+          f"{s['median_kl_change']:+.0%}", f"{s['kl_halved_share']:.0%}",
           f"{s['mean_chat_token_probability_before']:.2f} → {s['mean_chat_token_probability_after']:.2f}",
           f"{s['top_token_becomes_chat_share']:.0%}",
           f"{s['kl_change_at_common_scale']:+.0%} (λ {s['common_scale']:g}×)" if "common_scale" in s else "—",

@@ -297,7 +297,9 @@ def steering_findings(steering: dict) -> list[Finding]:
             f"{diff['mean_chat_token_probability_after']:.2f}, top token becomes the chat's at "
             f"{_pct(diff['top_token_becomes_chat_share'])}; one λ for all (diff-SAE {diff['common_scale']:g}×): mean KL "
             f"diff-SAE {diff['kl_change_at_common_scale']:+.0%}, base SAE {base['kl_change_at_common_scale']:+.0%}, "
-            f"random direction {random['kl_change_at_common_scale']:+.0%}"
+            f"random dictionaries {random['kl_change_at_common_scale']:+.0%}" + (
+                " ({:+.0%} … {:+.0%} over {} draws)".format(*random["kl_change_at_common_scale_range"], random["draws"])
+                if "draws" in random else "")
         ),
     ))
     out.append(Finding(

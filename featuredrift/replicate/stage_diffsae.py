@@ -63,7 +63,7 @@ def diff_stream(ctx: RunContext, texts: list[tuple[str, bool]], hookpoint: str) 
             cache = []
 
 
-def _training_texts(ctx: RunContext) -> list[tuple[str, bool]]:
+def training_texts(ctx: RunContext) -> list[tuple[str, bool]]:
     cfg = ctx.config
     out = []
     for field_name in ("base_text_train", "chat_text_train"):
@@ -204,7 +204,7 @@ def run(ctx: RunContext, folder) -> dict:
             raise ConfigError(f"diffsae.sae: expected an SAE of the models' hidden size {d_in}, found d_in={sae.d_in}")
         summary = {"loaded": str(settings.sae), "steps": 0, "tokens": 0}
     else:
-        stream = diff_stream(ctx, _training_texts(ctx), hookpoint)
+        stream = diff_stream(ctx, training_texts(ctx), hookpoint)
         sae, trained = train_sparse_coder(stream, d_in, settings.train, device=ctx.device, seed=cfg.seed)
         summary = trained._asdict()
     sae.save_to_disk(folder / "diff_sae" / hookpoint)

@@ -49,13 +49,16 @@ def run(ctx: RunContext, folder) -> dict:
     scales = [m * unit for m in cfg.steering.scales]
     texts, special = ctx.texts("chat_text_eval", cfg.data.max_eval_texts)
     tokens, positions, _, _ = high_kl_positions_of(ctx, texts, special, cfg.steering.positions)
-    dictionaries = {"diff_sae": diff_sae.W_dec.detach(), "base_sae": base_sae.W_dec.detach(),
-                    "random": _random_directions(diff_sae.W_dec.shape[1], diff_sae.num_latents, cfg.seed)}
+    dictionaries = {"diff_sae": diff_sae.W_dec.detach(), "base_sae": base_sae.W_dec.detach()}
     validation, chosen = {}, {}
     for name, decoder in dictionaries.items():
-        summary, best = validate(ctx, tokens, positions, decoder, hookpoint, scales, unit, name)
-        validation[name] = summary
-        chosen[name] = best
+        validation[name], chosen[name] = validate(ctx, tokens, positions, decoder, hookpoint, scales, unit, name)
+    # The control: random unit dictionaries of the diff-SAE's size, their best latent at each
+    # position steered alike. One draw varies a lot (large λ flattens a confidently wrong
+    # prediction whatever the direction), so several are averaged.
+    draws = [validate(ctx, tokens, positions, random_directions(diff_sae.W_dec.shape[1], diff_sae.num_latents, cfg.seed + r),
+                      hookpoint, scales, unit, "random")[0] for r in range(cfg.steering.random_draws)]
+    validation["random"] = mean_of_draws(draws)
     result = {
         "hookpoint": hookpoint,
         "unit": {"what": "mean |x_chat - x_base| at the hookpoint, held-out chat data", "value": unit},
@@ -79,7 +82,7 @@ def mean_diff_norm(folder, hookpoint: str) -> float:
     return total / max(count, 1)
 
 
-def _random_directions(d: int, n: int, seed: int) -> Tensor:
+def random_directions(d: int, n: int, seed: int) -> Tensor:
     generator = torch.Generator().manual_seed(seed + 1)
     directions = torch.randn(n, d, generator=generator)
     return directions / directions.norm(dim=1, keepdim=True)
@@ -128,7 +131,7 @@ def validate(ctx: RunContext, tokens, positions: Tensor, decoder: Tensor, hookpo
         "dictionary": name,
         "positions": len(best),
         "mean_kl_change": float(change.mean()),
-        "median_kl_change": float(change.median()),
+        "median_kl_change": float(change.double().quantile(0.5)),  # the mean of the middle two for an even count
         "kl_halved_share": float((change <= -0.5).double().mean()),
         "kl_lowered_share": float((change < -0.01).double().mean()),
         "mean_chat_token_probability_before": float(before.mean()),
@@ -145,6 +148,21 @@ def validate(ctx: RunContext, tokens, positions: Tensor, decoder: Tensor, hookpo
     best_of = {"positions": global_positions, "latents": latents, "scale_index": best, "effect": effect,
                "log_probs_cur": attribution.log_probs_cur, "log_probs_ref": attribution.log_probs_ref}
     return summary, best_of
+
+
+def mean_of_draws(draws: list[dict]) -> dict:
+    """One summary for several random dictionaries: numbers averaged, the spread of the KL change
+    at the common λ kept, per-position rows of the first draw."""
+    summary = dict(draws[0])
+    for key, value in draws[0].items():
+        if isinstance(value, float):
+            summary[key] = sum(d[key] for d in draws) / len(draws)
+        elif isinstance(value, list) and value and isinstance(value[0], float):
+            summary[key] = [sum(d[key][i] for d in draws) / len(draws) for i in range(len(value))]
+    summary["draws"] = len(draws)
+    summary["kl_change_at_common_scale_range"] = [min(d["kl_change_at_common_scale"] for d in draws),
+                                                   max(d["kl_change_at_common_scale"] for d in draws)]
+    return summary
 
 
 # ------------------------------------------------------------------ hybrid-model rollouts
@@ -232,7 +250,7 @@ def dataset_steering(ctx: RunContext, spec, decoder: Tensor, hookpoint: str, uni
     total, per_prompt, positions = _summed_attribution(ctx, pairs, decoder, hookpoint)
     latent = int(total.argmin())
     vector = decoder[latent].to(ctx.device).float()
-    random = _random_directions(decoder.shape[1], 1, cfg.seed + 7)[0].to(ctx.device)
+    random = random_directions(decoder.shape[1], 1, cfg.seed + 7)[0].to(ctx.device)
     judge = _behaviour_judge(spec.behaviour)
     common = dict(judge=judge, prompt_format="chat", max_new_tokens=settings.max_new_tokens, batch_size=cfg.batch_size)
 
