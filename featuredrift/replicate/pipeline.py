@@ -62,7 +62,8 @@ def stage_inputs(config: ReplicateConfig, stage: str, identities: dict) -> dict:
             "max_prompts": data.max_prompts, "harmful": data.harmful, "harmless": data.harmless, "splits": data.splits,
             "prompt_format": config.refusal.prompt_format,
             "selection": [config.refusal.selection_prompts, config.refusal.selection_kl_threshold,
-                          config.refusal.selection_induce_threshold, config.refusal.selection_prune_layers],
+                          config.refusal.selection_induce_threshold, config.refusal.selection_prune_layers]
+            if readings.refusal_direction == "arditi" else None,
             **{name: getattr(readings, name) for name in
                ("refusal_feature_reading", "decoder_norm", "refusal_direction", "base_prompt")},
         }
