@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from featuredrift.monitor.readings import readings_of
 from featuredrift.replicate.config import ConfigError, load_config, parse_stages
 from featuredrift.replicate.pipeline import run_replication, stage_keys
 from featuredrift.replicate.preflight import preflight
@@ -91,6 +92,8 @@ def pair_config(root: Path, **overrides) -> dict:
         "refusal": {"ks": [1, 2, 4]},
         "interventions": {"max_new_tokens": 4, "batch_size": 8},
         "diffsae": {"train": {**small, "num_latents": 32}, "high_kl_positions": 8, "top_latents": 2, "dashboard_rows": 2},
+        "steering": {"positions": 4, "hybrid_candidates": 2, "sampling": {"num_rollouts": 50, "max_new_tokens": 2},
+                     "dataset_scales": [1.0], "max_new_tokens": 4},
     }
     from featuredrift.replicate.config import deep_merge
 
@@ -269,7 +272,7 @@ def test_pipeline_all_stages_write_reports(pair, tmp_path):
     results = run_replication(config, out, progress=False)
     assert all(e["trained_here"] for e in results["stages"]["saes"]["base"].values())
     validate_results(json.loads((out / "results.json").read_text()))
-    assert set(results["stages"]) == {"activations", "saes", "transfer", "drift", "refusal", "interventions", "diffsae"}
+    assert set(results["stages"]) == {"activations", "saes", "transfer", "drift", "refusal", "interventions", "diffsae", "steering"}
     table = results["stages"]["refusal"]["table"]
     assert [row["k"] for row in table] == [1, 2, 4]
     for row in table:
@@ -280,8 +283,13 @@ def test_pipeline_all_stages_write_reports(pair, tmp_path):
     assert results["stages"]["interventions"]["judge"] == "refusal"
     diff = results["stages"]["diffsae"]
     assert diff["top_latents"] and diff["held_out_fvu"]["base"] > 0
+    steering = results["stages"]["steering"]
+    assert set(steering["validation"]) == {"diff_sae", "base_sae", "random"}
+    assert steering["hybrid"]["sampling"]["num_rollouts"] == 50 and steering["datasets"][0]["response_tokens"] > 0
+    assert {"steering_lowers_kl", "hybrid_steering_moves_rollouts", "dataset_negative_steering_refusal"} <= {
+        f["id"] for f in results["findings"]}
     html = (out / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 3 and "Table 1" in html
+    assert html.count("data:image/png;base64,") == 5 and "Table 1" in html and "Hybrid-model rollouts" in html
     assert "Table 1" in (out / "report.md").read_text()
 
 
@@ -293,12 +301,14 @@ def test_paper_readings_are_honoured_and_recorded_in_results(pair, tmp_path):
 
     default = run_replication(load_config(pair_config(pair["root"])), tmp_path / "ours", stages="drift", progress=False)
     readings = default["provenance"]["paper_readings"]
-    assert readings == {name: MonitorConfig.model_fields[name].default for name in readings}
+    shared = {name: value for name, value in readings.items() if name in MonitorConfig.model_fields}
+    assert shared == {name: MonitorConfig.model_fields[name].default for name in shared} and len(shared) == 8
     literal = {"scale_reading": "energy", "er_aggregate": "median", "token_mask": "bos_eos"}
     other = run_replication(load_config(pair_config(pair["root"], paper_readings=literal)), tmp_path / "literal",
                             stages="drift", progress=False)
     validate_results(json.loads((tmp_path / "literal" / "results.json").read_text()))
-    assert other["provenance"]["paper_readings"] == literal
+    assert other["provenance"]["paper_readings"] == {**readings, **literal}
+    assert other["provenance"]["paper_readings_side"] == "mixed"
     for hookpoint in default["stages"]["drift"]["hookpoints"]:
         ours, read = default["stages"]["drift"]["hookpoints"][hookpoint], other["stages"]["drift"]["hookpoints"][hookpoint]
         # bos_eos also reads the chat template's role headers and turn delimiters
@@ -306,6 +316,50 @@ def test_paper_readings_are_honoured_and_recorded_in_results(pair, tmp_path):
         assert read["base"]["explained_ratio"] == read["base"]["explained_ratio_median"]
         assert read["base"]["scale_base"] == pytest.approx(ours["base"]["scale_base"] ** 2, rel=1e-6)
     assert "token mask bos_eos" in (tmp_path / "literal" / "report.md").read_text()
+
+
+# Headline numbers each reading may move on the tiny pair (stages transfer, drift, refusal, interventions).
+READING_METRICS = {
+    "scale_reading": ("ER @",),
+    "er_aggregate": ("ER @",),
+    "token_mask": ("FVU ", "tokens ", "divergent fraction", "ER @", "IR "),
+    "fvu_reading": ("FVU ",),
+    "outlier_rule": ("FVU ", "tokens ", "divergent fraction", "ER @", "IR "),
+    "ir_reading": ("IR ",),
+    "refusal_feature_reading": ("Table 1", "safety under", "refusal under"),
+    "decoder_norm": ("Table 1", "safety under", "refusal under"),
+    "refusal_direction": ("refusal hookpoint", "refusal direction", "Table 1", "safety under", "refusal under"),
+    "base_prompt": ("Table 1 base", "Table 1 overlap"),
+    "ablation_reading": ("safety under",),
+}
+
+
+@pytest.mark.slow
+def test_reading_effects_flip_one_reading_and_move_only_its_numbers(pair, tmp_path):
+    """`reading_effects`: every reading rerun on its other side, only the stages it moves
+    recomputed (the rest linked to the main run), and only its numbers differ."""
+    out = tmp_path / "effects"
+    overrides = {"reading_effects": True, "interventions": {"ks": [4], "max_new_tokens": 2},
+                 "refusal": {"ks": [1, 2, 4], "selection_prompts": 3, "selection_kl_threshold": 50.0,
+                             "selection_prune_layers": 0.0, "selection_induce_threshold": -50.0}}
+    results = run_replication(load_config(pair_config(pair["root"], **overrides)), out,
+                              stages="transfer,drift,refusal,interventions", progress=False)
+    validate_results(json.loads((out / "results.json").read_text()))
+    effects = {e["reading"]: e for e in results["reading_effects"]}
+    assert set(effects) == set(READING_METRICS)
+    for name, prefixes in READING_METRICS.items():
+        effect = effects[name]
+        assert effect.get("error") is None, effect
+        moved = [n["metric"] for n in effect["numbers"]]
+        assert all(m.startswith(prefixes) for m in moved), (name, moved)
+    for name in ("scale_reading", "er_aggregate", "fvu_reading", "refusal_feature_reading", "token_mask"):
+        assert effects[name]["numbers"], f"{name} moved nothing"
+    assert effects["ir_reading"]["numbers"] == []  # TopK SAEs whose slots all fire: the readings agree
+    # Stages a reading leaves alone are the main run's folders (only what it moves is recomputed).
+    linked = out / "readings" / "fvu_reading" / "stages"
+    assert (linked / "drift").is_symlink() and (linked / "activations").is_symlink() and not (linked / "transfer").is_symlink()
+    report = (out / "report.md").read_text()
+    assert "Paper readings and their effects" in report and "**fvu_reading**: batch → per_token" in report
 
 
 # ------------------------------------------------------------------ the zoo preset end to end
@@ -322,7 +376,7 @@ def test_zoo_preset_end_to_end_shows_feature_drift(tmp_path):
     result = CliRunner().invoke(app, ["replicate", "--preset", "zoo", "--out", str(out), "--quiet"])
     assert result.exit_code == 0, result.output
     results = validate_results(json.loads((out / "results.json").read_text()))
-    assert set(results.stages) == {"activations", "saes", "transfer", "drift", "refusal", "interventions", "diffsae"}
+    assert set(results.stages) == {"activations", "saes", "transfer", "drift", "refusal", "interventions", "diffsae", "steering"}
     assert results.provenance.saes["base"]["layers.2"]["trained_here"] is False  # the zoo's own SAE
     findings = {f.id: f for f in results.findings}
     # Robust on the nano zoo (see the report for the rest, with numbers):
@@ -332,12 +386,18 @@ def test_zoo_preset_end_to_end_shows_feature_drift(tmp_path):
     assert findings["chat_features_reconstruct_better"].holds, findings["chat_features_reconstruct_better"].evidence
     assert findings["addition_induces_refusal"].holds, findings["addition_induces_refusal"].evidence
     assert findings["true_direction_mediates_refusal"].holds, findings["true_direction_mediates_refusal"].evidence
+    # The post's causal checks, with its numbers beside ours.
+    for finding in ("steering_lowers_kl", "hybrid_steering_moves_rollouts", "dataset_negative_steering_refusal",
+                    "diff_sae_latents_explain_kl", "diff_sae_latents_steer_better"):
+        assert findings[finding].holds, findings[finding].evidence
+    assert "42 %" in findings["hybrid_steering_moves_rollouts"].claim and "1000 rollouts" in findings["hybrid_steering_moves_rollouts"].evidence
     rows = {(r["source"], r["k"]): r for r in results.stages["interventions"]["rows"]}
     assert rows[("true", None)]["safety_score"] < rows[("none", None)]["safety_score"] - 0.3
     assert rows[("chat", 64)]["safety_score"] < rows[("none", None)]["safety_score"] - 0.3
     for name in ("report.md", "report.html", "figures/fig1.png", "figures/fig2.png", "figures/fig3.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0
-    assert "Findings" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "Findings" in report and "Steering validation" in report and "Paper readings" in report
 
     # a second run of every stage is a cache hit and fast; --stages selects
     t0 = time.perf_counter()
@@ -345,8 +405,20 @@ def test_zoo_preset_end_to_end_shows_feature_drift(tmp_path):
     assert again.exit_code == 0, again.output
     assert time.perf_counter() - t0 < 30
     timings = json.loads((out / "results.json").read_text())["provenance"]["timings"]
-    assert len(timings) == 7 and all(t["cached"] for t in timings.values())  # the rest reported from cache
+    assert len(timings) == 8 and all(t["cached"] for t in timings.values())  # the rest reported from cache
     assert json.loads((out / "results.json").read_text())["selected_stages"] == ["drift", "refusal"]
+
+    # The paper's code everywhere (`--set paper_readings=paper`), in the same folder: the SAEs are reused.
+    paper = CliRunner().invoke(app, ["replicate", "--preset", "zoo", "--out", str(out), "--quiet", "--set", "paper_readings=paper"])
+    assert paper.exit_code == 0, paper.output
+    read = validate_results(json.loads((out / "results.json").read_text()))
+    assert read.provenance.paper_readings == readings_of("paper") and read.provenance.paper_readings_side == "paper"
+    assert read.provenance.timings["saes"].cached and not read.provenance.timings["activations"].cached
+    stages = read.stages
+    assert stages["transfer"]["fvu_reading"] == "per_token" and stages["interventions"]["ablation_reading"] == "unnormalised"
+    assert stages["drift"]["hookpoints"]["layers.2"]["base"]["outliers_left_out"] > 0  # the 99.8 % quantile rule
+    assert stages["refusal"]["table"][-1]["chat"]["num_features"] == 64  # the literal top-64 of d̄
+    assert "**paper** way" in (out / "report.md").read_text()
 
 
 def test_cli_reports_config_errors_without_traceback(tmp_path):
@@ -384,8 +456,13 @@ def test_refusal_prompt_format_follows_the_tokenizer_when_auto():
 
     assert resolve_prompt_format("auto", SimpleNamespace(chat_template="{{ x }}")) == "chat"
     assert resolve_prompt_format("auto", SimpleNamespace(chat_template=None)) == "base"
-    assert RefusalConfig().prompt_format == {"base": "base", "chat": "chat"}  # the paper's setting
-    assert RefusalConfig(prompt_format={"base": "auto", "chat": "auto"}).prompt_format["base"] == "auto"
+    assert RefusalConfig().prompt_format == {"chat": "chat"}
+    assert load_config("zoo").paper_readings.base_prompt == "instruction"  # the paper's "{instruction}\n"
+    # The older place of the base model's format is read as the base_prompt reading, which it must agree with.
+    auto = load_config("zoo", {"refusal": {"prompt_format": {"base": "auto", "chat": "auto"}}})
+    assert auto.paper_readings.base_prompt == "auto" and auto.refusal.prompt_format == {"chat": "auto"}
+    with pytest.raises(ConfigError, match="base_prompt"):
+        load_config("zoo", {"refusal": {"prompt_format": {"base": "chat"}}, "paper_readings": {"base_prompt": "instruction"}})
     with pytest.raises(ValueError):
         RefusalConfig(prompt_format={"base": "instruct"})
 

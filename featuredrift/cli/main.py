@@ -10,6 +10,7 @@ from featuredrift.cli.alerts import app as alerts_app
 from featuredrift.cli.audit import audit_command
 from featuredrift.cli.bench import bench
 from featuredrift.cli.demo import demo
+from featuredrift.cli.diff import app as diff_app
 from featuredrift.cli.grafana import app as grafana_app
 from featuredrift.cli.judges import app as judges_app
 from featuredrift.cli.probes import app as probes_app
@@ -33,6 +34,7 @@ app.add_typer(judges_app, name="judges")
 app.add_typer(runs_app, name="runs")
 app.add_typer(alerts_app, name="alerts")
 app.add_typer(grafana_app, name="grafana")
+app.add_typer(diff_app, name="diff")
 app.command("report")(report_command)
 app.command("audit")(audit_command)
 app.command("replicate")(replicate_command)

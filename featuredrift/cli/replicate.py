@@ -45,6 +45,11 @@ def replicate(
     except ConfigError as error:
         typer.echo(f"config error: {error}", err=True)
         raise typer.Exit(2) from None
+    print_findings(results, out)
+
+
+def print_findings(results: dict, out: Path) -> None:
+    """Each finding with its verdict and evidence, then where the reports went."""
     for finding in results["findings"]:
         mark = {True: "holds", False: "does not hold", None: "inconclusive (no data, or within tolerance)"}[finding["holds"]]
         typer.echo(f"[{mark}] {finding['claim']} ({finding['evidence']})")

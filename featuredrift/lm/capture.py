@@ -433,12 +433,21 @@ def encode_prompt_texts(
     return prompts
 
 
-def collect_prompt_activations(
+def collect_prompt_activations(model: nn.Module, tokenizer, instructions: Sequence[str], hookpoints: Sequence[str],
+                               **options) -> dict[str, Tensor]:
+    """Activations `[P, d]` at the readout token of each prompt (see `encode_prompts`); `options`
+    as `collect_prompt_window_activations` (prompt_format, batch_size, max_length, …)."""
+    window = collect_prompt_window_activations(model, tokenizer, instructions, hookpoints, window=1, **options)
+    return {h: x[:, -1] for h, x in window.items()}
+
+
+def collect_prompt_window_activations(
     model: nn.Module,
     tokenizer,
     instructions: Sequence[str],
     hookpoints: Sequence[str],
     *,
+    window: int,
     prompt_format: PromptFormat = "chat",
     batch_size: int = 16,
     max_length: int | None = None,
@@ -447,20 +456,49 @@ def collect_prompt_activations(
     device: torch.device | str | None = None,
     stop_early: bool = True,
 ) -> dict[str, Tensor]:
-    """Activations `[P, d]` at the readout token of each prompt (see `encode_prompts`)."""
+    """Activations `[P, window, d]` at the `window` tokens ending at each prompt's readout token
+    (the last is the readout): the post-instruction positions Arditi et al. choose the refusal
+    direction among. Every prompt must hold at least `window` tokens up to its readout."""
     if not instructions:
         raise ValueError("instructions: expected at least one prompt, found none")
+    if window < 1:
+        raise ValueError(f"window: expected at least one position, found {window}")
     hookpoints = list(dict.fromkeys(hookpoints))
     prompts = encode_prompts(tokenizer, instructions, prompt_format, max_length=max_length)
+    short = [i for i, p in enumerate(prompts) if p.readout + 1 < window]
+    if short:
+        raise ValueError(f"window: expected {window} tokens up to each readout, found fewer in prompts {short[:10]}")
     parts: dict[str, list[Tensor]] = {h: [] for h in hookpoints}
+    offsets_in_window = torch.arange(window - 1, -1, -1)
     for batch in iter_batches(prompts, batch_size):
         tokens = pad_token_lists([p.input_ids for p in batch], pad_id_of(tokenizer), padding_side)
         width = tokens.input_ids.shape[1]
         offsets = [0 if padding_side == "right" else width - len(p.input_ids) for p in batch]
         readout = torch.tensor([off + p.readout for off, p in zip(offsets, batch, strict=True)])
+        columns = readout[:, None] - offsets_in_window[None, :]  # [B, window], the readout last
         output = capture_activations(model, *tokens, hookpoints, stop_early=stop_early)
         for h in hookpoints:
             acts = output.activations[h]
-            picked = acts[torch.arange(len(batch), device=acts.device), readout.to(acts.device)]
+            picked = acts[torch.arange(len(batch), device=acts.device)[:, None], columns.to(acts.device)]
             parts[h].append(picked.to(device=device or picked.device, dtype=dtype or picked.dtype))
     return {h: torch.cat(p) for h, p in parts.items()}
+
+
+def post_instruction_tokens(tokenizer, prompt_format: PromptFormat) -> int:
+    """How many tokens a formatted prompt holds after the instruction's own text (Arditi et al.'s
+    end-of-instruction tokens: the chat template's closing and generation-prompt markers, or the
+    base format's final "\\n"), read from one rendered placeholder prompt."""
+    marker = "Xq7 instruction Zv9"
+    text = format_prompts(tokenizer, [marker], prompt_format)[0]
+    end = text.index(marker) + len(marker)
+    prompt = encode_prompts(tokenizer, [marker], prompt_format)[0]
+    encoding = tokenizer(text, add_special_tokens=prompt_format == "base")
+    if getattr(encoding, "is_fast", False) or hasattr(encoding, "char_to_token"):
+        try:
+            last_instruction = encoding.char_to_token(end - 1)
+        except (ValueError, TypeError):
+            last_instruction = None
+        if last_instruction is not None:
+            return max(1, prompt.readout - last_instruction)
+    suffix = tokenizer(text[end:], add_special_tokens=False)["input_ids"]
+    return max(1, len(suffix))

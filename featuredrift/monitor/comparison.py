@@ -19,7 +19,7 @@ from featuredrift.monitor import kl as kl_metrics
 from featuredrift.monitor.config import MonitorConfig
 from featuredrift.monitor.probes import ProbeSet
 from featuredrift.monitor.reading import TEXT_SUBSETS, ModelReading
-from featuredrift.monitor.reference import LayerReference
+from featuredrift.monitor.reference import LayerReference, refusal_dbar, refusal_features_of
 from featuredrift.monitor.report import (
     CategoryRefusal,
     EvaluationReport,
@@ -74,32 +74,40 @@ def layer_report(hookpoint: str, sae, ref: LayerReference, reference: ModelReadi
     acts = {s: reading.activations[s][hookpoint] for s in reading.activations}
     codes = {s: metrics.encode_batched(sae, x, batch_size=cfg.encode_batch_size) for s, x in acts.items()}
 
+    inliers = _quantile_inliers(ref_acts, acts, codes, hookpoint, cfg)
     fvu = dict(ref.fvu)
     for s in TEXT_SUBSETS:
         if s in acts:
-            fvu[f"current/{s}"] = float(metrics.fvu(acts[s], codes[s].reconstruction))
+            keep = inliers.get(s, slice(None))
+            fvu[f"current/{s}"] = float(metrics.fvu_of(acts[s][keep], codes[s].reconstruction[keep], cfg.fvu_reading))
+            if s in inliers:  # the paper's rule drops tokens per comparison: the reference's FVU on the same ones
+                fvu[f"reference/{s}"] = float(metrics.fvu_of(ref_acts[s][hookpoint][keep], ref.codes[s].reconstruction[keep],
+                                                             cfg.fvu_reading))
 
-    x0, xt = ref_acts["base"][hookpoint], acts["base"]
-    scale = float(metrics.scale_for(xt, cfg.scale_reading))
+    keep = inliers.get("base", slice(None))
+    scale = float(metrics.scale_for(acts["base"], cfg.scale_reading))
+    x0, xt = ref_acts["base"][hookpoint][keep], acts["base"][keep]
+    base_codes, ref_base_codes = _rows(codes["base"], keep), _rows(ref.codes["base"], keep)
     cos = metrics.paired_cosine(x0, xt)  # once: the divergent mask, the profile and `moved` read it
     divergent = cos < cfg.divergence_threshold
     # With no divergent token (e.g. at step 0) ER is undefined: reported as NaN, not an error.
     any_divergent = bool(divergent.any())
-    er = metrics.explained_ratio(x0, xt, codes["base"].reconstruction, divergent, ref.scale, scale) if any_divergent else None
-    ir = metrics.intersection_ratio(ref.codes["base"], codes["base"], mask=divergent if any_divergent else None)
+    er = metrics.explained_ratio(x0, xt, base_codes.reconstruction, divergent, ref.scale, scale) if any_divergent else None
+    ir = metrics.intersection_ratio(ref_base_codes, base_codes, mask=divergent if any_divergent else None,
+                                    reading=cfg.ir_reading)
     profile = metrics.cosine_profile(cos, cfg.most_divergent_share)
     moved = bool((cos[profile.most_divergent] < 1 - 1e-6).any())
-    er_top = (metrics.explained_ratio(x0, xt, codes["base"].reconstruction, profile.most_divergent, ref.scale, scale)
+    er_top = (metrics.explained_ratio(x0, xt, base_codes.reconstruction, profile.most_divergent, ref.scale, scale)
               if moved else None)
-    ir_top = metrics.intersection_ratio(ref.codes["base"], codes["base"], mask=profile.most_divergent)
+    ir_top = metrics.intersection_ratio(ref_base_codes, base_codes, mask=profile.most_divergent, reading=cfg.ir_reading)
 
     stats = {s: metrics.feature_statistics(c.top_acts, c.top_indices, sae.num_latents) for s, c in codes.items()}
     drifted = metrics.drifted_features(ref.stats, stats, cfg.top_n_features)
 
     direction = refusal.refusal_direction(acts["harmful"], acts["harmless"])
-    dbar = refusal.feature_diff_in_means(codes["harmful"][:2], codes["harmless"][:2], sae.num_latents)
+    dbar = refusal_dbar(codes, sae, cfg)
+    current_features = refusal_features_of(dbar, sae, cfg)
     k = min(cfg.refusal_k, sae.num_latents)
-    current_features = refusal.top_refusal_features(dbar, k, strict=False)
     reference_features = ref.refusal_features
     refusal_features = RefusalFeatures(
         k=k,
@@ -151,6 +159,22 @@ def layer_report(hookpoint: str, sae, ref: LayerReference, reference: ModelReadi
         intersection_ratio_most_divergent=float(ir_top.divergent) if ir_top.divergent is not None else math.nan,
         feature_contexts=found,
     )
+
+
+def _quantile_inliers(ref_acts, acts, codes, hookpoint: str, cfg: MonitorConfig) -> dict[str, Tensor]:
+    """Per text subset, the token pairs the paper's outlier rule keeps (empty under the norm rule,
+    which left its outliers out of every reading already)."""
+    if cfg.outlier_rule != "quantile":
+        return {}
+    return {
+        s: metrics.quantile_inliers(metrics.per_token_fvu(acts[s], codes[s].reconstruction),
+                                    metrics.token_mse(ref_acts[s][hookpoint], acts[s]), q=cfg.outlier_quantile)
+        for s in TEXT_SUBSETS if s in acts
+    }
+
+
+def _rows(codes: metrics.SaeCodes, keep) -> metrics.SaeCodes:
+    return metrics.SaeCodes(*(t[keep] for t in codes))
 
 
 class ContextLookup:

@@ -11,7 +11,7 @@ import json
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_STORE_URL = "sqlite:///featuredrift-out/featuredrift.db"
@@ -117,6 +117,38 @@ class MonitorConfig(BaseSettings):
         description="content: leave out every control token, each text's first token and chat-template tokens; "
         "bos_eos: only BOS/EOS (Appx. A.2 read literally).",
     )
+    fvu_reading: str = Field(
+        "batch", pattern="^(batch|per_token)$",
+        description="batch: one FVU over the token set, centred on its mean (sparsify); per_token: each token's "
+        "FVU centred on its own mean over dimensions, averaged (the paper's code).",
+    )
+    outlier_rule: str = Field(
+        "norm", pattern="^(norm|quantile)$",
+        description="norm: leave out probe tokens whose reference norm exceeds sink_norm_ratio x the median; "
+        "quantile: leave out, per evaluation, tokens at or above the outlier_quantile of the current model's "
+        "per-token FVU or of MSE(reference, current) (the paper's code).",
+    )
+    outlier_quantile: float = Field(0.998, gt=0, le=1, description="The quantile of outlier_rule='quantile'.")
+    ir_reading: str = Field(
+        "active", pattern="^(active|top_min_l0)$",
+        description="active: Jaccard of the active feature sets, two empty sets = 1; top_min_l0: each side's "
+        "min(L0, L0', 100) largest features, two empty sets = 0 (the paper's code).",
+    )
+    refusal_feature_reading: str = Field(
+        "positive", pattern="^(positive|top_k)$",
+        description="positive: the k largest positive entries of the feature diff-in-means; top_k: its literal "
+        "top-k, whatever the sign (the paper's code).",
+    )
+    decoder_norm: str = Field(
+        "as_trained", pattern="^(as_trained|folded)$",
+        description="folded: scale codes by their decoder row norms before the diff-in-means (the paper's code "
+        "folds SAELens decoders); a no-op for unit-norm decoders.",
+    )
+    paper_readings: str | None = Field(
+        None, pattern="^(ours|paper)$",
+        description="'paper' sets every reading above the paper's way (its code where it has code), 'ours' to "
+        "the defaults; readings given explicitly win.",
+    )
     most_divergent_share: float = Field(
         0.1, gt=0, le=1, description="ER and IR are also reported on this share of most-divergent tokens (always defined)."
     )
@@ -201,6 +233,25 @@ class MonitorConfig(BaseSettings):
         "chat", pattern="^(chat|base)$",
         description="How prompts are written: 'chat' (the tokenizer's chat template, required) or 'base' ('{instruction}\\n').",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_paper_readings(cls, data: Any) -> Any:
+        """`paper_readings='paper'` fills every reading the caller did not set."""
+        if not isinstance(data, dict) or data.get("paper_readings") in (None, ""):
+            return data
+        from featuredrift.monitor.readings import readings_of
+
+        side = str(data["paper_readings"]).strip().lower()
+        if side not in ("ours", "paper"):
+            return data  # the field's own pattern reports it
+        return {**readings_of(side, monitor=True), **data, "paper_readings": side}
+
+    def readings(self) -> dict[str, str]:
+        """The paper readings this monitor uses (recorded with every run)."""
+        from featuredrift.monitor.readings import readings_of
+
+        return {name: getattr(self, name) for name in readings_of("ours", monitor=True)}
 
     @field_validator("hookpoints", "reconstruction_ks", mode="before")
     @classmethod

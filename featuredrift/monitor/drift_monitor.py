@@ -185,7 +185,7 @@ class DriftMonitor:
 
         self._read_reference(model, reference_model, reference_cache, require_cache)
         if state.reference is not None:  # rank 0, which alone computes reports
-            state.keep = reference.outlier_keep(state.reference, cfg.sink_norm_ratio)
+            state.keep = reference.outlier_keep(state.reference, cfg.sink_norm_ratio if cfg.outlier_rule == "norm" else None)
             state.reference = reading.kept(state.reference, state.keep)
             probe_tokens = None
             if cfg.feature_contexts:
@@ -343,12 +343,11 @@ class DriftMonitor:
             "sae_fingerprint": state.sae_fingerprint,
             "probe_fingerprint": state.fingerprint,
             "hookpoints": list(state.saes),
-            "paper_readings": {k: getattr(self.config, k) for k in ("scale_reading", "er_aggregate", "token_mask")},
+            "paper_readings": self.config.readings(),
             "refusal_tokens": [self.tokenizer.convert_ids_to_tokens(i) for i in state.refusal_tokens],
             "next_token_kept": {"positions": self.config.kl_max_positions, "top_k": self.config.kl_top_k},
             "token_exclusion": {
-                "rule": "padding, control tokens, each text's first token, chat-template tokens, "
-                f"reference norm > {self.config.sink_norm_ratio}x median",
+                "rule": _exclusion_rule(self.config),
                 "outliers_left_out": {s: int((~k).sum()) for s, k in state.keep.items()},
             },
             "sae_source": self.config.sae,
@@ -379,6 +378,14 @@ def probe_subsets(probes: ProbeSet) -> dict[str, dict]:
         if categories:
             subsets[subset]["categories"] = len({c for c in categories if c is not None})
     return subsets
+
+
+def _exclusion_rule(config: MonitorConfig) -> str:
+    read = ("padding, control tokens, each text's first token, chat-template tokens" if config.token_mask == "content"
+            else "padding, BOS and EOS")
+    if config.outlier_rule == "quantile":
+        return f"{read}; per evaluation, tokens at or above the {config.outlier_quantile:g} quantile of the current FVU or MSE"
+    return f"{read}, reference norm > {config.sink_norm_ratio}x median"
 
 
 def _check_probes(probes: ProbeSet) -> None:

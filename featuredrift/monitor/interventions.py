@@ -44,14 +44,17 @@ class _CastCache:
         return self._casts[key]
 
 
-def _unit_vector(direction: Tensor, hidden: int, name: str = "direction") -> Tensor:
+ABLATION_READINGS = ("unit", "unnormalised")
+
+
+def _unit_vector(direction: Tensor, hidden: int, name: str = "direction", *, normalise: bool = True) -> Tensor:
     check_tensor(name, direction, ndim=1)
     if direction.shape[0] != hidden:
         raise MetricInputError(f"{name}: expected the model's hidden size {hidden}, found {direction.shape[0]}")
     norm = direction.double().norm()
     if float(norm) == 0.0:
         raise MetricInputError(f"{name}: expected a non-zero direction, found the zero vector")
-    return direction.double() / norm
+    return direction.double() / norm if normalise else direction.double()
 
 
 def project_out(x: Tensor, unit: Tensor) -> Tensor:
@@ -83,12 +86,18 @@ def _hooks(handles: list) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def directional_ablation(model: nn.Module, direction: Tensor) -> Iterator[Tensor]:
+def directional_ablation(model: nn.Module, direction: Tensor, *, reading: str = "unit") -> Iterator[Tensor]:
     """Remove ``direction`` from the residual stream everywhere (Eq. 5): ``x ← x − û ûᵀx`` with
     ``û = direction/‖direction‖`` at every decoder block input (embeddings included) and every
-    attention/MLP output that is added to the residual stream. Yields the unit vector used (float64)."""
+    attention/MLP output that is added to the residual stream. Yields the vector used (float64).
+
+    ``reading="unnormalised"`` applies Eq. 5 as printed, ``x ← x − r (rᵀx)`` with the
+    reconstructed direction itself: that removes ``‖r‖²`` times the component along ``r̂`` (a
+    projection only when ‖r‖ = 1), so it over-ablates long directions and under-ablates short ones."""
+    if reading not in ABLATION_READINGS:
+        raise MetricInputError(f"ablation reading: expected one of {ABLATION_READINGS}, found {reading!r}")
     layers = decoder_layers(model)
-    unit = _unit_vector(direction, hidden_size(model))
+    unit = _unit_vector(direction, hidden_size(model), normalise=reading == "unit")
     cache = _CastCache(unit)
 
     def ablate(x: Tensor) -> Tensor:
@@ -123,16 +132,30 @@ def activation_addition(
     model: nn.Module, hookpoint: str, vector: Tensor, scale: float = 1.0
 ) -> Iterator[None]:
     """Add ``scale · vector`` to the residual stream at ``hookpoint`` (the output of decoder
-    block N for ``layers.N``), at every position (Eq. 6 with ``scale = 1``)."""
+    block N for ``layers.N``), at every position (Eq. 6 with ``scale = 1``; the post's steering,
+    ``layers[l].output += λv``). ``vector`` is ``[d]``, or ``[B, d]``: one vector per row of
+    every batch run inside the block (steering many contexts, each with its own latent, at once)."""
     block = resolve_hookpoint(model, hookpoint)
-    check_tensor("vector", vector, ndim=1)
+    if not isinstance(vector, Tensor) or vector.ndim not in (1, 2):
+        found = tuple(vector.shape) if isinstance(vector, Tensor) else type(vector).__name__
+        raise MetricInputError(f"vector: expected a [d] or [B, d] tensor, found {found}")
+    check_tensor("vector", vector)
     hidden = hidden_size(model)
-    if vector.shape[0] != hidden:
-        raise MetricInputError(f"vector: expected the model's hidden size {hidden}, found {vector.shape[0]}")
+    if vector.shape[-1] != hidden:
+        raise MetricInputError(f"vector: expected the model's hidden size {hidden}, found {vector.shape[-1]}")
+    per_row = vector.ndim == 2
     cache = _CastCache(vector.detach().double().mul(scale))
 
+    def add(x: Tensor) -> Tensor:
+        shift = cache.like(x)
+        if per_row:
+            if x.ndim != 3 or x.shape[0] != shift.shape[0]:
+                raise MetricInputError(f"vector: expected one row per batch row ({x.shape[0]}), found {shift.shape[0]}")
+            shift = shift.unsqueeze(1)
+        return x + shift
+
     def hook(_module, _args, output):
-        return map_hidden_states(output, lambda x: x + cache.like(x))
+        return map_hidden_states(output, add)
 
     with _hooks([block.register_forward_hook(hook, prepend=True)]):
         yield

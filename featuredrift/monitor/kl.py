@@ -8,6 +8,9 @@ dashboards (the "SAE on activation differences" post, steps 1–3).
   ``∂/∂λ KL(p_ref(x_l + λv) ‖ p_cur)|_{λ=0} = (∇_{x_l} KL) · v``: one forward/backward pass for
   a batch of positions, then one matmul with the decoder for all latents. It works with any
   decoder matrix (the base SAE, a diff-SAE);
+* dataset-level attribution (`summed_kl_attribution`): the same derivative for the KL summed
+  over many positions of whole sequences (a prompt set's response tokens), one backward per
+  batch of rows;
 * KL dashboard of a latent: the high-KL positions where it is among the most negative
   attributions, with the tokens the current model up-weights ``p_t log(p_t/p_0)`` and
   down-weights ``p_0 log(p_0/p_t)`` there. Plain data, no HTML.
@@ -15,6 +18,8 @@ dashboards (the "SAE on activation differences" post, steps 1–3).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Literal, NamedTuple
 
 import torch
@@ -232,14 +237,7 @@ def kl_attribution(
     row in a batch, so one backward pass per batch of ``batch_size`` positions gives exact
     per-position gradients (no cross-talk between positions of the same row).
     """
-    W_dec = getattr(decoder, "W_dec", decoder)
-    check_tensor("decoder", W_dec, ndim=2)
-    check_tensor("input_ids", input_ids, ndim=2, floating=False)
-    check_tensor("logits_cur", logits_cur, ndim=3)
-    if logits_cur.shape[:2] != input_ids.shape:
-        raise MetricInputError(
-            f"logits_cur: expected [B, T, V] with B, T = {tuple(input_ids.shape)}, found {tuple(logits_cur.shape)}"
-        )
+    W_dec = _checked_attribution_inputs(decoder, input_ids, logits_cur)
     positions = _check_positions(positions, input_ids.shape)
     if intervene_at not in ("all", "position"):
         raise MetricInputError(f"intervene_at: expected 'all' or 'position', found {intervene_at!r}")
@@ -264,12 +262,28 @@ def kl_attribution(
     finally:
         model_ref.train(was_training)
     gradient = torch.cat(gradients)
-    if gradient.shape[1] != W_dec.shape[1]:
-        raise MetricInputError(
-            f"decoder: expected rows of the residual width {gradient.shape[1]}, found {W_dec.shape[1]}"
-        )
-    attribution = gradient @ W_dec.detach().to(device=gradient.device, dtype=gradient.dtype).T
+    attribution = _project(gradient, W_dec)
     return KLAttribution(positions, attribution, gradient, torch.cat(kls), torch.cat(ref_rows), torch.cat(cur_rows))
+
+
+def _checked_attribution_inputs(decoder, input_ids: Tensor, logits_cur: Tensor) -> Tensor:
+    """The decoder matrix ``[M, d]`` (of an SAE or given), after checking the inputs' shapes."""
+    W_dec = getattr(decoder, "W_dec", decoder)
+    check_tensor("decoder", W_dec, ndim=2)
+    check_tensor("input_ids", input_ids, ndim=2, floating=False)
+    check_tensor("logits_cur", logits_cur, ndim=3)
+    if logits_cur.shape[:2] != input_ids.shape:
+        raise MetricInputError(
+            f"logits_cur: expected [B, T, V] with B, T = {tuple(input_ids.shape)}, found {tuple(logits_cur.shape)}"
+        )
+    return W_dec
+
+
+def _project(gradient: Tensor, W_dec: Tensor) -> Tensor:
+    """``gradient @ W_decᵀ``: every latent's attribution, after checking the widths agree."""
+    if gradient.shape[1] != W_dec.shape[1]:
+        raise MetricInputError(f"decoder: expected rows of the residual width {gradient.shape[1]}, found {W_dec.shape[1]}")
+    return gradient @ W_dec.detach().to(device=gradient.device, dtype=gradient.dtype).T
 
 
 def _check_positions(positions, shape: torch.Size) -> Tensor:
@@ -288,9 +302,10 @@ def _check_positions(positions, shape: torch.Size) -> Tensor:
     return positions
 
 
-def _kl_gradient(model, block, input_ids, attention_mask, logits_cur, ts, intervene_at):
-    """One forward/backward pass: ∇ of each copy's KL at its own position w.r.t. the residual."""
-    batch = torch.arange(input_ids.shape[0], device=input_ids.device)
+@contextlib.contextmanager
+def _residual_delta(block: nn.Module) -> Iterator[dict[str, Tensor]]:
+    """A zero ``delta`` (requiring grad) added to the block's output; yields where it is kept,
+    so a backward pass reads ``∇_{x_l}`` of any objective of the forward."""
     captured: dict[str, Tensor] = {}
 
     def hook(_module, _args, output):
@@ -303,18 +318,89 @@ def _kl_gradient(model, block, input_ids, attention_mask, logits_cur, ts, interv
 
     handle = block.register_forward_hook(hook, prepend=True)
     try:
-        with torch.enable_grad():
-            logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-            dtype = torch.promote_types(logits.dtype, torch.float32)  # float32, or float64 models
-            log_p = torch.log_softmax(logits[batch, ts].to(dtype), dim=-1)
-            log_q = torch.log_softmax(logits_cur.detach().to(dtype), dim=-1)
-            kl = F.kl_div(log_q, log_p, log_target=True, reduction="none").sum(-1)
-            (grad,) = torch.autograd.grad(kl.sum(), captured["delta"])
+        yield captured
     finally:
         handle.remove()
+
+
+def _kl_gradient(model, block, input_ids, attention_mask, logits_cur, ts, intervene_at):
+    """One forward/backward pass: ∇ of each copy's KL at its own position w.r.t. the residual."""
+    batch = torch.arange(input_ids.shape[0], device=input_ids.device)
+    with _residual_delta(block) as captured, torch.enable_grad():
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+        dtype = torch.promote_types(logits.dtype, torch.float32)  # float32, or float64 models
+        log_p = torch.log_softmax(logits[batch, ts].to(dtype), dim=-1)
+        log_q = torch.log_softmax(logits_cur.detach().to(dtype), dim=-1)
+        kl = F.kl_div(log_q, log_p, log_target=True, reduction="none").sum(-1)
+        (grad,) = torch.autograd.grad(kl.sum(), captured["delta"])
     grad = grad.to(dtype)
     grad = grad.sum(1) if intervene_at == "all" else grad[batch, ts]
     return grad, kl.detach(), log_p.detach(), log_q
+
+
+class SummedAttribution(NamedTuple):
+    """Attribution of every latent to the KL summed over chosen positions of whole sequences
+    (the post's dataset-level attribution: the KL over the chat model's response tokens)."""
+
+    attribution: Tensor
+    """[M] ``(∇_{x_l} Σ KL) · v`` summed over every row: negative = adding ``v`` everywhere
+    moves the reference toward the current model over the whole set."""
+    per_row: Tensor
+    """[B, M] the same per row (one prompt and its response)."""
+    gradient: Tensor
+    """[d] ``∇_{x_l} Σ KL`` summed over rows and intervened positions."""
+    kl: Tensor
+    """[B] ``Σ_t KL(p_ref ‖ p_cur)`` over each row's chosen positions."""
+    num_positions: int
+
+
+def summed_kl_attribution(
+    model_ref: nn.Module,
+    input_ids: Tensor,
+    logits_cur: Tensor,
+    mask: Tensor,
+    decoder: Tensor | nn.Module,
+    hookpoint: str,
+    *,
+    attention_mask: Tensor | None = None,
+    batch_size: int = 8,
+) -> SummedAttribution:
+    """Attribution of every latent to ``Σ_t KL(p_ref(x_l + λv) ‖ p_cur)`` over the positions
+    ``mask`` selects (``[B, T]`` bool: position t predicts token t+1, so a response's tokens are
+    selected from the last prompt token to the one before the last response token).
+
+    ``λv`` is added at every position (as `kl_attribution`'s default ``intervene_at="all"``), so
+    the result equals the sum of `kl_attribution`'s per-position attributions over the selected
+    positions, in one backward pass per batch of rows instead of one per position.
+    """
+    W_dec = _checked_attribution_inputs(decoder, input_ids, logits_cur)
+    _check_position_mask(mask, input_ids.shape)
+    if not bool(mask.any()):
+        raise EmptySetError("mask: expected at least one position to attribute the KL of, found none")
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    block = resolve_hookpoint(model_ref, hookpoint)
+    device = next(model_ref.parameters()).device
+    was_training = model_ref.training
+    model_ref.eval()
+    gradients, kls = [], []
+    try:
+        for rows in row_chunks(input_ids.shape[0], batch_size):
+            chosen = mask[rows].to(device)
+            with _residual_delta(block) as captured, torch.enable_grad():
+                logits = model_ref(input_ids=input_ids[rows].to(device), attention_mask=attention_mask[rows].to(device),
+                                   use_cache=False).logits
+                dtype = torch.promote_types(logits.dtype, torch.float32)
+                kl = next_token_kl(logits, logits_cur[rows].to(device).detach(), chosen, dtype=dtype)
+                per_row = kl.sum(-1)
+                (grad,) = torch.autograd.grad(per_row.sum(), captured["delta"])
+            gradients.append(grad.to(dtype).sum(1))
+            kls.append(per_row.detach())
+    finally:
+        model_ref.train(was_training)
+    gradient = torch.cat(gradients)
+    per_row = _project(gradient, W_dec)
+    return SummedAttribution(per_row.sum(0), per_row, gradient.sum(0), torch.cat(kls), int(mask.sum()))
 
 
 # --------------------------------------------------------------------------------------------

@@ -113,6 +113,34 @@ def fvu(x: Tensor, x_hat: Tensor, *, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Te
     return error / variance
 
 
+FVU_READINGS = ("batch", "per_token")
+
+
+def per_token_fvu(x: Tensor, x_hat: Tensor) -> Tensor:
+    """[N] float64 FVU of each token against its own mean over dimensions,
+    ``Σ_i (x_i − x̂_i)² / Σ_i (x_i − mean_i x)²``: the paper's code (``_calculate_fvu``), which
+    then averages over tokens. A token whose entries are all equal has no variance and raises."""
+    check_tensor("x", x, ndim=2)
+    check_tensor("x_hat", x_hat, ndim=2)
+    check_same_shape("x", x, "x_hat", x_hat)
+    x64 = x.double()
+    error = (x64 - x_hat.double()).pow(2).sum(-1)
+    variance = (x64 - x64.mean(-1, keepdim=True)).pow(2).sum(-1)
+    if bool((variance == 0).any()):
+        raise MetricInputError(f"x: expected every token to vary over its dimensions, found {int((variance == 0).sum())} constant rows")
+    return error / variance
+
+
+def fvu_of(x: Tensor, x_hat: Tensor, reading: str = "batch") -> Tensor:
+    """The FVU a reading reports: 'batch' (ours, sparsify's: one ratio, centred on the set's mean)
+    or 'per_token' (the paper's code: the mean of `per_token_fvu`)."""
+    if reading == "batch":
+        return fvu(x, x_hat)
+    if reading == "per_token":
+        return per_token_fvu(x, x_hat).mean()
+    raise MetricInputError(f"FVU reading: expected one of {FVU_READINGS}, found {reading!r}")
+
+
 def activation_scale(x: Tensor, *, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Tensor:
     """Per-model activation scale ``σ = sqrt(E‖x‖²)`` over tokens: our reading of Appx. B's
     normalisation (its text divides by E‖x‖²; the paper's code rescales the SAE input instead),
@@ -234,6 +262,10 @@ def explained_ratio(
 # active feature sets: the Intersection Ratio
 
 
+IR_READINGS = ("active", "top_min_l0")
+IR_K_CAP = 100  # the paper's code: at most the SAE's nominal sparsity (`SPARSITY_CUTOFF`)
+
+
 class IntersectionRatio(NamedTuple):
     per_token: Tensor
     """Jaccard index ``|F_0 ∩ F_t| / |F_0 ∪ F_t|`` of each token pair, float64 [N]."""
@@ -250,17 +282,25 @@ def intersection_ratio(
     acts0: Tensor | None = None,
     actst: Tensor | None = None,
     mask: Tensor | None = None,
+    *,
+    reading: str = "active",
+    k_cap: int = IR_K_CAP,
 ) -> IntersectionRatio:
     """Intersection Ratio of active SAE features per token pair (Eq. 4).
 
     ``idx0``/``idxt`` are ``[N, k]`` top-k indices (or :class:`SaeCodes`, whose acts are then
-    used). ``F`` is the set of indices whose activation is > 0 (all indices when acts are not
-    given). Indices within one row must be distinct, as top-k (and groupmax) produce them. Two
-    empty sets count as identical (IR 1). Vectorised by sorting the concatenated index rows:
-    a shared index shows up as two equal neighbours, so no [N, num_latents] matrix is built.
-    ``mask`` (e.g. :func:`divergent_mask`) selects the tokens of the ``divergent`` mean; an
-    empty mask raises :class:`EmptySetError`.
+    used). With ``reading="active"`` (ours) ``F`` is the set of indices whose activation is > 0
+    (all indices when acts are not given) and two empty sets count as identical (IR 1). With
+    ``"top_min_l0"`` (the paper's code, ``calculate_feature_metrics``) each side keeps only its
+    ``min(L0_0, L0_t, k_cap)`` largest activations and two empty sets score 0; the readings
+    differ when the two L0s differ (JumpReLU/ReLU SAEs, or top-k slots ReLU left at 0).
+    Indices within one row must be distinct, as top-k (and groupmax) produce them. Vectorised
+    by sorting the concatenated index rows: a shared index shows up as two equal neighbours, so
+    no [N, num_latents] matrix is built. ``mask`` (e.g. :func:`divergent_mask`) selects the
+    tokens of the ``divergent`` mean; an empty mask raises :class:`EmptySetError`.
     """
+    if reading not in IR_READINGS:
+        raise MetricInputError(f"IR reading: expected one of {IR_READINGS}, found {reading!r}")
     if isinstance(idx0, SaeCodes):
         idx0, acts0 = idx0.top_indices, idx0.top_acts if acts0 is None else acts0
     if isinstance(idxt, SaeCodes):
@@ -274,6 +314,10 @@ def intersection_ratio(
     device = idx0.device
     valid0 = _active(idx0, acts0, "acts0")
     validt = _active(idxt, actst, "actst").to(device)
+    if reading == "top_min_l0":
+        keep = torch.minimum(valid0.sum(1), validt.sum(1)).clamp_max(k_cap)
+        valid0 = _largest(valid0, acts0, keep)
+        validt = _largest(validt, actst, keep)
     # Inactive slots get distinct negative sentinels that can never match anything.
     k0, kt = idx0.shape[1], idxt.shape[1]
     sentinels = -1 - torch.arange(k0 + kt, device=device, dtype=torch.long)
@@ -282,7 +326,8 @@ def intersection_ratio(
     ordered = both.sort(dim=1).values
     shared = (ordered[:, 1:] == ordered[:, :-1]).sum(1).double()
     union = valid0.sum(1).double() + validt.sum(1).double() - shared
-    per_token = torch.where(union > 0, shared / union.clamp_min(1.0), torch.ones_like(union))
+    empty = torch.ones_like(union) if reading == "active" else torch.zeros_like(union)
+    per_token = torch.where(union > 0, shared / union.clamp_min(1.0), empty)
     divergent, num_divergent = None, 0
     if mask is not None:
         check_mask("mask", mask, idx0.shape[0])
@@ -302,6 +347,18 @@ def _active(indices: Tensor, acts: Tensor | None, name: str) -> Tensor:
             f"{name}: expected the shape of its indices {tuple(indices.shape)}, found {tuple(acts.shape)}"
         )
     return acts.to(indices.device) > 0
+
+
+def _largest(valid: Tensor, acts: Tensor | None, keep: Tensor) -> Tensor:
+    """The `keep[i]` largest active slots of each row (all active slots rank first)."""
+    if acts is None:
+        values = valid.double()
+    else:
+        values = torch.where(valid, acts.to(valid.device).double(), -torch.inf)
+    order = values.argsort(dim=1, descending=True, stable=True)
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
+    return valid & (rank < keep.unsqueeze(1))
 
 
 # --------------------------------------------------------------------------------------------
@@ -571,6 +628,39 @@ def norm_outliers(x: Tensor, ratio: float) -> Tensor:
     massive-activation tokens that dwarf the rest, Sun et al. 2024)."""
     check_tensor("x", x, ndim=2)
     return outlier_norms(x.double().norm(dim=1), ratio)
+
+
+OUTLIER_RULES = ("norm", "quantile")
+OUTLIER_QUANTILE = 0.998  # the paper's code: tokens at or above the 99.8% quantile are dropped
+
+
+def token_mse(x0: Tensor, xt: Tensor) -> Tensor:
+    """[N] float64 mean squared difference of each token pair (the paper's code's `mse`)."""
+    check_tensor("x0", x0, ndim=2)
+    check_tensor("xt", xt, ndim=2)
+    check_same_shape("x0", x0, "xt", xt)
+    return (xt.double() - x0.double().to(xt.device)).pow(2).mean(-1)
+
+
+def quantile_inliers(*statistics: Tensor, q: float = OUTLIER_QUANTILE) -> Tensor:
+    """[N] bool: tokens strictly below the `q`-quantile of every statistic (the paper's code keeps
+    ``chat_fvu < quantile(chat_fvu, .998)`` and ``mse < quantile(mse, .998)``). A statistic
+    whose quantile is its minimum (MSE 0 everywhere between identical models) keeps the tokens
+    at that minimum rather than none."""
+    import numpy as np
+
+    if not statistics:
+        raise MetricInputError("statistics: expected at least one per-token statistic, found none")
+    if not 0.0 < q <= 1.0:
+        raise MetricInputError(f"q: expected a quantile in (0, 1], found {q}")
+    keep = None
+    for number, values in enumerate(statistics):
+        check_tensor(f"statistics[{number}]", values, ndim=1)
+        values = values.double()
+        cut = float(np.quantile(values.cpu().numpy(), q))
+        inside = values < cut if cut > float(values.min()) else values <= cut
+        keep = inside if keep is None else keep & inside.to(keep.device)
+    return keep
 
 
 def outlier_norms(norms: Tensor, ratio: float) -> Tensor:

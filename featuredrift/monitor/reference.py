@@ -75,11 +75,11 @@ def summarise_reference(hookpoint: str, sae, reading: ModelReading, config: Moni
     acts = {s: reading.activations[s][hookpoint] for s in reading.activations}
     codes = {s: metrics.encode_batched(sae, x, batch_size=config.encode_batch_size) for s, x in acts.items()}
     stats = {s: metrics.feature_statistics(c.top_acts, c.top_indices, sae.num_latents) for s, c in codes.items()}
-    fvu = {f"reference/{s}": float(metrics.fvu(acts[s], codes[s].reconstruction)) for s in TEXT_SUBSETS if s in acts}
+    fvu = {f"reference/{s}": float(metrics.fvu_of(acts[s], codes[s].reconstruction, config.fvu_reading))
+           for s in TEXT_SUBSETS if s in acts}
     direction = refusal.refusal_direction(acts["harmful"], acts["harmless"])
-    dbar = refusal.feature_diff_in_means(codes["harmful"][:2], codes["harmless"][:2], sae.num_latents)
-    k = min(config.refusal_k, sae.num_latents)
-    refusal_features = refusal.top_refusal_features(dbar, k, strict=False)
+    dbar = refusal_dbar(codes, sae, config)
+    refusal_features = refusal_features_of(dbar, sae, config)
     top_rows = None
     if probe_tokens is not None:
         # Once per run, for every latent: evaluations then only look their features up.
@@ -96,6 +96,18 @@ def summarise_reference(hookpoint: str, sae, reading: ModelReading, config: Moni
         separation=refusal.feature_separation(codes["harmful"], codes["harmless"], refusal_features, sae.num_latents),
         top_rows=top_rows,
     )
+
+
+def refusal_dbar(codes: dict[str, metrics.SaeCodes], sae, config: MonitorConfig):
+    """``d̄`` of the harmful vs harmless prompt codes, folded by decoder norms when the reading says so."""
+    dbar = refusal.feature_diff_in_means(codes["harmful"][:2], codes["harmless"][:2], sae.num_latents)
+    return refusal.fold_decoder_norms(dbar, sae.W_dec, config.decoder_norm)
+
+
+def refusal_features_of(dbar, sae, config: MonitorConfig):
+    """The headline refusal features (`refusal_k`, clipped to the SAE) under the configured reading."""
+    k = min(config.refusal_k, sae.num_latents)
+    return refusal.top_refusal_features(dbar, k, strict=False, reading=config.refusal_feature_reading)
 
 
 # ---------------------------------------------------------------- which model is the reference

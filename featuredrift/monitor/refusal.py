@@ -140,18 +140,29 @@ def feature_separation(z_harmful: Codes, z_harmless: Codes, features: Tensor, nu
     return float(harmful.mean() - harmless.mean()) / spread if spread > 0 else 0.0
 
 
-def top_refusal_features(dbar: Tensor, k: int, *, strict: bool = True) -> Tensor:
+REFUSAL_FEATURE_READINGS = ("positive", "top_k")
+DECODER_NORM_READINGS = ("as_trained", "folded")
+
+
+def top_refusal_features(dbar: Tensor, k: int, *, strict: bool = True, reading: str = "positive") -> Tensor:
     """``S_k``: indices of the ``k`` largest *positive* entries of ``d̄``, largest first.
 
     Only positive entries qualify (features more active on harmful than on harmless prompts).
     With ``strict`` (default) fewer than ``k`` positive entries raise, because a silently
     shorter ``S_k`` would make Table 1 rows for different ``k`` incomparable; with
     ``strict=False`` only the positive ones are returned (possibly none: an empty tensor).
+    ``reading="top_k"`` is the paper's code (``diff_in_means.topk(k)``): always ``k`` indices,
+    the tail of which may be features that never fire (d̄ = 0) or fire more on harmless prompts;
+    their decoder vectors still enter the NNLS fit, which can only raise its cosine.
     """
     check_tensor("dbar", dbar, ndim=1)
     if not 0 < k <= dbar.shape[0]:
         raise MetricInputError(f"k: expected 1 … {dbar.shape[0]} (the number of features), found {k}")
+    if reading not in REFUSAL_FEATURE_READINGS:
+        raise MetricInputError(f"refusal feature reading: expected one of {REFUSAL_FEATURE_READINGS}, found {reading!r}")
     values, indices = dbar.topk(k)
+    if reading == "top_k":
+        return indices
     num_positive = int((values > 0).sum())
     if num_positive < k:
         if strict:
@@ -161,6 +172,21 @@ def top_refusal_features(dbar: Tensor, k: int, *, strict: bool = True) -> Tensor
             )
         indices = indices[:num_positive]
     return indices
+
+
+def fold_decoder_norms(dbar: Tensor, W_dec: Tensor, reading: str = "as_trained") -> Tensor:
+    """``d̄`` as an SAE with its decoder norms folded into the codes would give it (the paper's
+    code calls SAELens's ``fold_W_dec_norm()`` before the diff-in-means): ``d̄_j · ‖W_dec[j]‖``.
+    A no-op for unit-norm decoders (sparsify); Gemma Scope's JumpReLU decoders are not unit-norm,
+    so folding re-ranks the features. ``reading="as_trained"`` returns ``d̄`` unchanged."""
+    if reading == "as_trained":
+        return dbar
+    if reading != "folded":
+        raise MetricInputError(f"decoder norm reading: expected one of {DECODER_NORM_READINGS}, found {reading!r}")
+    check_tensor("W_dec", W_dec, ndim=2)
+    if W_dec.shape[0] != dbar.shape[0]:
+        raise MetricInputError(f"W_dec: expected {dbar.shape[0]} decoder rows (as dbar), found {W_dec.shape[0]}")
+    return dbar * W_dec.detach().double().norm(dim=1).to(dbar.device)
 
 
 class DirectionReconstruction(NamedTuple):

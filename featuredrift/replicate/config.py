@@ -24,7 +24,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-STAGES = ("activations", "saes", "transfer", "drift", "refusal", "interventions", "diffsae")
+STAGES = ("activations", "saes", "transfer", "drift", "refusal", "interventions", "diffsae", "steering")
 PRESETS_DIR = Path(__file__).parent / "presets"
 
 Sources = list[str]
@@ -84,7 +84,9 @@ class DataConfig(_Strict):
 
 
 class PaperReadings(_Strict):
-    """The paper's ambiguities, as the live monitor's `MonitorConfig` names them (defaults: ours)."""
+    """The paper's ambiguities (`monitor.readings.READINGS`; defaults: ours). The shared ones keep
+    the live monitor's `MonitorConfig` names and defaults. ``paper_readings: paper`` (or ``ours``)
+    sets all of them; a mapping may start from a side (``side: paper``) and change single ones."""
 
     scale_reading: Literal["sigma", "energy", "unit_norm"] = Field(
         "sigma", description="ER's normaliser (Appx. B): sqrt(E|x|^2), E|x|^2 (the text) or mean|x|/sqrt(d) (the code)."
@@ -95,6 +97,59 @@ class PaperReadings(_Strict):
     token_mask: Literal["content", "bos_eos"] = Field(
         "content", description="content: no control, template or first (sink) tokens; bos_eos: only BOS/EOS out (Appx. A.2)."
     )
+    fvu_reading: Literal["batch", "per_token"] = Field(
+        "batch", description="batch: one FVU centred on the set's mean (sparsify); per_token: each token centred on its "
+        "own mean over dimensions, averaged (the paper's code)."
+    )
+    outlier_rule: Literal["norm", "quantile"] = Field(
+        "norm", description="norm: the base-model norm rule (sink_norm_ratio, in the activations stage); quantile: per "
+        "hookpoint and data set, tokens at or above the outlier_quantile of chat per-token FVU or of MSE (the code)."
+    )
+    ir_reading: Literal["active", "top_min_l0"] = Field(
+        "active", description="active: Jaccard of active sets, two empty sets = 1; top_min_l0: min(L0, L0', 100) largest "
+        "per side, two empty sets = 0 (the code)."
+    )
+    refusal_feature_reading: Literal["positive", "top_k"] = Field(
+        "positive", description="positive: the k largest positive entries of d̄; top_k: its literal top-k (the code)."
+    )
+    decoder_norm: Literal["as_trained", "folded"] = Field(
+        "as_trained", description="folded: codes scaled by decoder row norms before d̄ (the code folds SAELens decoders)."
+    )
+    refusal_direction: Literal["last_token", "arditi"] = Field(
+        "last_token", description="last_token: the readout token at the refusal hookpoint (§5); arditi: Arditi et al.'s "
+        "selection over post-instruction positions and hookpoints."
+    )
+    base_prompt: Literal["instruction", "chat_template", "auto"] = Field(
+        "instruction", description="How the base model reads refusal prompts: '{instruction}\\n' (§5), its chat template, or "
+        "the template when the tokenizer has one."
+    )
+    ablation_reading: Literal["unit", "unnormalised"] = Field(
+        "unit", description="unit: x - u u^T x (a projection); unnormalised: Eq. 5 as printed, x - r (r^T x)."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_side(cls, value):
+        from featuredrift.monitor.readings import readings_of
+
+        if isinstance(value, str):
+            return readings_of(value.strip().lower())
+        if isinstance(value, dict) and "side" in value:
+            rest = {k: v for k, v in value.items() if k != "side"}
+            return {**readings_of(str(value["side"]).strip().lower()), **rest}
+        return value
+
+    @property
+    def side(self) -> str:
+        """'ours', 'paper' or 'mixed'."""
+        from featuredrift.monitor.readings import side_of
+
+        return side_of(self.model_dump())
+
+
+# refusal.prompt_format's base-model entry, as the base_prompt reading names it
+_BASE_FORMAT_READING = {"base": "instruction", "chat": "chat_template", "auto": "auto"}
+BASE_PROMPT_FORMAT = {"instruction": "base", "chat_template": "chat", "auto": "auto"}
 
 
 class SaeTrainConfig(_Strict):
@@ -102,6 +157,10 @@ class SaeTrainConfig(_Strict):
 
     num_latents: int = Field(65536, ge=1)
     k: int = Field(100, ge=1)
+    activation: Literal["topk", "batchtopk"] = Field(
+        "topk", description="topk: k latents per token (sparsify, the paper); batchtopk: k x batch latents per batch "
+        "while training (Bussmann et al., the post's diff-SAE), read as top-k afterwards."
+    )
     lr: float = Field(1e-4, gt=0)
     batch_size: int = Field(4096, ge=1, description="Tokens per optimiser step.")
     num_tokens: int = Field(2_000_000_000, ge=1, description="Training tokens.")
@@ -139,12 +198,20 @@ class SaeConfig(_Strict):
 
 class RefusalConfig(_Strict):
     ks: list[int] = Field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])
-    # How each model's prompts are written: 'base' ("{instruction}\n", the paper's base model),
-    # 'chat' (its chat template) or 'auto' (the chat template when its tokenizer has one). An
-    # Instruct → SFT pair wants 'auto' or 'chat' for both.
+    # How the chat model's prompts are written: 'chat' (its chat template), 'base'
+    # ("{instruction}\n") or 'auto' (the chat template when its tokenizer has one). The base
+    # model's is the `paper_readings.base_prompt` reading; a `base` entry here is read as it.
     prompt_format: dict[Literal["base", "chat"], Literal["auto", "base", "chat"]] = Field(
-        default_factory=lambda: {"base": "base", "chat": "chat"}
+        default_factory=lambda: {"chat": "chat"}
     )
+    selection_prompts: int = Field(
+        8, ge=1, description="With refusal_direction='arditi': prompts per class held out of each training set to "
+        "score the candidate directions (Arditi et al.'s validation split)."
+    )
+    # Arditi et al.'s filters (their defaults); a model of a few layers may need them relaxed.
+    selection_kl_threshold: float = Field(0.1, gt=0, description="Drop candidates whose ablation moves harmless KL more.")
+    selection_induce_threshold: float = Field(0.0, description="Drop candidates whose addition gives lower refusal log-odds.")
+    selection_prune_layers: float = Field(0.2, ge=0, lt=1, description="Drop candidates from this last share of layers.")
 
     @field_validator("ks")
     @classmethod
@@ -163,6 +230,8 @@ class InterventionConfig(_Strict):
 
 class DiffSaeConfig(_Strict):
     hookpoint: str | None = Field(None, description="Default: the refusal hookpoint.")
+    sae: str | None = Field(None, description="A diff-SAE trained elsewhere (a sparsify SAE directory) to analyse "
+                            "instead of training one.")
     train: SaeTrainConfig = Field(
         default_factory=lambda: SaeTrainConfig(num_latents=16384, k=64, num_tokens=100_000_000, multi_topk=False)
     )
@@ -170,6 +239,59 @@ class DiffSaeConfig(_Strict):
     top_latents: int = Field(8, ge=1, description="Latents with a KL dashboard.")
     dashboard_rows: int = Field(8, ge=1)
     dashboard_tokens: int = Field(3, ge=1, description="Up/down-weighted tokens shown per row.")
+
+
+class SamplingConfig(_Strict):
+    """How hybrid-model rollouts are sampled (recorded with the shares)."""
+
+    num_rollouts: int = Field(1000, ge=1, description="The post: 1,000 rollouts.")
+    max_new_tokens: int = Field(4, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0, description="0: the full distribution.")
+    batch_size: int = Field(250, ge=1)
+
+
+class DatasetSteeringConfig(_Strict):
+    """A prompt set whose chat responses the KL is summed over (the post's roleplay and
+    unanswerable-question sets), the behaviour to look for, and where to add the latent."""
+
+    name: str
+    prompts: str = Field(description="A data field (e.g. harmful_eval) or a source spec (file, zoo:<size>:<part>).")
+    control: str | None = Field(None, description="Prompts without the behaviour, for positive steering (a field or source).")
+    behaviour: list[str] | None = Field(
+        None, description="Substrings that mark the behaviour in a completion (case-insensitive); None = refusal phrases."
+    )
+    max_prompts: int = Field(24, ge=1)
+
+
+class SteeringConfig(_Strict):
+    """Stage `steering`: does the diff-SAE latent attribution points at actually move the model?"""
+
+    positions: int = Field(16, ge=1, description="Highest-KL positions steered with their top latent.")
+    scales: list[float] = Field(
+        default_factory=lambda: [0.25, 0.5, 1.0, 2.0, 4.0],
+        description="λ in units of the mean |x_chat - x_base| at the hookpoint (held-out tokens).",
+    )
+    random_draws: int = Field(4, ge=1, description="Random unit dictionaries averaged into the control.")
+    hybrid: bool = Field(True, description="Run the hybrid-model rollouts.")
+    hybrid_candidates: int = Field(8, ge=1, description="High-KL contexts scored for the hybrid experiment.")
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    continuation_tokens: int = Field(2, ge=1, description="Tokens of a rollout that name its continuation.")
+    datasets: list[DatasetSteeringConfig] = Field(
+        default_factory=lambda: [DatasetSteeringConfig(name="refusal", prompts="harmful_eval", control="harmless_eval")]
+    )
+    dataset_scales: list[float] = Field(
+        default_factory=lambda: [1.0, 2.0, 4.0], description="Dataset-level steering λ, in the same unit as `scales`."
+    )
+    max_new_tokens: int = Field(24, ge=1, description="Response tokens for dataset-level attribution and steering.")
+
+    @field_validator("scales", "dataset_scales")
+    @classmethod
+    def _positive_scales(cls, value: list[float]) -> list[float]:
+        if not value or any(v <= 0 for v in value):
+            raise ValueError(f"expected a non-empty list of positive multipliers, found {value}")
+        return sorted(set(value))
 
 
 class ReplicateConfig(_Strict):
@@ -192,14 +314,43 @@ class ReplicateConfig(_Strict):
     paper_readings: PaperReadings = Field(default_factory=PaperReadings)
     sink_norm_ratio: float | None = Field(
         50.0, gt=1, description="Tokens whose base-model norm exceeds this x the median at any hookpoint (attention "
-        "sinks, massive activations) are left out of every stage, as the live monitor does; null keeps them.",
+        "sinks, massive activations) are left out of every stage, as the live monitor does; null keeps them. "
+        "Read under paper_readings.outlier_rule='norm' only.",
+    )
+    outlier_quantile: float = Field(0.998, gt=0, le=1, description="The quantile of paper_readings.outlier_rule='quantile'.")
+    reading_effects: bool = Field(
+        False, description="After the run, rerun each reading on the other side (only the stages it moves) and report "
+        "how far it moves each headline number.",
     )
     data: DataConfig
     sae: SaeConfig = Field(default_factory=SaeConfig)
     refusal: RefusalConfig = Field(default_factory=RefusalConfig)
     interventions: InterventionConfig = Field(default_factory=InterventionConfig)
     diffsae: DiffSaeConfig = Field(default_factory=DiffSaeConfig)
+    steering: SteeringConfig = Field(default_factory=SteeringConfig)
     stages: list[str] = Field(default_factory=lambda: list(STAGES))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _base_prompt_is_a_reading(cls, data):
+        """A `refusal.prompt_format.base` entry (the older place) is the base_prompt reading."""
+        if not isinstance(data, dict):
+            return data
+        refusal = data.get("refusal")
+        formats = refusal.get("prompt_format") if isinstance(refusal, dict) else None
+        if not isinstance(formats, dict) or "base" not in formats:
+            return data
+        wanted = _BASE_FORMAT_READING.get(formats["base"], formats["base"])
+        readings = data.get("paper_readings")
+        given = readings.get("base_prompt") if isinstance(readings, dict) else None
+        if given is not None and given != wanted:
+            raise ValueError(f"refusal.prompt_format.base: expected the base_prompt reading {given!r} "
+                             f"(paper_readings.base_prompt), found {formats['base']!r}")
+        if isinstance(readings, str):
+            readings = {"side": readings}
+        readings = {**(readings or {}), "base_prompt": wanted}
+        rest = {k: v for k, v in formats.items() if k != "base"} or {"chat": "chat"}
+        return {**data, "paper_readings": readings, "refusal": {**refusal, "prompt_format": rest}}
 
     @field_validator("hookpoints")
     @classmethod

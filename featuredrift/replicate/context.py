@@ -68,6 +68,14 @@ class RunContext:
         items = self._items(field_name, limit)
         return instructions_of(items, field_name)
 
+    def prompts(self, spec: str, limit: int) -> list[str]:
+        """Instructions from a data field name (its sources and split) or from a source spec."""
+        from featuredrift.replicate.config import SOURCE_FIELDS
+
+        if spec in SOURCE_FIELDS:
+            return self.instructions(spec, limit)
+        return instructions_of(load_items([spec], spec, limit), spec)
+
     def track(self, iterable, description: str, total: int | None = None):
         """Iterate with a progress bar when a display is attached."""
         if self.progress is None:

@@ -91,3 +91,65 @@ def fig3_drift(drift: dict) -> bytes:
     fig.tight_layout()
     fig.suptitle("Fig. 3: feature drift metrics", y=1.06)
     return _png(fig)
+
+
+def fig_steering(steering: dict) -> bytes:
+    """Left: mean KL(base steered ‖ chat) at the high-KL positions vs λ, per dictionary (λ = 0 is
+    the unsteered KL). Right: the hybrid's rollout share of its target continuation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
+    scales = [0.0, *steering["scales"]]
+    styles = {"diff_sae": ("#4c72b0", "diff-SAE top latent"), "base_sae": ("#dd8452", "base-SAE top latent"),
+              "random": ("#8c8c8c", "random direction")}
+    for name, summary in steering["validation"].items():
+        color, label = styles.get(name, ("black", name))
+        left.plot(scales, summary["mean_kl_by_scale"], "-o", color=color, label=label)
+    left.set_xlabel(f"λ (× mean |x_chat − x_base| = {steering['unit']['value']:.2f})")
+    left.set_ylabel("mean KL(base ‖ chat), nats")
+    left.set_title("Steering the base model at its high-KL positions", fontsize=9)
+    left.legend(fontsize=7)
+    hybrid = steering.get("hybrid")
+    if hybrid:
+        names = ["base", "hybrid", "hybrid_steered", "chat"]
+        shares = [hybrid["models"][n]["target_share"] or 0.0 for n in names]
+        right.bar(["base", "hybrid", "hybrid\n+latent", "chat"], shares, color=["#dd8452", "#8172b3", "#4c72b0", "#55a868"])
+        right.set_ylim(0, 1)
+        right.set_ylabel(f"share of {hybrid['sampling']['num_rollouts']} rollouts")
+        right.set_title(f"continuation {hybrid['target']!r} (post: 42% → 2%)", fontsize=9)
+    else:
+        right.axis("off")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def fig_dataset_steering(steering: dict) -> bytes:
+    """Behaviour rate vs λ for each prompt set: the chat model with the latent subtracted (and a
+    random direction), the chat model on control prompts and the base model with it added."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = steering.get("datasets", [])
+    fig, axes = plt.subplots(1, max(1, len(datasets)), figsize=(4.6 * max(1, len(datasets)), 3.4), squeeze=False)
+    lines = {"chat_negative": ("#4c72b0", "-o", "chat − latent"), "chat_negative_random": ("#8c8c8c", "--o", "chat − random"),
+             "chat_positive": ("#c44e52", "-s", "chat + latent (control prompts)"), "base_positive": ("#dd8452", "-^", "base + latent")}
+    for ax, dataset in zip(axes[0], datasets, strict=False):
+        rows = dataset["steering"]
+        for key, (color, style, label) in lines.items():
+            points = [(r["scale"], r[key]["rate"]) for r in rows if r.get(key) is not None]
+            if key == "chat_negative_random" and rows[0].get("chat_negative"):
+                points = [(0.0, rows[0]["chat_negative"]["rate"]), *points]
+            if points:
+                ax.plot(*zip(*points, strict=True), style, color=color, label=label)
+        ax.set_ylim(-0.05, 1.05)
+        ax.set_xlabel("λ (× mean |x_chat − x_base|)")
+        ax.set_ylabel("behaviour rate")
+        ax.set_title(f"{dataset['name']}: latent {dataset['latent']}", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _png(fig)

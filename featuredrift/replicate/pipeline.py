@@ -16,7 +16,7 @@ from featuredrift.replicate.cache import (
     stable_hash,
     write_json_atomic,
 )
-from featuredrift.replicate.config import STAGES, ReplicateConfig, parse_stages
+from featuredrift.replicate.config import SOURCE_FIELDS, STAGES, ReplicateConfig, parse_stages
 from featuredrift.replicate.context import RunContext
 
 DEPENDENCIES: dict[str, tuple[str, ...]] = {
@@ -27,20 +27,22 @@ DEPENDENCIES: dict[str, tuple[str, ...]] = {
     "refusal": ("saes",),
     "interventions": ("refusal",),
     "diffsae": ("activations", "saes", "refusal"),
+    "steering": ("activations", "saes", "diffsae"),
 }
 
 
 def stage_inputs(config: ReplicateConfig, stage: str, identities: dict) -> dict:
     """The part of the config (and of the world: model and SAE identities) a stage reads."""
     data = config.data
+    readings = config.paper_readings
     models = {"base": identities["base"], "chat": identities["chat"], "dtype": config.dtype}
     if stage == "activations":
         return {
             **models, "hookpoints": config.hookpoints, "activation_dtype": config.activation_dtype,
             "shard_tokens": config.shard_tokens, "max_length": data.max_length, "max_eval_texts": data.max_eval_texts,
             "base_text_eval": data.base_text_eval, "chat_text_eval": data.chat_text_eval,
-            "token_mask": config.paper_readings.token_mask, "splits": data.splits,
-            "sink_norm_ratio": config.sink_norm_ratio,
+            "token_mask": readings.token_mask, "splits": data.splits,
+            "sink_norm_ratio": config.sink_norm_ratio if readings.outlier_rule == "norm" else None,
         }
     if stage == "saes":
         return {
@@ -48,26 +50,40 @@ def stage_inputs(config: ReplicateConfig, stage: str, identities: dict) -> dict:
             "seed": config.seed, "max_length": data.max_length, "max_train_texts": data.max_train_texts,
             "base_text_train": data.base_text_train, "chat_text_train": data.chat_text_train, "splits": data.splits,
         }
+    outliers = {"outlier_rule": readings.outlier_rule, "outlier_quantile": config.outlier_quantile}
     if stage == "transfer":
-        return {}
+        return {"fvu_reading": readings.fvu_reading, **outliers}
     if stage == "drift":
-        return {"threshold": config.divergence_threshold, "scale_reading": config.paper_readings.scale_reading,
-                "er_aggregate": config.paper_readings.er_aggregate}
+        return {"threshold": config.divergence_threshold, "scale_reading": readings.scale_reading,
+                "er_aggregate": readings.er_aggregate, "ir_reading": readings.ir_reading, **outliers}
     if stage == "refusal":
         return {
-            **models, "hookpoint": config.main_hookpoint, "ks": config.refusal.ks, "max_prompts": data.max_prompts,
-            "harmful": data.harmful, "harmless": data.harmless, "splits": data.splits,
+            **models, "hookpoint": config.main_hookpoint, "hookpoints": config.hookpoints, "ks": config.refusal.ks,
+            "max_prompts": data.max_prompts, "harmful": data.harmful, "harmless": data.harmless, "splits": data.splits,
+            "prompt_format": config.refusal.prompt_format,
+            "selection": [config.refusal.selection_prompts, config.refusal.selection_kl_threshold,
+                          config.refusal.selection_induce_threshold, config.refusal.selection_prune_layers]
+            if readings.refusal_direction == "arditi" else None,
+            **{name: getattr(readings, name) for name in
+               ("refusal_feature_reading", "decoder_norm", "refusal_direction", "base_prompt")},
         }
     if stage == "interventions":
         return {
             **models, "settings": config.interventions.model_dump(), "max_eval_prompts": data.max_eval_prompts,
             "harmful_eval": data.harmful_eval, "harmless_eval": data.harmless_eval, "splits": data.splits,
+            "ablation_reading": readings.ablation_reading,
         }
     if stage == "diffsae":
         return {
             **models, "hookpoint": config.diff_hookpoint, "settings": config.diffsae.model_dump(), "seed": config.seed,
             "max_length": data.max_length, "max_train_texts": data.max_train_texts, "max_eval_texts": data.max_eval_texts,
             "train": [data.base_text_train, data.chat_text_train], "eval": data.chat_text_eval, "splits": data.splits,
+        }
+    if stage == "steering":
+        return {
+            **models, "settings": config.steering.model_dump(), "seed": config.seed, "diffsae": config.diffsae.model_dump(),
+            "max_length": data.max_length, "max_eval_texts": data.max_eval_texts, "eval": data.chat_text_eval,
+            "sources": {field: getattr(data, field) for field in SOURCE_FIELDS}, "splits": data.splits,
         }
     raise KeyError(stage)
 
@@ -163,6 +179,11 @@ def run_replication(
             records.append(StageRecord(stage, keys[stage], True, cached["seconds"], cached["result"]))
     records.sort(key=lambda r: STAGES.index(r.name))
     results = build_results(config, identities, records, selected, time.time() - started)
+    if config.reading_effects:
+        from featuredrift.replicate.readings import reading_effects
+
+        results["reading_effects"] = reading_effects(config, out, results, run=run_replication,
+                                                     keys_of=lambda c: stage_keys(c, identities))
     write_json_atomic(out / "results.json", results)
     if write_reports:
         from featuredrift.replicate.report import write_reports as write

@@ -1,5 +1,6 @@
 """report.md and a self-contained report.html (figures embedded as base64 PNG) from
-results.json: Fig. 1–3, Table 1, the findings, the diff-SAE analysis and provenance."""
+results.json: Fig. 1–3, Table 1, the findings, the diff-SAE analysis, the post's steering,
+hybrid-model and dataset-level experiments, the paper readings (and their effects) and provenance."""
 
 from __future__ import annotations
 
@@ -73,12 +74,18 @@ def markdown_sections(results: dict) -> list[tuple[str, list[str], str | None]]:
     if "diffsae" in stages:
         ds = stages["diffsae"]
         lines = [
-            f"Hookpoint {ds['hookpoint']}; diff-SAE trained {ds['training']['steps']} steps on {ds['training']['tokens']} tokens; "
+            f"Hookpoint {ds['hookpoint']}; diff-SAE " + (f"loaded from `{ds['training']['loaded']}`" if ds["training"].get("loaded")
+            else f"trained ({ds['training'].get('activation', 'topk')}) {ds['training']['steps']} steps on "
+                 f"{ds['training']['tokens']} tokens") + "; "
             f"held-out FVU of x_chat − x_base: base data {_fmt(ds['held_out_fvu']['base'])}, chat data {_fmt(ds['held_out_fvu']['chat'])}.",
             f"Mean next-token KL(base ‖ chat) on chat text: {_fmt(ds['mean_kl'], 4)}; {ds['high_kl']['positions']} highest-KL positions "
             f"(mean {_fmt(ds['high_kl']['mean'], 4)}).",
             f"Best-latent alignment with −∇KL (mean over positions): diff-SAE {_fmt(ds['alignment']['diff_sae'])}, "
-            f"base SAE {_fmt(ds['alignment']['base_sae'])}.",
+            f"base SAE {_fmt(ds['alignment']['base_sae'])}" + (
+                f"; chance (random unit dictionaries of {ds['num_latents']['diff_sae']} and "
+                f"{ds['num_latents']['base_sae']} rows): {_fmt(ds['alignment_chance']['diff_sae'])} and "
+                f"{_fmt(ds['alignment_chance']['base_sae'])}; the base SAE cut to {ds['num_latents']['diff_sae']} "
+                f"random latents: {_fmt(ds['alignment_base_sae_at_diff_size'])}" if "alignment_chance" in ds else "") + ".",
             "",
         ]
         for latent in ds["top_latents"]:
@@ -93,6 +100,9 @@ def markdown_sections(results: dict) -> list[tuple[str, list[str], str | None]]:
             )
             lines.append("")
         sections.append(("Diff-SAE and KL dashboards", lines, None))
+    if "steering" in stages:
+        sections += steering_sections(stages["steering"])
+    sections.append(readings_section(results))
     p = results["provenance"]
     lines = [
         f"- base model: `{p['models']['base']}`", f"- chat model: `{p['models']['chat']}`",
@@ -110,6 +120,124 @@ def markdown_sections(results: dict) -> list[tuple[str, list[str], str | None]]:
     return sections
 
 
+def steering_sections(st: dict) -> list[tuple[str, list[str], str | None]]:
+    """Steering validation, the hybrid rollouts and dataset-level steering, the post's numbers beside ours."""
+    post = st["post"]
+    unit = st["unit"]["value"]
+    v = st["validation"]
+    lines = [
+        f"Hookpoint {st['hookpoint']}; λ ∈ {st['scales']} × {unit:.3f} (mean ‖x_chat − x_base‖ there); at each "
+        "position the best λ (lowest KL, λ = 0 included) is kept, for every dictionary alike.", "",
+    ]
+    lines += _table(
+        ["steered with", "median KL change (best λ each)", "KL halved at", "mean P(chat token) before → after",
+         "top token becomes chat's", "mean KL change, one λ for all", "first-order cos"],
+        [[name.replace("_", " ") + (f" (mean of {s['draws']} dictionaries)" if "draws" in s else ""),
+          f"{s['median_kl_change']:+.0%}", f"{s['kl_halved_share']:.0%}",
+          f"{s['mean_chat_token_probability_before']:.2f} → {s['mean_chat_token_probability_after']:.2f}",
+          f"{s['top_token_becomes_chat_share']:.0%}",
+          f"{s['kl_change_at_common_scale']:+.0%} (λ {s['common_scale']:g}×)" if "common_scale" in s else "—",
+          s["first_order"]] for name, s in v.items()]
+        + [["the post (one context)", f"{post['kl_change']:+.0%}", "—", f"? → {post['chat_token_probability_after']}", "—",
+            "—", None]],
+    )
+    lines += ["", "Diff-SAE latent at each position:", ""]
+    lines += _table(
+        ["context", "base → chat token", "latent", "λ", "KL before → after", "P(chat token)"],
+        [[_escape_cell(r["context"][-50:]), f"{r['base_token']!r} → {r['chat_token']!r}", r["latent"], f"{r['scale']:g}",
+          f"{r['kl_before']:.2f} → {r['kl_after']:.2f}",
+          f"{r['chat_token_probability_before']:.3f} → {r['chat_token_probability_after']:.3f}"]
+         for r in v["diff_sae"]["per_position"]],
+    )
+    sections = [("Steering validation (the post's step 3, checked)", lines, "steering")]
+    hybrid = st.get("hybrid")
+    if hybrid:
+        s = hybrid["sampling"]
+        lines = [
+            f"Hybrid: the base model's embedding and blocks 0–{hybrid['base_blocks'] - 1}, the chat model's blocks after "
+            f"and its head. Context (last tokens): `{_escape_cell(hybrid['context'])}`; target continuation "
+            f"{hybrid['target']!r} (the token the chat model suppresses most there); steering: latent {hybrid['latent']} "
+            f"at λ = {hybrid['scale']:.2f}.",
+            f"Sampling: {s['num_rollouts']} rollouts, {s['max_new_tokens']} new tokens, temperature {s['temperature']}, "
+            f"top-p {s['top_p']}, top-k {s['top_k']} (0 = off), seed {s['seed']}.", "",
+        ]
+        lines += _table(
+            ["model", "target share", "most common continuations"],
+            [[MODEL_LABELS.get(name, name), _pct(m["target_share"]),
+              ", ".join(f"{_escape_cell(t)!r} {share:.0%}" for t, share in m["top"][:4])]
+             for name, m in hybrid["models"].items()]
+            + [["the post (hybrid → + latent)", f"{post['rollout_share_before']:.0%} → {post['rollout_share_after']:.0%}",
+                f"of {post['num_rollouts']} rollouts"]],
+        )
+        sections.append(("Hybrid-model rollouts", lines, None))
+    datasets = st.get("datasets") or []
+    if datasets:
+        lines = []
+        for d in datasets:
+            lines += [
+                f"**{d['name']}**: {d['prompts']} prompts ({d['control_prompts']} control), behaviour: "
+                f"{d['behaviour'] if isinstance(d['behaviour'], str) else ', '.join(d['behaviour'])}; KL summed over "
+                f"{d['response_tokens']} chat response tokens ({d['summed_kl']:.1f} nats); lowest attribution: latent "
+                f"{d['latent']} ({d['attribution']:.3f}; next: " + ", ".join(f"{j} ({a:.3f})" for j, a in d["lowest"][1:4]) + ").",
+                "",
+            ]
+            lines += _table(
+                ["λ", "chat − latent", "chat − random", "chat + latent (control)", "base + latent"],
+                [[f"{r['scale']:g}", *(_rate(r.get(key)) for key in
+                  ("chat_negative", "chat_negative_random", "chat_positive", "base_positive"))] for r in d["steering"]],
+            )
+            lines.append("")
+        sections.append(("Dataset-level attribution and steering", lines, "dataset_steering"))
+    return sections
+
+
+MODEL_LABELS = {"base": "base", "chat": "chat", "hybrid": "hybrid", "hybrid_steered": "hybrid + latent"}
+
+
+def _pct(value) -> str:
+    return "—" if value is None else f"{100 * value:.0f}%"
+
+
+def _rate(entry: dict | None) -> str:
+    if entry is None:
+        return "—"
+    degenerate = f" ({entry['degenerate']:.0%} degenerate)" if entry.get("degenerate") else ""
+    return f"{entry['rate']:.0%}{degenerate}"
+
+
+def readings_section(results: dict) -> tuple[str, list[str], None]:
+    """Every paper reading: this run's value, ours, the paper's and where it is read from; with
+    `reading_effects`, the headline numbers each one moves when flipped."""
+    from featuredrift.monitor.readings import READINGS
+
+    used = results["provenance"].get("paper_readings") or {}
+    side = results["provenance"].get("paper_readings_side", "")
+    lines = [f"This run reads the paper **{side}** way (`paper_readings: {side}`)." if side in ("ours", "paper")
+             else "This run mixes our readings and the paper's.", ""]
+    lines += _table(
+        ["reading", "this run", "ours", "paper", "the paper's choice is read from", "moves"],
+        [[r.name, used.get(r.name, "—"), r.ours, r.paper, r.paper_source, ", ".join(r.moves)] for r in READINGS],
+    )
+    effects = results.get("reading_effects")
+    if not effects:
+        lines += ["", "Run with `--set reading_effects=true` to measure how far each reading moves each number."]
+        return ("Paper readings", lines, None)
+    lines += ["", "Each reading flipped on its own (everything else as this run):", ""]
+    for effect in effects:
+        title = f"**{effect['reading']}**: {effect['this_run']} → {effect['flipped']}"
+        if effect.get("error"):
+            lines += [f"{title}: {effect['error']}", ""]
+            continue
+        if not effect["numbers"]:
+            lines += [f"{title}: no headline number moves.", ""]
+            continue
+        lines += [title, ""]
+        lines += _table(["number", "this run", "flipped", "Δ"],
+                        [[n["metric"], n["this_run"], n["flipped"], n["delta"]] for n in effect["numbers"]])
+        lines.append("")
+    return ("Paper readings and their effects", lines, None)
+
+
 def _escape_cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", "⏎")
 
@@ -123,6 +251,10 @@ def render_figures(results: dict) -> dict[str, bytes]:
         out["fig2"] = figures.fig2_interventions(stages["interventions"])
     if "drift" in stages:
         out["fig3"] = figures.fig3_drift(stages["drift"])
+    if "steering" in stages:
+        out["steering"] = figures.fig_steering(stages["steering"])
+        if stages["steering"].get("datasets"):
+            out["dataset_steering"] = figures.fig_dataset_steering(stages["steering"])
     return out
 
 

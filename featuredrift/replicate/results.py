@@ -44,6 +44,17 @@ class Provenance(BaseModel):
     total_seconds: float
 
 
+class ReadingEffect(BaseModel):
+    """How far flipping one paper reading (to its other side) moves the headline numbers."""
+
+    reading: str
+    this_run: str
+    flipped: str
+    moves: list[str]
+    numbers: list[dict[str, Any]]  # {"metric", "this_run", "flipped", "delta"}
+    error: str | None = None
+
+
 class ResultsV1(BaseModel):
     model_config = ConfigDict(extra="forbid")
     schema_version: int = Field(SCHEMA_VERSION, ge=SCHEMA_VERSION, le=SCHEMA_VERSION)
@@ -53,6 +64,7 @@ class ResultsV1(BaseModel):
     provenance: Provenance
     findings: list[Finding]
     stages: dict[str, dict[str, Any]]
+    reading_effects: list[ReadingEffect] | None = None
 
 
 def validate_results(results: dict) -> ResultsV1:
@@ -94,6 +106,7 @@ def build_results(config: ReplicateConfig, identities: dict, records, selected: 
         "data": config.data.model_dump(),
         # The paper's ambiguities as this run read them (the live monitor records the same names).
         "paper_readings": config.paper_readings.model_dump(),
+        "paper_readings_side": config.paper_readings.side,
         "seed": config.seed,
         "device": config.device or ("cuda" if torch.cuda.is_available() else "cpu"),
         "packages": package_versions(),
@@ -245,10 +258,118 @@ def findings(stages: dict) -> list[Finding]:
     diffsae = stages.get("diffsae")
     if diffsae:
         a = diffsae["alignment"]
+        chance = diffsae.get("alignment_chance")
+        extra = (f"; random unit dictionaries of the same sizes: {chance['diff_sae']:.3f} and {chance['base_sae']:.3f}"
+                 if chance else "")
         out.append(Finding(
             id="diff_sae_latents_explain_kl",
             claim="Diff-SAE latents align better with KL-reducing directions than base-SAE latents (the post).",
             holds=lower(a["base_sae"], a["diff_sae"], relative=RELATIVE_TOLERANCE),
-            evidence=f"mean best cos(−∇KL, v): diff-SAE {a['diff_sae']:.3f} vs base SAE {a['base_sae']:.3f}",
+            evidence=f"mean best cos(−∇KL, v): diff-SAE {a['diff_sae']:.3f} vs base SAE {a['base_sae']:.3f}{extra}",
+        ))
+    steering = stages.get("steering")
+    if steering:
+        out += steering_findings(steering)
+    return out
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.0f}%"
+
+
+def steering_findings(steering: dict) -> list[Finding]:
+    """The post's causal claims, each with the post's number beside ours."""
+    out = []
+    post = steering["post"]
+    v = steering["validation"]
+    diff, base, random = v["diff_sae"], v["base_sae"], v["random"]
+    out.append(Finding(
+        id="steering_lowers_kl",
+        claim="Steering the base model with a position's top diff-SAE latent moves it to the chat model there: KL "
+              f"falls and the chat token's probability rises (the post: KL {post['kl_change']:+.0%}, P(chat token) "
+              f"{post['chat_token_probability_after']}), more than a random direction does.",
+        holds=_all([lower(diff["median_kl_change"], 0.0, absolute=RATE_TOLERANCE),
+                    lower(diff["kl_change_at_common_scale"], random["kl_change_at_common_scale"], absolute=RATE_TOLERANCE)]),
+        evidence=(
+            f"{diff['positions']} highest-KL positions, λ in {steering['scales']} × {steering['unit']['value']:.2f}; best λ "
+            f"per position: diff-SAE median KL change {diff['median_kl_change']:+.0%} (halved at "
+            f"{_pct(diff['kl_halved_share'])}), P(chat token) {diff['mean_chat_token_probability_before']:.2f} → "
+            f"{diff['mean_chat_token_probability_after']:.2f}, top token becomes the chat's at "
+            f"{_pct(diff['top_token_becomes_chat_share'])}; one λ for all (diff-SAE {diff['common_scale']:g}×): mean KL "
+            f"diff-SAE {diff['kl_change_at_common_scale']:+.0%}, base SAE {base['kl_change_at_common_scale']:+.0%}, "
+            f"random dictionaries {random['kl_change_at_common_scale']:+.0%}" + (
+                " ({:+.0%} … {:+.0%} over {} draws)".format(*random["kl_change_at_common_scale_range"], random["draws"])
+                if "draws" in random else "")
+        ),
+    ))
+    out.append(Finding(
+        id="diff_sae_latents_steer_better",
+        claim="Steering with the diff-SAE's top latent lowers the KL more than steering with the base SAE's (the "
+              "finite-λ form of the alignment claim above: what the post's step 3 relies on).",
+        holds=lower(diff["kl_change_at_common_scale"], base["kl_change_at_common_scale"], absolute=RATE_TOLERANCE),
+        evidence=(f"mean KL change at each dictionary's best common λ: diff-SAE {diff['kl_change_at_common_scale']:+.0%} "
+                  f"(λ {diff['common_scale']:g}×, P(chat token) {diff['chat_token_probability_at_common_scale']:.2f}), base "
+                  f"SAE {base['kl_change_at_common_scale']:+.0%} (λ {base['common_scale']:g}×, P "
+                  f"{base['chat_token_probability_at_common_scale']:.2f}); first-order cos {diff['first_order']:.3f} vs "
+                  f"{base['first_order']:.3f}"),
+    ))
+    hybrid = steering.get("hybrid")
+    if hybrid:
+        models = hybrid["models"]
+        before, after = models["hybrid"]["target_share"], models["hybrid_steered"]["target_share"]
+        s = hybrid["sampling"]
+        out.append(Finding(
+            id="hybrid_steering_moves_rollouts",
+            claim="Steering the hybrid model (base blocks through the hookpoint, chat blocks after) with the latent "
+                  "changes the share of a continuation (the post: 42 % → 2 % of 1,000 rollouts).",
+            holds=lower(after, before, absolute=RATE_TOLERANCE),
+            evidence=(
+                f"{hybrid['target']!r} after the context: hybrid {_pct(before)} → steered {_pct(after)} of "
+                f"{s['num_rollouts']} rollouts (base {_pct(models['base']['target_share'])}, chat "
+                f"{_pct(models['chat']['target_share'])}); latent {hybrid['latent']} at λ = {hybrid['scale']:.2f}; "
+                f"temperature {s['temperature']}, top-p {s['top_p']}, top-k {s['top_k']}, seed {s['seed']}"
+            ),
+        ))
+    for dataset in steering.get("datasets", []):
+        out += _dataset_findings(dataset)
+    return out
+
+
+def _usable(entry: dict | None) -> bool:
+    return entry is not None and entry.get("degenerate", 0.0) < 0.5
+
+
+def _dataset_findings(dataset: dict) -> list[Finding]:
+    rows = dataset["steering"]
+    start, steered = rows[0], rows[1:]
+    name = dataset["name"]
+    removes = [lower(r["chat_negative"]["rate"], start["chat_negative"]["rate"], absolute=RATE_TOLERANCE) is True
+               and lower(r["chat_negative"]["rate"], r["chat_negative_random"]["rate"], absolute=RATE_TOLERANCE) is True
+               for r in steered if _usable(r["chat_negative"])]
+    negative = ", ".join(
+        f"{r['scale']:g}×: {_pct(r['chat_negative']['rate'])} (random {_pct(r['chat_negative_random']['rate'])}"
+        f"{', degenerate ' + _pct(r['chat_negative']['degenerate']) if r['chat_negative'].get('degenerate') else ''})"
+        for r in steered
+    )
+    out = [Finding(
+        id=f"dataset_negative_steering_{name}",
+        claim=f"Subtracting the latent of lowest KL attribution over the chat model's responses ({name} prompts) "
+              "removes the behaviour from its responses, beyond a random direction (the post's roleplay latent).",
+        holds=(any(removes) if removes else None),
+        evidence=f"latent {dataset['latent']} over {dataset['response_tokens']} response tokens; behaviour "
+                 f"{_pct(start['chat_negative']['rate'])} unsteered, {negative}",
+    )]
+    if start.get("chat_positive") is not None:
+        induced = [lower(start["chat_positive"]["rate"], r["chat_positive"]["rate"], absolute=RATE_TOLERANCE) is True
+                   for r in steered if _usable(r["chat_positive"])]
+        positive = ", ".join(f"{r['scale']:g}×: {_pct(r['chat_positive']['rate'])}" for r in steered)
+        base = ", ".join(f"{r['scale']:g}×: {_pct(r['base_positive']['rate'])}" for r in steered)
+        out.append(Finding(
+            id=f"dataset_positive_steering_{name}",
+            claim="Adding the same latent makes the behaviour appear on control prompts (the post: positive steering "
+                  "induces it, even bypassing refusal).",
+            holds=(any(induced) if induced else None),
+            evidence=f"chat model on control prompts {_pct(start['chat_positive']['rate'])} unsteered, {positive}; "
+                     f"base model on the {name} prompts {_pct(start['base_positive']['rate'])} unsteered, {base}",
         ))
     return out

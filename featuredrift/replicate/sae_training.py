@@ -27,7 +27,7 @@ def train_sparse_coder(
     seed: int = 0,
     on_step: Callable[[int, float], None] | None = None,
 ):
-    """Fit a TopK SAE on `settings.steps` batches of `settings.batch_size` rows each, drawn from
+    """Fit a TopK (or BatchTopK, `settings.activation`) SAE on `settings.steps` batches of `settings.batch_size` rows each, drawn from
     `batches` (any row counts; they are re-chunked). Returns (frozen SparseCoder, summary)."""
     from sparsify import SaeConfig, SparseCoder
 
@@ -44,6 +44,7 @@ def train_sparse_coder(
         dead_feature_threshold=settings.dead_feature_threshold,
         grad_clip_norm=settings.grad_clip_norm,
         on_step=on_step,
+        batch_topk=settings.activation == "batchtopk",
     )
     return sae, summary
 

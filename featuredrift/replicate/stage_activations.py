@@ -44,7 +44,8 @@ def run(ctx: RunContext, folder) -> dict:
                 )
                 meta = {"token_ids": acts.token_ids, "text_index": acts.text_index + offset, "position": acts.position}
                 write_shard(path, acts.activations, meta, store_dtype)
-        left_out = leave_out_norm_outliers(folder, data, cfg.hookpoints, cfg.sink_norm_ratio) if cfg.sink_norm_ratio else 0
+        ratio = cfg.sink_norm_ratio if cfg.paper_readings.outlier_rule == "norm" else None  # else: per stage, by quantile
+        left_out = leave_out_norm_outliers(folder, data, cfg.hookpoints, ratio) if ratio else 0
         from safetensors import safe_open
 
         for index in range(len(shards)):

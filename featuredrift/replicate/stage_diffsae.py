@@ -63,7 +63,7 @@ def diff_stream(ctx: RunContext, texts: list[tuple[str, bool]], hookpoint: str) 
             cache = []
 
 
-def _training_texts(ctx: RunContext) -> list[tuple[str, bool]]:
+def training_texts(ctx: RunContext) -> list[tuple[str, bool]]:
     cfg = ctx.config
     out = []
     for field_name in ("base_text_train", "chat_text_train"):
@@ -89,7 +89,7 @@ def _held_out_fvu(sae, folder, hookpoint: str, device) -> dict:
     return result
 
 
-def _high_kl_positions(ctx: RunContext, texts: list[str], special: bool, n: int):
+def high_kl_positions_of(ctx: RunContext, texts: list[str], special: bool, n: int):
     """Tokenised texts and the n highest-KL (text, position) pairs over them."""
     from featuredrift.lm.capture import capture_activations, content_token_mask, tokenize_texts
     from featuredrift.monitor.kl import next_token_kl
@@ -119,7 +119,7 @@ def _high_kl_positions(ctx: RunContext, texts: list[str], special: bool, n: int)
     return tokens, positions, values, mean_kl
 
 
-def _attribution(ctx: RunContext, tokens, positions: Tensor, decoder: Tensor, hookpoint: str):
+def attribution_at(ctx: RunContext, tokens, positions: Tensor, decoder: Tensor, hookpoint: str):
     """kl_attribution over only the rows that hold a chosen position, a few rows at a time (the
     chat logits of a row are recomputed and never held for all rows). Positions in the result
     index `rows` (the returned list of text indices)."""
@@ -155,6 +155,37 @@ def _alignment(result) -> float:
     return float((-(result.attribution.min(dim=1).values) / gradient_norm).mean())
 
 
+CHANCE_DRAWS = 16
+
+
+def alignment_of(gradient: Tensor, decoder: Tensor) -> float:
+    """`_alignment` for any dictionary (rows normalised here) from the positions' ∇KL."""
+    g = gradient.double() / gradient.double().norm(dim=1, keepdim=True).clamp_min(1e-12)
+    rows = decoder.double().to(g.device)
+    rows = rows / rows.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return float((-(g @ rows.T)).max(dim=1).values.mean())
+
+
+def chance_alignment(gradient: Tensor, num_latents: int, seed: int) -> float:
+    """The alignment random unit dictionaries of `num_latents` rows reach (mean of a few draws):
+    the max over M latents of a cosine grows with M, so this is the baseline a dictionary's
+    alignment must be read against."""
+    generator = torch.Generator().manual_seed(seed)
+    draws = [alignment_of(gradient, torch.randn(num_latents, gradient.shape[1], generator=generator))
+             for _ in range(CHANCE_DRAWS)]
+    return sum(draws) / len(draws)
+
+
+def equal_size_alignment(gradient: Tensor, decoder: Tensor, num_latents: int, seed: int) -> float:
+    """The alignment of random `num_latents`-row subsets of `decoder` (mean of a few draws)."""
+    if num_latents >= decoder.shape[0]:
+        return alignment_of(gradient, decoder)
+    generator = torch.Generator().manual_seed(seed)
+    draws = [alignment_of(gradient, decoder[torch.randperm(decoder.shape[0], generator=generator)[:num_latents]])
+             for _ in range(CHANCE_DRAWS)]
+    return sum(draws) / len(draws)
+
+
 def run(ctx: RunContext, folder) -> dict:
     from featuredrift.monitor.kl import kl_dashboard, most_negative_latents
     from featuredrift.replicate.sae_training import train_sparse_coder
@@ -163,16 +194,27 @@ def run(ctx: RunContext, folder) -> dict:
     hookpoint = cfg.diff_hookpoint
     settings = cfg.diffsae
     d_in = ctx.model("base")[0].config.get_text_config().hidden_size
-    stream = diff_stream(ctx, _training_texts(ctx), hookpoint)
-    sae, summary = train_sparse_coder(stream, d_in, settings.train, device=ctx.device, seed=cfg.seed)
+    if settings.sae:  # a diff-SAE trained elsewhere (the post's, yours): analysed, not trained
+        from featuredrift.sae_store.load import load_sae_dir
+
+        sae = load_sae_dir(settings.sae, device=ctx.device)
+        if sae.d_in != d_in:
+            from featuredrift.replicate.config import ConfigError
+
+            raise ConfigError(f"diffsae.sae: expected an SAE of the models' hidden size {d_in}, found d_in={sae.d_in}")
+        summary = {"loaded": str(settings.sae), "steps": 0, "tokens": 0}
+    else:
+        stream = diff_stream(ctx, training_texts(ctx), hookpoint)
+        sae, trained = train_sparse_coder(stream, d_in, settings.train, device=ctx.device, seed=cfg.seed)
+        summary = trained._asdict()
     sae.save_to_disk(folder / "diff_sae" / hookpoint)
     held_out = _held_out_fvu(sae, ctx.stage_dirs["activations"], hookpoint, ctx.device)
 
     texts, special = ctx.texts("chat_text_eval", cfg.data.max_eval_texts)
-    tokens, positions, kl_values, mean_kl = _high_kl_positions(ctx, texts, special, settings.high_kl_positions)
+    tokens, positions, kl_values, mean_kl = high_kl_positions_of(ctx, texts, special, settings.high_kl_positions)
     base_sae = load_stage_saes(ctx, "base")[hookpoint]
-    diff_result, rows = _attribution(ctx, tokens, positions, sae.W_dec.detach(), hookpoint)
-    base_result, _ = _attribution(ctx, tokens, positions, base_sae.W_dec.detach(), hookpoint)
+    diff_result, rows = attribution_at(ctx, tokens, positions, sae.W_dec.detach(), hookpoint)
+    base_result, _ = attribution_at(ctx, tokens, positions, base_sae.W_dec.detach(), hookpoint)
 
     top3 = most_negative_latents(diff_result, min(3, sae.num_latents))
     counts = Counter(top3.flatten().tolist())
@@ -202,11 +244,17 @@ def run(ctx: RunContext, folder) -> dict:
         latents.append(entry)
     return {
         "hookpoint": hookpoint,
-        "training": summary._asdict(),
+        "training": summary,
         "held_out_fvu": held_out,
         "mean_kl": mean_kl,
         "high_kl": {"positions": len(kl_values), "mean": float(kl_values.mean()), "max": float(kl_values.max())},
         "alignment": {"diff_sae": _alignment(diff_result), "base_sae": _alignment(base_result)},
+        # What the alignment has to be read against: chance at each size, and the base SAE at the diff-SAE's size.
+        "alignment_chance": {"diff_sae": chance_alignment(diff_result.gradient.cpu(), sae.num_latents, cfg.seed),
+                             "base_sae": chance_alignment(diff_result.gradient.cpu(), base_sae.num_latents, cfg.seed)},
+        "alignment_base_sae_at_diff_size": equal_size_alignment(diff_result.gradient.cpu(), base_sae.W_dec.detach().cpu(),
+                                                                sae.num_latents, cfg.seed),
+        "num_latents": {"diff_sae": sae.num_latents, "base_sae": base_sae.num_latents},
         "min_attribution_mean": {
             "diff_sae": float(diff_result.attribution.min(dim=1).values.mean()),
             "base_sae": float(base_result.attribution.min(dim=1).values.mean()),

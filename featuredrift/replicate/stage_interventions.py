@@ -2,7 +2,8 @@
 prompts under directional ablation of each reconstructed direction (every layer, every
 position) and the refusal score of held-out harmless prompts under its addition at the SAE's
 layer, for base-feature and chat-feature reconstructions at every k, the true direction and no
-intervention. The safety judge is named in the result."""
+intervention. The safety judge is named in the result; `paper_readings.ablation_reading` says
+whether the ablation projects out the unit direction or applies Eq. 5 with the direction itself."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ def run(ctx: RunContext, folder) -> dict:
     harmful = ctx.instructions("harmful_eval", cfg.data.max_eval_prompts)
     harmless = ctx.instructions("harmless_eval", cfg.data.max_eval_prompts)
     judge = get_judge(settings.judge)
+    reading = cfg.paper_readings.ablation_reading
     table_ks = [row["k"] for row in ctx.results["refusal"]["table"]]
     ks = [k for k in (settings.ks or table_ks) if k in table_ks]
     jobs = [("none", None)] + [("true", None)] + [(s, k) for k in ks for s in ("base", "chat")]
@@ -42,7 +44,7 @@ def run(ctx: RunContext, folder) -> dict:
             if float(vector.norm()) == 0.0:  # NNLS put zero weight on every feature
                 rows.append({"source": source, "k": k, "safety_score": None, "refusal_score": None, "zero_direction": True})
                 continue
-            ablate = lambda v=vector: directional_ablation(model, v)  # noqa: E731
+            ablate = lambda v=vector: directional_ablation(model, v, reading=reading)  # noqa: E731
             add = lambda v=vector: activation_addition(model, hookpoint, v)  # noqa: E731
         safety = score_under(model, tokenizer, harmful, ablate, judge=judge, **common)
         refusal = score_under(model, tokenizer, harmless, add, judge=refusal_judge, **common)
@@ -58,6 +60,7 @@ def run(ctx: RunContext, folder) -> dict:
         "num_harmful": len(harmful),
         "num_harmless": len(harmless),
         "max_new_tokens": settings.max_new_tokens,
+        "ablation_reading": reading,
         "rows": rows,
         "examples": examples,
     }

@@ -2,7 +2,8 @@
 hold in memory. Pure tensor code: every `add` takes one shard's tensors; totals are float64.
 
 The reported numbers equal `monitor.metrics` on the concatenated shards (tests check this):
-FVU is Σ‖x − x̂‖² / Σ‖x − mean(x)‖² with the mean of the whole set (first pass: `MomentSum`);
+FVU is Σ‖x − x̂‖² / Σ‖x − mean(x)‖² with the mean of the whole set (first pass: `MomentSum`), or
+the mean of per-token FVUs (`fvu_reading='per_token'`);
 ER is Σ unexplained / Σ divergence over divergent tokens of the whole set (or the per-token
 median or mean: `er_aggregate`), on activations scaled by each model's scale over the whole set
 (`metrics.scale_for`'s readings; σ = sqrt(E‖x‖²) by default).
@@ -55,20 +56,38 @@ class MomentSum:
 
 @dataclass
 class FvuSum:
-    """Σ‖x − x̂‖² and Σ‖x − μ‖² given the whole set's mean μ."""
+    """Σ‖x − x̂‖² and Σ‖x − μ‖² given the whole set's mean μ (the batch FVU), and the sum of
+    per-token FVUs (the paper code's reading, `metrics.per_token_fvu`)."""
 
     mean: Tensor
     error: float = 0.0
     variance: float = 0.0
+    per_token_sum: float = 0.0
+    tokens: int = 0
 
     def add(self, x: Tensor, x_hat: Tensor) -> None:
+        from featuredrift.monitor.metrics import per_token_fvu
+
         x64 = x.double()
         self.error += float((x64 - x_hat.double()).pow(2).sum())
         self.variance += float((x64 - self.mean.to(x.device)).pow(2).sum())
+        if x.shape[0]:
+            self.per_token_sum += float(per_token_fvu(x, x_hat).sum())
+        self.tokens += x.shape[0]
 
     @property
     def value(self) -> float:
         return self.error / self.variance
+
+    def value_of(self, reading: str = "batch") -> float:
+        """`metrics.fvu_of` over the whole set: 'batch' or 'per_token'."""
+        from featuredrift.monitor.metrics import FVU_READINGS
+
+        if reading == "batch":
+            return self.value
+        if reading == "per_token":
+            return self.per_token_sum / self.tokens
+        raise ValueError(f"FVU reading: expected one of {FVU_READINGS}, found {reading!r}")
 
 
 @dataclass

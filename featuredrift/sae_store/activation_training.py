@@ -25,6 +25,40 @@ class ActivationTrainingSummary(NamedTuple):
     tokens: int
     final_fvu: float  # FVU of the last training batch
     dead_fraction: float  # latents that had not fired for `dead_feature_threshold` tokens at the end
+    activation: str = "topk"
+    threshold: float | None = None  # BatchTopK: running mean of the smallest kept activation (the inference threshold)
+
+
+class _BatchOutput(NamedTuple):
+    fvu: Tensor
+    auxk_loss: Tensor
+    multi_topk_fvu: Tensor
+    latent_indices: Tensor
+    threshold: Tensor
+
+
+def batch_topk_forward(sae, x: Tensor, dead_mask: Tensor | None = None) -> _BatchOutput:
+    """BatchTopK (Bussmann et al. 2024, the post's diff-SAE): the `k · batch` largest
+    pre-activations of the whole batch are kept, so a token may use more or fewer than k latents;
+    FVU and sparsify's AuxK on dead latents as in `SparseCoder.forward`."""
+    pre = torch.relu(torch.nn.functional.linear(x - sae.b_dec, sae.encoder.weight, sae.encoder.bias))
+    flat = pre.flatten()
+    values, index = flat.topk(min(sae.cfg.k * x.shape[0], flat.numel()), sorted=False)
+    codes = torch.zeros_like(flat).scatter(0, index, values).view_as(pre)
+    out = codes @ sae.W_dec + sae.b_dec
+    error = x - out
+    total_variance = (x - x.mean(0)).pow(2).sum()
+    auxk = out.new_tensor(0.0)
+    if dead_mask is not None and (num_dead := int(dead_mask.sum())) > 0:
+        k_aux = min(x.shape[-1] // 2, num_dead)
+        scale = min(num_dead / (x.shape[-1] // 2), 1.0)
+        aux_acts, aux_index = torch.where(dead_mask[None], pre, -torch.inf).topk(k_aux, sorted=False)
+        e_hat = torch.zeros_like(pre).scatter(1, aux_index, aux_acts) @ sae.W_dec
+        auxk = scale * (e_hat - error.detach()).pow(2).sum() / total_variance
+    kept = values > 0
+    threshold = values[kept].min() if bool(kept.any()) else out.new_tensor(0.0)
+    return _BatchOutput(error.pow(2).sum() / total_variance, auxk, out.new_tensor(0.0),
+                        (index[kept] % pre.shape[1]), threshold.detach())
 
 
 def shuffled_batches(rows: Tensor, batch_rows: int, generator: torch.Generator) -> Iterator[Tensor]:
@@ -50,12 +84,16 @@ def train_on_activations(
     grad_clip_norm: float | None = None,
     adam_betas: tuple[float, float] = (0.9, 0.999),
     on_step: Callable[[int, float], None] | None = None,
+    batch_topk: bool = False,
 ) -> ActivationTrainingSummary:
     """Fit `sae` (a sparsify `SparseCoder`, modified in place) on up to `steps` batches.
 
     `b_dec` starts at the first batch's mean (centred pre-activations, as sparsify does). The
     learning rate warms up linearly over `warmup_steps`, then decays linearly to
-    `final_lr_fraction` of `lr`. Returns a summary; the SAE is left frozen in eval mode.
+    `final_lr_fraction` of `lr`. `batch_topk` trains with `batch_topk_forward`; the SAE is
+    still stored and read as sparsify's TopK with the same k (its decoder, which KL attribution
+    and steering read, is the BatchTopK-trained one). Returns a summary; the SAE is left frozen
+    in eval mode.
     """
     device = sae.device
     optimizer = torch.optim.Adam(sae.parameters(), lr=lr, betas=adam_betas)
@@ -69,6 +107,7 @@ def train_on_activations(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     tokens_since_fired = torch.zeros(sae.num_latents, dtype=torch.long, device=device)
     fvu, tokens, done = float("nan"), 0, 0
+    thresholds: list[float] = []
     sae.train()
     for step, x in enumerate(batches):
         if step >= steps:
@@ -78,7 +117,7 @@ def train_on_activations(
             with torch.no_grad():
                 sae.b_dec.copy_(x.mean(0))
         dead_mask = tokens_since_fired > dead_feature_threshold if auxk_alpha > 0 else None
-        out = sae(x, dead_mask=dead_mask)
+        out = batch_topk_forward(sae, x, dead_mask) if batch_topk else sae(x, dead_mask=dead_mask)
         loss = out.fvu + auxk_alpha * out.auxk_loss + out.multi_topk_fvu / 8
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -92,10 +131,13 @@ def train_on_activations(
             tokens_since_fired += x.shape[0]
             tokens_since_fired[out.latent_indices.flatten()] = 0
         fvu, tokens, done = float(out.fvu.detach()), tokens + x.shape[0], step + 1
+        if batch_topk:
+            thresholds.append(float(out.threshold))
         if on_step is not None:
             on_step(step, fvu)
     if done == 0:
         raise ValueError("activations: expected at least one training batch, found an empty stream")
     dead = float((tokens_since_fired > min(dead_feature_threshold, tokens)).float().mean())
     sae.requires_grad_(False).eval()
-    return ActivationTrainingSummary(done, tokens, fvu, dead)
+    threshold = sum(thresholds[-100:]) / len(thresholds[-100:]) if thresholds else None
+    return ActivationTrainingSummary(done, tokens, fvu, dead, "batchtopk" if batch_topk else "topk", threshold)
