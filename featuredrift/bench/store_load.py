@@ -77,6 +77,8 @@ TABLE_COLUMNS = {
     "refusal_features": ("evaluation_id", "hookpoint", "k", "feature", "source", "rank", "diff_in_means", "nnls_weight"),
     "feature_contexts": ("evaluation_id", "hookpoint", "feature", "model", "rank", "subset", "probe_index", "position",
                          "left_text", "token", "right_text", "activation"),
+    "category_refusals": ("evaluation_id", "subset", "category", "prompts", "refusal_rate", "refusal_token_probability",
+                          "refusal_token_logodds"),
     "alerts": ("run_id", "evaluation_id", "step", "resolved_step", "name", "labels", "severity", "status", "message",
                "value", "started_at", "ended_at"),
 }
@@ -95,6 +97,7 @@ class _Template:
             self.drifted += [(hookpoint, f) for f in rows.drifted_feature_fields(layer)]
             self.refusal += [(hookpoint, f) for f in rows.refusal_feature_fields(layer)]
             self.contexts += [(hookpoint, f) for f in rows.feature_context_fields(layer)]
+        self.categories = rows.category_refusal_fields(report)
         self.hookpoints = list(report.layers)
 
 
@@ -124,6 +127,10 @@ def _run_rows(template: _Template, settings: StoreLoadSettings, run: int, run_id
             (evaluation_id, hookpoint, f["k"], f["feature"] + (churn if f["source"] == "current" else 0), f["source"], f["rank"],
              _varied(f["diff_in_means"], run, step), f["nnls_weight"])
             for hookpoint, f in template.refusal]
+        out["category_refusals"] += [
+            (evaluation_id, c["subset"], c["category"], c["prompts"], _varied(c["refusal_rate"], run, step),
+             _varied(c["refusal_token_probability"], run, step), _varied(c["refusal_token_logodds"], run, step))
+            for c in template.categories]
         if j >= settings.evaluations - settings.contexts_kept:
             out["feature_contexts"] += [
                 (evaluation_id, hookpoint, f["feature"], f["model"], f["rank"], f["subset"], f["probe_index"], f["position"],

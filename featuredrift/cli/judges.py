@@ -21,7 +21,6 @@ def evaluate(
 ) -> None:
     """Precision, recall and F1 of refusal judges on human-labelled responses (all files together)."""
     from rich.console import Console
-    from rich.markup import escape
 
     from featuredrift.cli.runs import fail, new_table
     from featuredrift.monitor.judge_evaluation import (
@@ -62,6 +61,6 @@ def evaluate(
             listing = new_table(f"{score.judge}: {len(wrong)} responses judged differently from people",
                                 ("where", "people", "judge", "response"))
             for row, said in wrong:
-                listing.add_row(escape(row.where), "refusal" if row.refused else "no refusal",
-                                "refusal" if said else "no refusal", escape(row.response[:160]))
+                listing.add_row(row.where, "refusal" if row.refused else "no refusal",
+                                "refusal" if said else "no refusal", row.response[:160])
             console.print(listing)

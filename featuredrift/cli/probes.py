@@ -19,7 +19,6 @@ def inspect(
     """Show the subsets of a probe source: rows per split, categories, the file, its sha256 and the
     probes' fingerprint (as recorded with a run)."""
     from rich.console import Console
-    from rich.markup import escape
 
     from featuredrift.cli.runs import fail, new_table
     from featuredrift.monitor.probe_sources import inspect_source
@@ -33,7 +32,7 @@ def inspect(
         typer.echo(json.dumps([s.as_dict() for s in summaries], indent=2, ensure_ascii=False))
         return
     console = Console()
-    table = new_table(f"probes in {escape(source)}", ("", *(s.subset for s in summaries)))
+    table = new_table(f"probes in {source}", ("", *(s.subset for s in summaries)))
     fields = {
         "rows": lambda s: str(s.rows),
         "rows per split": lambda s: ", ".join(f"{k}: {v}" for k, v in s.splits.items()),
@@ -45,11 +44,11 @@ def inspect(
         "fingerprint": lambda s: s.fingerprint,
     }
     for label, render in fields.items():
-        table.add_row(label, *(escape(render(s)) for s in summaries))
+        table.add_row(label, *(render(s) for s in summaries))
     console.print(table)
     if any(s.categories for s in summaries):
         categories = new_table("categories", ("subset", "category", "rows"))
         for s in summaries:
             for category, count in s.categories.items():
-                categories.add_row(s.subset, escape(category), str(count))
+                categories.add_row(s.subset, category, str(count))
         console.print(categories)

@@ -150,11 +150,9 @@ def show_run(
     ):
         meta.add_row(field, value)
     console.print(meta)
-    from rich.markup import escape
-
     tone_style = {"alarm": "bold red", "notice": "dark_orange", "ok": "green", "neutral": "dim"}
     for finding in findings:
-        console.print(f"[{tone_style.get(finding.tone, '')}]{escape(finding.title)}.[/] {escape(finding.text)}")
+        console.print(f"[{tone_style.get(finding.tone, '')}]{shown(finding.title)}.[/] {shown(finding.text)}")
     import json
 
     for table in _refusal_tables(latest, categories):
@@ -185,7 +183,6 @@ REFUSAL_SERIES = (("featuredrift_refusal_rate_ratio", "refusal rate"),
 
 def _probe_and_judge_rows(extra: dict) -> list[tuple[str, str]]:
     """Where each probe subset came from (benchmark, file, sha256, split) and which judges decided."""
-    from rich.markup import escape
 
     rows = []
     for subset, origin in (extra.get("probe_subsets") or {}).items():
@@ -197,10 +194,10 @@ def _probe_and_judge_rows(extra: dict) -> list[tuple[str, str]]:
         parts.append(str(origin.get("file") or origin.get("dataset") or origin.get("source") or "—"))
         if origin.get("sha256"):
             parts.append(f"sha256 {origin['sha256'][:16]}…")
-        rows.append((f"probes: {subset}", escape(", ".join(parts))))
+        rows.append((f"probes: {subset}", ", ".join(parts)))
     judges = extra.get("judges") or {}
     if judges:
-        rows.append(("judges", escape(f"refusal: {judges.get('refusal', '—')}, safety: {judges.get('safety', '—')}")))
+        rows.append(("judges", f"refusal: {judges.get('refusal', '—')}, safety: {judges.get('safety', '—')}"))
     return rows
 
 
@@ -209,7 +206,6 @@ def _refusal_tables(latest: dict, categories: list) -> list:
     evaluation's logit scores, the newest generating evaluation's rate)."""
     import json
 
-    from rich.markup import escape
 
     tables = []
     by_subset: dict[str, dict[str, tuple[int, float]]] = {}
@@ -221,7 +217,7 @@ def _refusal_tables(latest: dict, categories: list) -> list:
         for prompts in sorted(by_subset, key=lambda p: (p not in ("harmful", "harmless", "borderline"), p)):
             cells = [f"{_fmt(by_subset[prompts][n][1])} ({by_subset[prompts][n][0]})" if n in by_subset[prompts] else "—"
                      for n, _ in REFUSAL_SERIES]
-            table.add_row(escape(prompts), *cells)
+            table.add_row(prompts, *cells)
         tables.append(table)
     if categories:
         from featuredrift.store.rows import latest_by_category
@@ -229,7 +225,7 @@ def _refusal_tables(latest: dict, categories: list) -> list:
         table = new_table("refusal by category", ("prompts", "category", "probes", "refusal rate (step)",
                                                   "P(refusal start)", "log-odds", "step"))
         for row, rated in latest_by_category(categories):
-            table.add_row(escape(row.subset), escape(row.category), str(row.prompts),
+            table.add_row(row.subset, row.category, str(row.prompts),
                           f"{_fmt(rated.refusal_rate)} ({rated.step})" if rated else "—",
                           _fmt(row.refusal_token_probability), _fmt(row.refusal_token_logodds), str(row.step))
         tables.append(table)
